@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
+from fedlrs.personalized.simulation import simulate
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    d = simulate(800, seed=0)
+    m = PersonalizedRegressor(rank=2, fit_intercept=False, max_iter=600, random_state=0)
+    return d, m.fit(d.X, d.y, d.U)
+
+
+def test_fitted_attributes(fitted):
+    d, m = fitted
+    assert m.thetas_.shape == (800, 2)
+    assert m.Z_.shape == (800, 2) and m.Q_.shape == (2, 2)
+    np.testing.assert_allclose(m.Z_ @ m.Q_, m.thetas_)
+    assert m.phi_.shape == (1,) and np.all(m.phi_ >= 0)
+
+
+def test_recovery_beats_population(fitted):
+    d, m = fitted
+    rec = np.linalg.norm(m.thetas_ - d.theta)
+    pop = np.linalg.norm(m.population_coef_[None, :] - d.theta)
+    assert rec < 0.75 * pop
+
+
+def test_prediction_beats_population(fitted):
+    d, m = fitted
+    te = simulate(500, seed=1)
+    mse = np.mean((m.predict(te.X, te.U) - te.y) ** 2)
+    pop = np.mean((m.population_model_.predict(te.X) - te.y) ** 2)
+    assert mse < 0.5 * pop
+
+
+def test_predict_averages_k_nearest_training_models(fitted):
+    d, m = fitted
+    Uq = np.array([[0.3], [0.9]])
+    idx = m.kneighbors(Uq)
+    assert idx.shape == (2, 3)
+    brute = np.argsort(np.abs(d.U[:, 0][None, :] - Uq) * m.phi_[0], axis=1)[:, :3]
+    np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(brute, axis=1))
+    np.testing.assert_allclose(m.predict_params(Uq), m.thetas_[brute].mean(axis=1))
+    Xq = np.array([[1.0, 2.0], [0.5, -1.0]])
+    np.testing.assert_allclose(m.predict(Xq, Uq), (Xq * m.thetas_[brute].mean(axis=1)).sum(1))
+
+
+def test_neighbour_structure_is_sparse(fitted):
+    d, m = fitted
+    # at most max_neighbors pairs per sample, never n x n
+    assert m.covariate_pairs_.shape[1] <= 800 * m.max_neighbors
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rank=3), r"rank == 3, must be <= p == 2"),
+        (dict(rank=0), r"rank == 0, must be >= 1"),
+        (dict(n_neighbors=51), r"n_neighbors == 51, must be <= n == 50"),
+        (dict(covariate_kinds=["ordinal"]), r"covariate_kinds\[0\] == 'ordinal'"),
+        (dict(learning_rate=0.0), r"learning_rate == 0.0, must be > 0"),
+        (dict(decay=1.5), r"decay == 1.5, must be <= 1.0"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    d = simulate(50, seed=0)
+    with pytest.raises(ValueError, match=match):
+        PersonalizedRegressor(**kwargs).fit(d.X, d.y, d.U)
+
+
+def test_nan_covariates_and_shapes():
+    d = simulate(50, seed=0)
+    U = d.U.copy()
+    U[7, 0] = np.nan
+    with pytest.raises(ValueError, match=r"covariates\[7, 0\] is NaN"):
+        PersonalizedRegressor(max_iter=1).fit(d.X, d.y, U)
+    with pytest.raises(ValueError, match="covariates.shape\\[0\\] == 49"):
+        PersonalizedRegressor(max_iter=1).fit(d.X, d.y, d.U[:49])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PersonalizedRegressor().predict(d.X, d.U)
+
+
+def test_init_only_stores_arguments():
+    m = PersonalizedRegressor(rank=-5, gamma="x")
+    assert m.rank == -5 and m.gamma == "x" and not hasattr(m, "thetas_")
+
+
+def test_categorical_covariate_and_intercept():
+    rng = np.random.default_rng(0)
+    n = 400
+    group = rng.choice(["a", "b"], size=n)
+    noise = rng.uniform(size=n)
+    X = rng.normal(size=(n, 2))
+    slope = np.where(group == "a", 1.0, -1.0)
+    y = slope * X[:, 0] + 0.5 + 0.05 * rng.normal(size=n)
+    U = np.column_stack([group, noise]).astype(object)
+    m = PersonalizedRegressor(rank=2, covariate_kinds=["categorical", "numeric"], max_iter=400, random_state=0)
+    m.fit(X, y, U)
+    assert m.phi_[0] > m.phi_[1]  # the informative covariate weighs more
+    theta = m.predict_params(np.array([["a", 0.5], ["b", 0.5]], dtype=object))
+    assert theta[0, 0] > 0.5 and theta[1, 0] < -0.5
+
+
+def test_classifier_learns_sign_flip():
+    rng = np.random.default_rng(0)
+    n = 600
+    X = rng.normal(size=(n, 2))
+    U = rng.uniform(size=(n, 1))
+    w = np.where(U[:, 0] > 0.5, 3.0, -3.0)
+    y = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-w * X[:, 0])), "yes", "no")
+    clf = PersonalizedClassifier(rank=2, max_iter=400, random_state=0).fit(X, y, U)
+    Xt = rng.normal(size=(400, 2))
+    Ut = rng.uniform(size=(400, 1))
+    yt = np.where(np.where(Ut[:, 0] > 0.5, 3.0, -3.0) * Xt[:, 0] > 0, "yes", "no")
+    pop = clf.population_model_.predict(Xt) == (yt == "yes")
+    # the population model cannot represent the sign flip (about chance level)
+    assert np.mean(clf.predict(Xt, Ut) == yt) > np.mean(pop) + 0.1
+    proba = clf.predict_proba(Xt, Ut)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    with pytest.raises(ValueError, match="y has 3 classes"):
+        PersonalizedClassifier().fit(X[:3], ["a", "b", "c"], U[:3])
