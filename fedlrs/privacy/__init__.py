@@ -1,0 +1,37 @@
+"""User-level differential privacy for fedlrs: events, ledger, accountants, release.
+
+Everything that leaves a device goes through this package (DESIGN section 3):
+contributions are clipped (:mod:`.clipping`), users Poisson-sampled
+(:mod:`.sampling`), sums noised and normalised by the expected count
+(:mod:`.mechanism`, :mod:`.noise`), and every release is first recorded as a
+frozen :class:`DpEvent` in an append-only :class:`Ledger`. Epsilon is always
+recomputed from the ledger (:func:`compute_epsilon`); a :class:`PrivacyBudget`
+is checked before each release.
+"""
+
+from fedlrs.privacy.accountants import ACCOUNTANTS, EpsilonResult, compute_epsilon
+from fedlrs.privacy.budget import BudgetExceededError, PrivacyBudget
+from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multiplier
+from fedlrs.privacy.events import (DpEvent, InvalidEventError, accounted_noise_multiplier,
+                                   per_part_noise_multiplier)
+from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflictError,
+                                   LedgerCorruptError, LedgerError)
+
+__all__ = [
+    "ACCOUNTANTS",
+    "BudgetExceededError",
+    "CalibrationError",
+    "DpEvent",
+    "DuplicateReleaseError",
+    "EpsilonResult",
+    "InvalidEventError",
+    "Ledger",
+    "LedgerConflictError",
+    "LedgerCorruptError",
+    "LedgerError",
+    "PrivacyBudget",
+    "accounted_noise_multiplier",
+    "calibrate_noise_multiplier",
+    "compute_epsilon",
+    "per_part_noise_multiplier",
+]

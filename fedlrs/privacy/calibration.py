@@ -1,0 +1,87 @@
+"""Calibrate the noise multiplier to a target (epsilon, delta) before training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from fedlrs.privacy.accountants import Accountant, compute_epsilon, validate_accountant, validate_delta
+from fedlrs.privacy.events import DpEvent
+
+#: Largest noise multiplier calibration will consider.
+MAX_NOISE_MULTIPLIER = 1e4
+
+
+class CalibrationError(ValueError):
+    """No noise multiplier meets the target (e.g. the prior events already exceed it)."""
+
+
+def _planned_epsilon(z: float, *, sample_rate: float, rounds: int, delta: float,
+                     accountant: Accountant, prior_events: Sequence[DpEvent]) -> float:
+    planned = DpEvent(release_id="planned-rounds", kind="round", noise_multiplier=z,
+                      sample_rate=sample_rate, count=rounds, round=1, time=0.0,
+                      note="calibration only, never recorded")
+    return compute_epsilon([*prior_events, planned], delta=delta, accountant=accountant).epsilon
+
+
+def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float,
+                               rounds: int, accountant: Accountant = "rdp",
+                               prior_events: Sequence[DpEvent] = (),
+                               tolerance: float = 1e-3) -> float:
+    """Smallest noise multiplier z (to ``tolerance``, relative) with epsilon <= target.
+
+    Finds z such that ``epsilon(prior_events + rounds x SGM(q, z), delta) <=
+    target_epsilon`` under ``accountant`` (see :func:`compute_epsilon`), by
+    bisection on z (epsilon decreases with z): a bracket ``lo < z <= hi`` with
+    ``eps(lo) > target >= eps(hi)`` is halved until ``hi - lo <= tolerance * hi``.
+    The upper end ``hi`` is returned, so the result never overshoots the target:
+    its epsilon was computed and is <= ``target_epsilon``.
+
+    Examples
+    --------
+    >>> round(calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5,
+    ...                                  sample_rate=0.05, rounds=200), 2)
+    1.79
+    """
+    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)) \
+            or not math.isfinite(target_epsilon) or target_epsilon <= 0:
+        raise ValueError(f"target_epsilon == {target_epsilon!r}, must be a finite number > 0.")
+    delta = validate_delta(delta)
+    validate_accountant(accountant)
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
+            or not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate == {sample_rate!r}, must be in (0, 1].")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds == {rounds!r}, must be an integer >= 1.")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance == {tolerance!r}, must be in (0, 1).")
+    prior = tuple(prior_events)
+    if prior:
+        spent = compute_epsilon(prior, delta=delta, accountant=accountant).epsilon
+        if spent >= target_epsilon:
+            raise CalibrationError(f"prior events already spend epsilon == {spent:.4g}, "
+                                   f"must be < target_epsilon == {target_epsilon}.")
+
+    def eps(z: float) -> float:
+        return _planned_epsilon(z, sample_rate=sample_rate, rounds=rounds, delta=delta,
+                                accountant=accountant, prior_events=prior)
+
+    lo, hi = 0.0, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, 2 * hi
+        if hi > MAX_NOISE_MULTIPLIER:
+            raise CalibrationError(f"no noise multiplier <= {MAX_NOISE_MULTIPLIER:g} reaches "
+                                   f"target_epsilon == {target_epsilon} at delta == {delta}.")
+    if lo == 0.0:  # find a lower end that misses the target, when z = 1 already meets it
+        lo = hi / 2
+        while eps(lo) <= target_epsilon:
+            hi, lo = lo, lo / 2
+            if lo < 1e-3:
+                return hi
+    while hi - lo > tolerance * hi:
+        mid = (lo + hi) / 2
+        if eps(mid) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
