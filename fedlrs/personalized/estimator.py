@@ -89,7 +89,7 @@ class _BasePersonalized:
         decay: float = 0.998,
         min_travel: float = 0.05,
         radius: float | None = None,
-        max_neighbors: int = 10,
+        max_neighbors: int = 20,
         n_random_neighbors: int = 0,
         n_neighbors: int = 3,
         covariate_kinds: Sequence[str | Callable] | None = None,
