@@ -12,10 +12,14 @@ is checked before each release.
 from fedlrs.privacy.accountants import ACCOUNTANTS, EpsilonResult, compute_epsilon
 from fedlrs.privacy.budget import BudgetExceededError, PrivacyBudget
 from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multiplier
+from fedlrs.privacy.clipping import clip, clip_scales, flat_norms, ls_part_norms, ls_part_scales
 from fedlrs.privacy.events import (DpEvent, InvalidEventError, accounted_noise_multiplier,
                                    per_part_noise_multiplier)
 from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflictError,
                                    LedgerCorruptError, LedgerError)
+from fedlrs.privacy.mechanism import GaussianSumRelease, method_of_moments_release
+from fedlrs.privacy.noise import GaussianNoise
+from fedlrs.privacy.sampling import poisson_sample
 
 __all__ = [
     "ACCOUNTANTS",
@@ -24,6 +28,8 @@ __all__ = [
     "DpEvent",
     "DuplicateReleaseError",
     "EpsilonResult",
+    "GaussianNoise",
+    "GaussianSumRelease",
     "InvalidEventError",
     "Ledger",
     "LedgerConflictError",
@@ -32,6 +38,13 @@ __all__ = [
     "PrivacyBudget",
     "accounted_noise_multiplier",
     "calibrate_noise_multiplier",
+    "clip",
+    "clip_scales",
     "compute_epsilon",
+    "flat_norms",
+    "ls_part_norms",
+    "ls_part_scales",
+    "method_of_moments_release",
     "per_part_noise_multiplier",
+    "poisson_sample",
 ]

@@ -35,7 +35,8 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
     bisection on z (epsilon decreases with z): a bracket ``lo < z <= hi`` with
     ``eps(lo) > target >= eps(hi)`` is halved until ``hi - lo <= tolerance * hi``.
     The upper end ``hi`` is returned, so the result never overshoots the target:
-    its epsilon was computed and is <= ``target_epsilon``.
+    its epsilon was computed and is <= ``target_epsilon``. Trial points are
+    interpolated in (log z, log epsilon), with a bisection safeguard.
 
     Examples
     --------
@@ -67,21 +68,50 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
                                 accountant=accountant, prior_events=prior)
 
     lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, 2 * hi
+    eps_hi = eps(hi)
+    while eps_hi > target_epsilon:
+        lo, eps_lo, hi = hi, eps_hi, 2 * hi
         if hi > MAX_NOISE_MULTIPLIER:
             raise CalibrationError(f"no noise multiplier <= {MAX_NOISE_MULTIPLIER:g} reaches "
                                    f"target_epsilon == {target_epsilon} at delta == {delta}.")
-    if lo == 0.0:  # find a lower end that misses the target, when z = 1 already meets it
+        eps_hi = eps(hi)
+    if lo == 0.0:  # z = 1 already meets the target: find a lower end that misses it
         lo = hi / 2
-        while eps(lo) <= target_epsilon:
-            hi, lo = lo, lo / 2
+        while (eps_lo := eps(lo)) <= target_epsilon:
+            hi, eps_hi, lo = lo, eps_lo, lo / 2
             if lo < 1e-3:
                 return hi
+    return _shrink_bracket(eps, target=target_epsilon, lo=lo, eps_lo=eps_lo, hi=hi, eps_hi=eps_hi,
+                           tolerance=tolerance)
+
+
+def _shrink_bracket(eps, *, target: float, lo: float, eps_lo: float, hi: float, eps_hi: float,
+                    tolerance: float) -> float:
+    """Shrink ``eps(lo) > target >= eps(hi)`` until ``hi - lo <= tolerance * hi``; return ``hi``.
+
+    Safeguarded bisection: the trial point is the root of the line through
+    ``(log z, log eps)`` at both ends (epsilon is close to a power of z),
+    nudged by ``tolerance / 2`` alternately above and below so that the
+    bracket closes from both sides, kept inside the bracket, and replaced by
+    the midpoint whenever one end has moved three times in a row.
+    """
+    log_target = math.log(target)
+    aim_up, same_side, last_side = True, 0, None
     while hi - lo > tolerance * hi:
-        mid = (lo + hi) / 2
-        if eps(mid) <= target_epsilon:
-            hi = mid
+        width = hi - lo
+        if same_side >= 3 or width <= 4 * tolerance * hi or eps_hi <= 0:
+            trial = (lo + hi) / 2
         else:
-            lo = mid
+            f_lo, f_hi = math.log(eps_lo) - log_target, math.log(eps_hi) - log_target
+            log_root = math.log(lo) + f_lo / (f_lo - f_hi) * (math.log(hi) - math.log(lo))
+            trial = math.exp(log_root) * (1 + tolerance / 2 if aim_up else 1 - tolerance / 2)
+            trial = min(max(trial, lo + 0.02 * width), hi - 0.02 * width)
+        eps_trial = eps(trial)
+        side = "hi" if eps_trial <= target else "lo"
+        if side == "hi":
+            hi, eps_hi, aim_up = trial, eps_trial, False
+        else:
+            lo, eps_lo, aim_up = trial, eps_trial, True
+        same_side = same_side + 1 if side == last_side else 1
+        last_side = side
     return hi

@@ -42,9 +42,10 @@ def test_keyword_only_and_validated():
         calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.5, rounds=0)
 
 
-# each calibration costs ~10 RDP evaluations of ~0.1 s: a dozen examples, not hundreds
+# each calibration costs ~8 RDP evaluations of 0.02-0.5 s (Opacus' fractional orders are slow
+# for large q): a dozen examples in the federated regime q <= 0.1, not hundreds
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=st.floats(0.2, 20.0), q=st.floats(0.01, 1.0), rounds=st.integers(1, 500),
+@given(target=st.floats(0.3, 12.0), q=st.floats(0.001, 0.1), rounds=st.integers(1, 1000),
        delta=st.sampled_from([1e-3, 1e-5, 1e-7]))
 def test_calibration_never_overshoots(target, q, rounds, delta):
     z = calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q,

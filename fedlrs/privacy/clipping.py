@@ -1,0 +1,80 @@
+"""Per-user clipping: every user's contribution is scaled to L2 norm <= C.
+
+Batched over a leading user dimension, any device and dtype. Clipping bounds
+the user-level L2 sensitivity of a sum of contributions by C (add/remove one
+user), which is what the Gaussian mechanism's noise is calibrated to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _require_bound(name: str, bound: float) -> float:
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) \
+            or bound <= 0:
+        raise ValueError(f"{name} == {bound!r}, must be a finite number > 0.")
+    return float(bound)
+
+
+def flat_norms(t: Tensor) -> Tensor:
+    """``||t_i||_2`` over all but the leading (user) dimension: shape (n,)."""
+    if t.dim() < 1:
+        raise ValueError(f"t has shape {tuple(t.shape)}, must have a leading user dimension.")
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
+def clip_scales(norms: Tensor, *, bound: float) -> Tensor:
+    """Per-user factors ``s_i = min(1, C / ||x_i||)`` (``s_i = 1`` for ``||x_i|| = 0``).
+
+    ``s_i ||x_i|| <= C`` always; contributions already inside the ball are untouched.
+    """
+    bound = _require_bound("bound", bound)
+    if torch.any(norms < 0) or not torch.all(torch.isfinite(norms)):
+        raise ValueError("norms must be finite and >= 0.")
+    bound_t = torch.full_like(norms, bound)
+    # tensor / tensor: a Python scalar / tensor computes (1 / t) * scalar, which is not exact
+    return torch.where(norms > bound, bound_t / torch.where(norms > bound, norms, bound_t),
+                       torch.ones_like(norms))
+
+
+def clip(t: Tensor, *, bound: float) -> tuple[Tensor, Tensor]:
+    """``(s_i x_i, s_i)``: each user's contribution scaled to L2 norm <= C (see :func:`clip_scales`)."""
+    scales = clip_scales(flat_norms(t), bound=bound)
+    return t * scales.reshape(-1, *([1] * (t.dim() - 1))), scales
+
+
+def ls_part_norms(W: Tensor, xtx: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Frobenius norms of the two "ls" contributions, never forming them: ``(norm_A, norm_c)``.
+
+    With ``S_i = X_i^T X_i`` (``xtx``, (n, d, d)), ``w_i`` (``W``, (n, r)) and
+    ``g_i = X_i^T (y_i - X_i b_i)`` (``g``, (n, d)):
+
+    * ``A_i = (w_i w_i^T) kron S_i`` has ``||A_i||_F = ||w_i w_i^T||_F ||S_i||_F
+      = ||w_i||^2 ||S_i||_F`` (the Frobenius norm is multiplicative over kron);
+    * ``c_i = vec(g_i w_i^T)`` has ``||c_i|| = ||g_i|| ||w_i||`` (rank one).
+    """
+    if W.dim() != 2 or xtx.dim() != 3 or g.dim() != 2 or not (W.shape[0] == xtx.shape[0] == g.shape[0]) \
+            or xtx.shape[1:] != (g.shape[1], g.shape[1]):
+        raise ValueError(f"W, xtx, g have shapes {tuple(W.shape)}, {tuple(xtx.shape)}, {tuple(g.shape)};"
+                         f" must be (n, r), (n, d, d), (n, d).")
+    w_norm = torch.linalg.vector_norm(W, dim=1)
+    norm_A = w_norm.square() * flat_norms(xtx)
+    norm_c = torch.linalg.vector_norm(g, dim=1) * w_norm
+    return norm_A, norm_c
+
+
+def ls_part_scales(W: Tensor, xtx: Tensor, g: Tensor, *, bound_A: float,
+                   bound_c: float) -> tuple[Tensor, Tensor]:
+    """Clipping factors ``(s_A, s_c)`` of the "ls" parts, each to its own bound (C_A, C_c).
+
+    ``s_A,i = min(1, C_A / ||A_i||_F)`` and ``s_c,i = min(1, C_c / ||c_i||)``, norms
+    from :func:`ls_part_norms`. The release of both is accounted with
+    ``accounted_noise_multiplier(noise_std_multiplier=sigma, parts=2)``.
+    """
+    norm_A, norm_c = ls_part_norms(W, xtx, g)
+    return clip_scales(norm_A, bound=bound_A), clip_scales(norm_c, bound=bound_c)
