@@ -1,0 +1,102 @@
+"""The Flower ClientApp of fedlrs: a thin adapter, Message in, ``fedlrs.core`` call, Message out.
+
+Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`):
+
+* ``train`` : content ``billboard`` (ArrayRecord ``U``) and ``round-config`` (``round``).
+  Fits ``w_i, b_i`` for ``U``, keeps them on the device, replies with the
+  clipped contribution only: one ArrayRecord ``contribution`` (``A``, ``c`` or ``G``).
+* ``train.moments`` : replies with the clipped ``M_i`` for the method-of-moments init.
+* ``query.personalize`` : fits ``w_i, b_i`` for the published ``U`` and keeps them; replies empty.
+* ``evaluate`` : the local loss of ``w_i, b_i`` stays on the device (``context.state``); replies empty.
+
+No loss, example count or norm is ever put in a reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedlrs.core import sufficient_statistics
+from fedlrs.federation_config import FederationConfig, parse_run_config
+from fedlrs.client.contribution import local_fit, moments_contribution, round_contribution
+from fedlrs.client.data import load_user_data
+from fedlrs.client.state import LocalState, load_state, store_state
+
+BILLBOARD = "billboard"
+ROUND_CONFIG = "round-config"
+CONTRIBUTION = "contribution"
+LOCAL_METRICS = "fedlrs.local-metrics"
+
+
+def _published_U(message: Message, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(message.content.array_records[BILLBOARD]["U"].numpy()).to(dtype)
+
+
+def _round(message: Message) -> int:
+    return int(message.content.config_records[ROUND_CONFIG]["round"])
+
+
+def _reply(message: Message, parts: dict[str, torch.Tensor]) -> Message:
+    record = ArrayRecord({name: Array(value.detach().cpu().numpy()) for name, value in parts.items()})
+    return Message(RecordDict({CONTRIBUTION: record}), reply_to=message)
+
+
+def train(message: Message, context: Context, config: FederationConfig) -> Message:
+    """One round: local step for the published U, then the clipped contribution and nothing else."""
+    data = load_user_data(config, context.node_config)
+    stats = sufficient_statistics(data)
+    parts, fit = round_contribution(_published_U(message, config.torch_dtype), stats, config)
+    store_state(context, LocalState.from_fit(fit, _round(message)))
+    return _reply(message, parts)
+
+
+def moments(message: Message, context: Context, config: FederationConfig) -> Message:
+    """The clipped ``M_i`` of the method-of-moments initialization."""
+    return _reply(message, moments_contribution(load_user_data(config, context.node_config), config))
+
+
+def personalize(message: Message, context: Context, config: FederationConfig) -> Message:
+    """Fit ``w_i, b_i`` for the published U and keep them on the device; nothing is sent back."""
+    data = load_user_data(config, context.node_config)
+    fit = local_fit(_published_U(message, config.torch_dtype), sufficient_statistics(data), config)
+    store_state(context, LocalState.from_fit(fit, _round(message)))
+    return Message(RecordDict(), reply_to=message)
+
+
+def evaluate(message: Message, context: Context, config: FederationConfig) -> Message:
+    """Local mean squared error of ``theta_i = U w_i + b_i``; kept in ``context.state``, never sent."""
+    state = load_state(context)
+    if state is not None:
+        data = load_user_data(config, context.node_config)
+        U = _published_U(message, config.torch_dtype).numpy()
+        theta = U @ state.w + state.b
+        X, y = data.X[0].numpy(), data.y[0].numpy()
+        mse = float(np.mean((X @ theta - y) ** 2))
+        context.state.metric_records[LOCAL_METRICS] = MetricRecord({"mse": mse, "round": state.round})
+    return Message(RecordDict(), reply_to=message)
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none)."""
+    client_app = ClientApp()
+
+    def handler(function):
+        def handle(message: Message, context: Context) -> Message:
+            return function(message, context, parse_run_config(context.run_config, overrides))
+
+        handle.__name__ = function.__name__
+        return handle
+
+    client_app.train()(handler(train))
+    client_app.train("moments")(handler(moments))
+    client_app.query("personalize")(handler(personalize))
+    client_app.evaluate()(handler(evaluate))
+    return client_app
+
+
+app = make_client_app()

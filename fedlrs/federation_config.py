@@ -1,0 +1,223 @@
+"""The typed configuration of a Flower run of fedlrs, parsed once from ``[tool.flwr.app.config]``.
+
+Every knob of the run lives in the kebab-case table ``[tool.flwr.app.config]`` of
+``pyproject.toml`` (overridden with ``flwr run . --run-config "key=value ..."``).
+Both the ServerApp and the ClientApp call :func:`parse_run_config` once on
+``context.run_config`` and then only read the frozen :class:`FederationConfig`.
+Unknown keys are refused (a misspelt knob is an error, never silently ignored);
+missing keys take the defaults of :data:`DEFAULTS`, which mirror the table.
+
+Three channels stay apart (STYLE.md): this run config (static, same for all),
+the node config (per device: ``partition-id``, ``data-path``, ``state-dir``) and
+the per-round ``ConfigRecord`` sent by the server (round number, phase).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from fedlrs.simulations.engine import EngineConfig
+
+#: Defaults of every knob, in the kebab-case of ``[tool.flwr.app.config]`` (the table repeats them).
+DEFAULTS: dict[str, Any] = {
+    # AMHT-LRS (DESIGN.md section 2); same meaning as fedlrs.simulations.engine.EngineConfig
+    "num-server-rounds": 10,
+    "rank": 2,
+    "sparsity": 2,
+    "dim": 20,
+    "mode": "ls",
+    "init": "moments",
+    "sample-rate": 1.0,
+    "ridge-w": 1e-6,
+    "ridge-b": 1e-6,
+    "ridge-u": 1e-6,
+    "gd-learning-rate": 1.0,
+    "refine-steps": 2,
+    "starts": 8,
+    "seed": 0,
+    "dtype": "float64",
+    # data of a simulation: user i of a synthetic federation is partition-id i
+    "dataset": "synthetic",
+    "data-examples": 10,
+    "data-noise": 0.01,
+    "data-sparse-scale": 1.0,
+    "data-seed": 0,
+    # user-level differential privacy (DESIGN.md section 3)
+    "private": False,
+    "target-epsilon": 2.0,
+    "delta": 1e-5,
+    "accountant": "rdp",
+    "noise-multiplier": 0.0,
+    "init-noise-multiplier": 4.0,
+    "clip-a": 10.0,
+    "clip-c": 10.0,
+    "clip-g": 10.0,
+    "clip-moments": 100.0,
+    "noise-seed": -1,
+    # the billboard: rounds, faults, checkpoints, report
+    "round-timeout": 60.0,
+    "min-nodes": 1,
+    "wait-for-nodes": 60.0,
+    "checkpoint-dir": "",
+    "report-path": "",
+    "personalize-at-end": True,
+}
+
+
+class ConfigError(ValueError):
+    """A run-config value breaks its rule; the message names the key, the value and the rule."""
+
+
+_OWN_FIELDS: set[str] = set()  # FederationConfig fields, filled below the class
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Every knob of a Flower run, validated once (field ``snake_case`` <-> key ``kebab-case``).
+
+    The algorithm's knobs are checked by :class:`fedlrs.simulations.engine.EngineConfig`
+    (see :meth:`engine_config`) so the Flower run and the in-process engine cannot disagree
+    on a rule. Privacy knobs: ``private`` switches clipping, noise and the ledger on;
+    ``noise-multiplier`` is the *accounted* z of a round (0: calibrated to
+    ``target-epsilon`` at ``delta`` for ``num-server-rounds`` rounds, after the init);
+    ``init-noise-multiplier`` the accounted z of the private moments init; ``clip-*``
+    the L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
+    reproducible (tests only; -1 draws it from the OS).
+    """
+
+    num_server_rounds: int = DEFAULTS["num-server-rounds"]
+    rank: int = DEFAULTS["rank"]
+    sparsity: int = DEFAULTS["sparsity"]
+    dim: int = DEFAULTS["dim"]
+    mode: str = DEFAULTS["mode"]
+    init: str = DEFAULTS["init"]
+    sample_rate: float = DEFAULTS["sample-rate"]
+    ridge_w: float = DEFAULTS["ridge-w"]
+    ridge_b: float = DEFAULTS["ridge-b"]
+    ridge_u: float = DEFAULTS["ridge-u"]
+    gd_learning_rate: float = DEFAULTS["gd-learning-rate"]
+    refine_steps: int = DEFAULTS["refine-steps"]
+    starts: int = DEFAULTS["starts"]
+    seed: int = DEFAULTS["seed"]
+    dtype: str = DEFAULTS["dtype"]
+    dataset: str = DEFAULTS["dataset"]
+    data_examples: int = DEFAULTS["data-examples"]
+    data_noise: float = DEFAULTS["data-noise"]
+    data_sparse_scale: float = DEFAULTS["data-sparse-scale"]
+    data_seed: int = DEFAULTS["data-seed"]
+    private: bool = DEFAULTS["private"]
+    target_epsilon: float = DEFAULTS["target-epsilon"]
+    delta: float = DEFAULTS["delta"]
+    accountant: str = DEFAULTS["accountant"]
+    noise_multiplier: float = DEFAULTS["noise-multiplier"]
+    init_noise_multiplier: float = DEFAULTS["init-noise-multiplier"]
+    clip_a: float = DEFAULTS["clip-a"]
+    clip_c: float = DEFAULTS["clip-c"]
+    clip_g: float = DEFAULTS["clip-g"]
+    clip_moments: float = DEFAULTS["clip-moments"]
+    noise_seed: int = DEFAULTS["noise-seed"]
+    round_timeout: float = DEFAULTS["round-timeout"]
+    min_nodes: int = DEFAULTS["min-nodes"]
+    wait_for_nodes: float = DEFAULTS["wait-for-nodes"]
+    checkpoint_dir: str = DEFAULTS["checkpoint-dir"]
+    report_path: str = DEFAULTS["report-path"]
+    personalize_at_end: bool = DEFAULTS["personalize-at-end"]
+    _engine: EngineConfig = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            engine = self.engine_config()
+        except ValueError as error:
+            raise ConfigError(str(error).replace("rounds ==", "num-server-rounds ==").replace("_", "-")) from error
+        object.__setattr__(self, "_engine", engine)
+        if self.dim < 1:
+            raise ConfigError(f"dim == {self.dim}, must be >= 1.")
+        try:
+            engine.check_data(self.dim)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        if self.dataset not in ("synthetic", "node"):
+            raise ConfigError(f"dataset == {self.dataset!r}, must be 'synthetic' (partition of the built-in data) or 'node' (the node's data-path).")
+        if self.data_examples < 1:
+            raise ConfigError(f"data-examples == {self.data_examples}, must be >= 1.")
+        for name in ("data_noise", "data_sparse_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_kebab(name)} == {getattr(self, name)}, must be >= 0.")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta == {self.delta}, must be in (0, 1).")
+        if not self.target_epsilon > 0:
+            raise ConfigError(f"target-epsilon == {self.target_epsilon}, must be > 0.")
+        if self.accountant not in ("rdp", "prv", "pld"):
+            raise ConfigError(f"accountant == {self.accountant!r}, must be 'rdp', 'prv' or 'pld'.")
+        if self.noise_multiplier < 0:
+            raise ConfigError(f"noise-multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate to target-epsilon).")
+        if self.private and self.init == "moments" and not self.init_noise_multiplier > 0:
+            raise ConfigError(f"init-noise-multiplier == {self.init_noise_multiplier}, must be > 0 for a private moments init.")
+        for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{_kebab(name)} == {value}, must be a finite number > 0.")
+        if not self.round_timeout > 0:
+            raise ConfigError(f"round-timeout == {self.round_timeout}, must be > 0 seconds.")
+        if self.min_nodes < 1:
+            raise ConfigError(f"min-nodes == {self.min_nodes}, must be >= 1.")
+        if self.wait_for_nodes < 0:
+            raise ConfigError(f"wait-for-nodes == {self.wait_for_nodes}, must be >= 0 seconds.")
+
+    def engine_config(self) -> EngineConfig:
+        """The same algorithm as an :class:`EngineConfig` of the in-process engine (squared loss)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in _OWN_FIELDS}
+        return EngineConfig(rounds=self.num_server_rounds, loss="squared", **shared)
+
+    @property
+    def torch_dtype(self):
+        return self._engine.torch_dtype
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config in its kebab-case form (round trip: ``parse_run_config(c.to_dict()) == c``)."""
+        return {_kebab(k): v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+_FIELDS = {_kebab(f.name): f for f in fields(FederationConfig) if f.init}
+_OWN_FIELDS.update(f.name for f in fields(FederationConfig) if f.init)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` has the type of the default (TOML gives int, float, bool, str); ints are accepted for floats."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} == {value!r}, must be true or false.")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} == {value!r}, must be an integer.")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} == {value!r}, must be a number.")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} == {value!r}, must be a string.")
+    return value
+
+
+def parse_run_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> FederationConfig:
+    """One validated :class:`FederationConfig` from a run config (``context.run_config``).
+
+    ``overrides`` (kebab-case) win over ``run_config``; both may omit keys, never add unknown ones.
+    """
+    merged = dict(run_config)
+    merged.update(overrides or {})
+    unknown = sorted(set(merged) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config key {unknown[0]!r}; known keys are {sorted(DEFAULTS)}.")
+    values = {}
+    for key, default in DEFAULTS.items():
+        values[_FIELDS[key].name] = _coerce(key, merged.get(key, default), default)
+    return FederationConfig(**values)

@@ -1,0 +1,166 @@
+"""The ServerApp's billboard driven by a fake Grid: fidelity with the engine, privacy, faults, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, Message, RecordDict
+
+from fedlrs.client.app import make_client_app
+from fedlrs.federation_config import parse_run_config
+from fedlrs.privacy import Ledger
+from fedlrs.server.app import make_server_app
+from fedlrs.server.billboard import Billboard
+from fedlrs.simulations.engine import run_engine
+from fedlrs.simulations.synthetic import make_lrs_data
+
+from .fakes import FakeGrid
+
+USERS = 12
+
+
+def _run(overrides, users=USERS, tamper=None):
+    config = parse_run_config(overrides)
+    grid = FakeGrid(make_client_app(overrides), users, tamper=tamper)
+    return Billboard(config).run(grid), grid
+
+
+def _engine_U(overrides, users=USERS):
+    config = parse_run_config(overrides)
+    data = make_lrs_data(users=users, examples=config.data_examples, dim=config.dim, rank=config.rank,
+                         sparsity=config.sparsity, noise=config.data_noise, seed=config.data_seed)
+    return run_engine(data.train, config.engine_config()).U
+
+
+@pytest.mark.parametrize("mode,init,q", [("ls", "moments", 1.0), ("ls", "random", 0.5), ("gd", "moments", 0.6)])
+def test_same_U_as_the_engine(small, mode, init, q):
+    overrides = {**small, "mode": mode, "init": init, "sample-rate": q, "seed": 3}
+    result, _ = _run(overrides)
+    assert result.rounds_completed == 3
+    assert torch.allclose(result.U, _engine_U(overrides), atol=1e-6, rtol=0)
+
+
+def test_server_app_runs_on_a_fake_grid(small):
+    from flwr.app import Context
+
+    grid = FakeGrid(make_client_app(small), 5)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    make_server_app(small)(grid, context)
+    types = [m.metadata.message_type for m in grid.sent]
+    assert types.count("train.moments") == 5 and types.count("train") == 15
+
+
+def test_private_run_records_init_and_every_round(small, tmp_path):
+    overrides = {**small, "private": True, "sample-rate": 0.5, "target-epsilon": 5.0, "noise-seed": 0,
+                 "checkpoint-dir": str(tmp_path)}
+    result, _ = _run(overrides)
+    events = result.ledger.events
+    assert [e.release_id for e in events] == ["init", "round-1", "round-2", "round-3"]
+    assert events[0].sample_rate == 1.0 and events[0].noise_multiplier == 4.0
+    assert all(e.sample_rate == 0.5 and e.noise_multiplier == result.noise_multiplier for e in events[1:])
+    assert result.ledger.epsilon(delta=1e-5) <= 5.0
+    assert [e.to_dict() for e in Ledger.load(tmp_path / "ledger.jsonl").events] == [e.to_dict() for e in events]
+    report = json.loads((tmp_path / "privacy-report.json").read_text())
+    assert report["epsilon"] <= 5.0 and len(report["events"]) == 4
+
+
+def test_budget_stops_the_run(small):
+    overrides = {**small, "private": True, "noise-multiplier": 2.0, "target-epsilon": 3.0, "sample-rate": 0.2,
+                 "num-server-rounds": 50, "noise-seed": 0}
+    result, _ = _run(overrides)
+    assert 0 < result.rounds_completed < 50 and result.stopped.startswith("budget")
+    assert result.ledger.epsilon(delta=1e-5) <= 3.0
+
+
+def _corrupt(kind):
+    def tamper(node, message, reply):
+        if message.metadata.message_type != "train" or node != 2:
+            return reply
+        record = reply.content.array_records["contribution"]
+        arrays = {name: record[name].numpy().copy() for name in record.keys()}
+        content = RecordDict({"contribution": ArrayRecord({n: Array(v) for n, v in arrays.items()})})
+        if kind == "nan":
+            arrays["A"][0, 0] = np.nan
+            content = RecordDict({"contribution": ArrayRecord({n: Array(v) for n, v in arrays.items()})})
+        elif kind == "shape":
+            content = RecordDict({"contribution": ArrayRecord({"A": Array(arrays["A"][:-1]), "c": Array(arrays["c"])})})
+        elif kind == "extra-key":
+            arrays["loss"] = np.zeros(1)
+            content = RecordDict({"contribution": ArrayRecord({n: Array(v) for n, v in arrays.items()})})
+        elif kind == "extra-record":
+            content["metrics"] = MetricRecord({"num-examples": 12})
+        elif kind == "unclipped":
+            arrays["c"] = arrays["c"] * 1e6
+            content = RecordDict({"contribution": ArrayRecord({n: Array(v) for n, v in arrays.items()})})
+        elif kind == "dtype":
+            content = RecordDict({"contribution": ArrayRecord({n: Array(v.astype(np.float32)) for n, v in arrays.items()})})
+        elif kind == "drop":
+            return None
+        return Message(content, reply_to=message)
+
+    return tamper
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape", "extra-key", "extra-record", "unclipped", "dtype", "drop"])
+def test_a_bad_reply_is_refused_without_harming_the_round(small, kind):
+    overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "clip-c": 5.0, "target-epsilon": 100.0}
+    result, _ = _run(overrides, tamper=_corrupt(kind))
+    assert result.rounds_completed == 3
+    assert torch.isfinite(result.U).all()
+    if kind == "drop":
+        assert [node for _, node in result.dropped] == [2, 2, 2] and not result.refusals
+    else:
+        assert [(r.round, r.node_id) for r in result.refusals] == [(1, 2), (2, 2), (3, 2)]
+    # the other nodes' replies were counted: the same U as a run where node 2 is simply absent from the sums
+    assert len(result.ledger.events) == 4
+
+
+def test_resume_after_a_crash_gives_the_same_U_and_ledger(small, tmp_path):
+    base = {**small, "private": True, "noise-multiplier": 2.0, "noise-seed": 0, "sample-rate": 0.5, "target-epsilon": 100.0,
+            "num-server-rounds": 4}
+    full, _ = _run({**base, "checkpoint-dir": str(tmp_path / "full")})
+
+    crashed = {**base, "checkpoint-dir": str(tmp_path / "crash")}
+    calls = {"n": 0}
+
+    def crash_in_round_3(node, message, reply):
+        if message.metadata.message_type == "train" and message.metadata.group_id == "3":
+            raise KeyboardInterrupt("server killed")
+        return reply
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(crashed, tamper=crash_in_round_3)
+    assert len(Ledger.load(tmp_path / "crash" / "ledger.jsonl")) == 3  # init, round 1, round 2
+    resumed, grid = _run(crashed)
+    assert resumed.rounds_completed == 4
+    assert "train.moments" not in [m.metadata.message_type for m in grid.sent]
+    strip = lambda ledger: [{k: v for k, v in e.to_dict().items() if k != "time"} for e in ledger.events]
+    assert strip(resumed.ledger) == strip(full.ledger)
+    assert resumed.sampled == {r: s for r, s in full.sampled.items() if r >= 3}
+
+
+def test_a_release_recorded_before_the_crash_is_kept_and_the_retry_is_counted(small, tmp_path):
+    base = {**small, "private": True, "noise-multiplier": 2.0, "noise-seed": 0, "target-epsilon": 100.0, "checkpoint-dir": str(tmp_path)}
+    config = parse_run_config(base)
+    billboard = Billboard(config)
+    original = billboard._checkpoint
+
+    def die_before_checkpoint_2(round_number, *args):
+        if round_number == 2:
+            raise KeyboardInterrupt("killed between the release and the checkpoint")
+        return original(round_number, *args)
+
+    billboard._checkpoint = die_before_checkpoint_2
+    with pytest.raises(KeyboardInterrupt):
+        billboard.run(FakeGrid(make_client_app(base), USERS))
+    resumed, _ = _run(base)
+    assert [e.release_id for e in resumed.ledger.events] == ["init", "round-1", "round-2", "round-2-retry-1", "round-3"]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(small, tmp_path):
+    from fedlrs.server.checkpoint import CheckpointError
+
+    _run({**small, "checkpoint-dir": str(tmp_path)})
+    with pytest.raises(CheckpointError, match="rank"):
+        _run({**small, "rank": 3, "checkpoint-dir": str(tmp_path)})
