@@ -62,7 +62,7 @@ class EngineConfig:
     ridge_w: float = 1e-6
     ridge_b: float = 1e-6
     ridge_u: float = 1e-6
-    gd_learning_rate: float = 0.5
+    gd_learning_rate: float = 1.0
     refine_steps: int = 2
     starts: int = 8
     logistic_iterations: int = 8

@@ -1,0 +1,77 @@
+import torch
+
+from fedlrs.core import (
+    UserData,
+    gd_gradient_sum,
+    gd_residual_vectors,
+    ls_solve,
+    ls_system,
+    moment_norms,
+    moment_sum,
+    orthonormalize,
+    principal_angle_distance,
+    sufficient_statistics,
+    top_eigenvectors,
+)
+from fedlrs.simulations.synthetic import make_lrs_data
+
+f64 = torch.float64
+
+
+def test_ls_system_is_the_sum_of_kronecker_contributions_with_column_major_vec():
+    n, m, d, r = 4, 6, 5, 3
+    data = UserData(torch.randn(n, m, d, dtype=f64), torch.randn(n, m, dtype=f64), torch.ones(n, m, dtype=torch.bool))
+    stats = sufficient_statistics(data)
+    W, B = torch.randn(n, r, dtype=f64), torch.randn(n, d, dtype=f64)
+    weights = torch.rand(n, dtype=f64)
+    A, c = ls_system(stats, W, B, weights_A=weights, weights_c=weights)
+    A_ref = sum(weights[i] * torch.kron(torch.outer(W[i], W[i]), stats.xtx[i]) for i in range(n))
+    c_ref = sum(weights[i] * torch.outer(data.X[i].T @ (data.y[i] - data.X[i] @ B[i]), W[i]).T.reshape(-1) for i in range(n))
+    torch.testing.assert_close(A, A_ref)
+    torch.testing.assert_close(c, c_ref)
+    # vec is column-major: A vec(U) = sum_i vec(X^T X U w w^T)
+    U = torch.randn(d, r, dtype=f64)
+    lhs = A_ref @ U.T.reshape(-1)
+    rhs = sum(weights[i] * (stats.xtx[i] @ U @ torch.outer(W[i], W[i])).T.reshape(-1) for i in range(n))
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_ls_update_recovers_the_subspace_when_w_and_b_are_known():
+    data = make_lrs_data(users=300, examples=20, dim=15, rank=3, sparsity=2, noise=0.0, seed=2)
+    stats = sufficient_statistics(data.train)
+    A, c = ls_system(stats, data.W_star, data.B_star)
+    U = ls_solve(A, c, rank=3, normalizer=300.0, ridge=0.0)
+    assert principal_angle_distance(U, data.U_star) < 1e-8
+
+
+def test_gd_gradient_matches_autograd():
+    data = make_lrs_data(users=5, examples=8, dim=6, rank=2, sparsity=1, seed=4)
+    stats = sufficient_statistics(data.train)
+    U = torch.randn(6, 2, dtype=f64, requires_grad=True)
+    W, B = torch.randn(5, 2, dtype=f64), data.B_star
+    theta = W @ U.T + B
+    residual = (data.train.X @ theta.unsqueeze(-1)).squeeze(-1) - data.train.y
+    loss = 0.5 * (residual.pow(2).sum(1) / 8).sum()
+    loss.backward()
+    G = gd_gradient_sum(gd_residual_vectors(stats, U.detach(), W, B), W)
+    torch.testing.assert_close(G, U.grad)
+
+
+def test_moment_norms_and_sum_match_explicit_matrices():
+    data = make_lrs_data(users=6, examples=5, dim=4, rank=2, sparsity=1, seed=5, examples_max=9).train
+    explicit = [(data.X[i].T * (data.y[i] ** 2 * data.mask[i])) @ data.X[i] for i in range(6)]
+    torch.testing.assert_close(moment_norms(data), torch.stack([torch.linalg.matrix_norm(M) for M in explicit]))
+    torch.testing.assert_close(moment_sum(data), sum(explicit))
+
+
+def test_method_of_moments_finds_the_subspace_with_many_users():
+    data = make_lrs_data(users=4000, examples=10, dim=20, rank=2, sparsity=0, seed=6)
+    U0 = top_eigenvectors(moment_sum(data.train), 2)
+    assert principal_angle_distance(U0, data.U_star) < 0.2
+
+
+def test_orthonormalize_gives_orthonormal_columns_with_positive_r():
+    M = torch.randn(7, 3, dtype=f64)
+    Q = orthonormalize(M)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(3, dtype=f64))
+    assert (torch.diagonal(Q.T @ M) > 0).all()

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from fedlrs.simulations.engine import EngineConfig, Federation, run_engine, synthetic_evaluator
+from fedlrs.simulations.synthetic import make_lrs_data
+
+# The acceptance setting of the core issue: t=2000, d=50, r=5, k=4, sigma=0.01, moments init, <= 10 rounds.
+SETTING = dict(users=2000, dim=50, rank=5, noise=0.01, seed=0)
+
+
+def final(data, **config):
+    result = run_engine(data.train, EngineConfig(rank=5, rounds=10, **config), evaluate=synthetic_evaluator(data))
+    return result.history[-1]
+
+
+@pytest.mark.slow
+def test_m40_recovers_parameters_and_subspace():
+    data = make_lrs_data(examples=40, sparsity=4, **SETTING)
+    metrics = final(data, sparsity=4)
+    assert metrics["relative_error"] <= 1e-3
+    assert metrics["distance"] <= 0.01
+
+
+@pytest.mark.slow
+def test_m25_relative_error():
+    data = make_lrs_data(examples=25, sparsity=4, **SETTING)
+    assert final(data, sparsity=4)["relative_error"] <= 0.03
+
+
+@pytest.mark.slow
+def test_m25_without_sparse_part_recovers_subspace():
+    data = make_lrs_data(examples=25, sparsity=0, **SETTING)
+    assert final(data, sparsity=0)["distance"] <= 1e-3
+
+
+def test_small_federation_converges_in_both_modes():
+    data = make_lrs_data(users=400, examples=30, dim=20, rank=2, sparsity=2, noise=0.01, seed=1)
+    for mode in ("ls", "gd"):
+        result = run_engine(data.train, EngineConfig(rank=2, sparsity=2, rounds=10, mode=mode), evaluate=synthetic_evaluator(data))
+        first, last = result.history[0], result.history[-1]
+        assert last["distance"] < 0.02 and last["distance"] < first["distance"] / 5, (mode, first, last)
+        assert last["relative_error"] < 0.01, mode
+        assert [h["round"] for h in result.history] == list(range(11))
+
+
+def test_sampled_rounds_still_learn_the_subspace():
+    data = make_lrs_data(users=1000, examples=30, dim=20, rank=2, sparsity=1, noise=0.01, seed=2)
+    result = run_engine(data.train, EngineConfig(rank=2, sparsity=1, rounds=10, sample_rate=0.3), evaluate=synthetic_evaluator(data))
+    assert result.history[-1]["distance"] < 0.05
+
+
+def test_logistic_personalization_beats_the_global_model_auc():
+    from fedlrs.core import mean_user_auc
+    from fedlrs.simulations.baselines import global_logistic
+
+    data = make_lrs_data(users=1000, examples=40, dim=10, rank=2, sparsity=1, logistic=True, seed=3, test_examples=40)
+    config = EngineConfig(rank=2, sparsity=1, rounds=10, mode="gd", loss="logistic", init="random", ridge_w=1e-2, ridge_b=1e-2)
+    result = run_engine(data.train, config)
+    personal = mean_user_auc(data.test, result.theta)
+    common = mean_user_auc(data.test, global_logistic(data.train))
+    assert personal >= common + 0.05, (personal, common)
+
+
+def test_same_seed_same_result_and_history_json(tmp_path):
+    data = make_lrs_data(users=100, examples=20, dim=10, rank=2, sparsity=1, seed=4)
+    config = EngineConfig(rank=2, sparsity=1, rounds=3, sample_rate=0.5, seed=7)
+    a = run_engine(data.train, config, evaluate=synthetic_evaluator(data))
+    b = run_engine(data.train, config)
+    torch.testing.assert_close(a.U, b.U)
+    a.to_json(tmp_path / "m.json")
+    payload = json.loads((tmp_path / "m.json").read_text())
+    assert payload["config"]["sample_rate"] == 0.5 and len(payload["history"]) == 4
+    assert payload["final"]["relative_error"] == a.history[-1]["relative_error"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rank=0, sparsity=1), "rank == 0, must be >= 1"),
+        (dict(rank=2, sparsity=-1), "sparsity == -1"),
+        (dict(rank=2, sparsity=1, mode="sgd"), "mode == 'sgd'"),
+        (dict(rank=2, sparsity=1, loss="logistic"), "needs mode == 'gd'"),
+        (dict(rank=2, sparsity=1, sample_rate=0.0), "sample_rate == 0.0"),
+        (dict(rank=2, sparsity=1, dtype="float16"), "dtype == 'float16'"),
+    ],
+)
+def test_bad_configuration_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**kwargs)
+
+
+def test_data_that_does_not_fit_the_configuration_is_refused():
+    data = make_lrs_data(users=5, examples=4, dim=6, rank=2, sparsity=1, seed=0).train
+    with pytest.raises(ValueError, match="rank == 7, must be <= the dimension d == 6"):
+        Federation(data, EngineConfig(rank=7, sparsity=1))
+    with pytest.raises(ValueError, match="sparsity == 6, must be < the dimension d == 6"):
+        Federation(data, EngineConfig(rank=2, sparsity=6))
+    empty = type(data)(data.X, data.y, data.mask.clone())
+    empty.mask[3] = False
+    with pytest.raises(ValueError, match="user 3 has no examples"):
+        Federation(empty, EngineConfig(rank=2, sparsity=1))

@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedlrs import LRSClassifier, LRSRegressor, NotFittedError
+from fedlrs.simulations.synthetic import make_lrs_data
+
+
+def long_table(data, users, m, d):
+    X = data.train.X.reshape(-1, d).numpy()
+    y = data.train.y.reshape(-1).numpy()
+    groups = np.repeat([f"user-{i}" for i in range(users)], m)
+    return X, y, groups
+
+
+@pytest.fixture(scope="module")
+def regression():
+    data = make_lrs_data(users=300, examples=30, dim=12, rank=2, sparsity=1, seed=0)
+    X, y, groups = long_table(data, 300, 30, 12)
+    return data, X, y, groups
+
+
+def test_fit_predict_recovers_user_parameters(regression):
+    data, X, y, groups = regression
+    model = LRSRegressor(rank=2, sparsity=1, rounds=10).fit(pd.DataFrame(X), pd.Series(y), pd.Series(groups))
+    order = np.argsort([f"user-{i}" for i in range(300)])  # groups_ is sorted
+    theta_star = data.theta_star.numpy()[order]
+    rel = ((model.thetas_ - theta_star) ** 2).sum(1) / (theta_star**2).sum(1)
+    assert rel.mean() < 1e-2
+    assert model.U_.shape == (12, 2) and model.W_.shape == (300, 2) and model.B_.shape == (300, 12)
+    assert np.mean((model.predict(X, groups) - y) ** 2) < 0.01
+
+
+def test_personalize_fits_a_new_user_without_changing_u(regression):
+    data, X, y, groups = regression
+    model = LRSRegressor(rank=2, sparsity=1, rounds=10).fit(X, y, groups)
+    U_before = model.U_.copy()
+    new = make_lrs_data(users=300, examples=30, dim=12, rank=2, sparsity=1, seed=0)  # same U*, same users
+    personal = model.personalize(new.train.X[5].numpy(), new.train.y[5].numpy())
+    assert np.allclose(model.U_, U_before)
+    theta_star = new.theta_star[5].numpy()
+    assert ((personal.theta - theta_star) ** 2).sum() / (theta_star**2).sum() < 1e-2
+    assert np.count_nonzero(personal.b) <= 1
+
+
+def test_classifier_predict_proba_and_labels():
+    data = make_lrs_data(users=300, examples=40, dim=8, rank=2, sparsity=1, logistic=True, seed=1)
+    X, y, groups = long_table(data, 300, 40, 8)
+    labels = np.where(y > 0.5, "yes", "no")
+    model = LRSClassifier(rank=2, sparsity=1, rounds=8).fit(X, labels, groups)
+    proba = model.predict_proba(X[:50], groups[:50])
+    assert proba.shape == (50, 2) and np.allclose(proba.sum(1), 1)
+    assert set(model.predict(X[:50], groups[:50])) <= {"yes", "no"}
+    order = np.argsort([f"user-{i}" for i in range(300)])
+    theta_star = data.theta_star.numpy()[order]
+    rows_user = np.searchsorted(model.groups_, groups)
+    bayes = np.where(np.einsum("nd,nd->n", X, theta_star[rows_user]) > 0, "yes", "no")
+    assert (model.predict(X, groups) == labels).mean() > (bayes == labels).mean() - 0.03
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda X, y, g: (X[:, :, None], y, g), "X has 3 dimensions"),
+        (lambda X, y, g: (X, y[:-1], g), "y has 8999 rows, must match X's 9000"),
+        (lambda X, y, g: (X, y, g[:-1]), "groups has 8999 rows"),
+        (lambda X, y, g: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y, g), "X has a NaN"),
+        (lambda X, y, g: (X, np.where(np.arange(y.size) == 3, np.inf, y), g), "y has a NaN or infinite value .first in row 3"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error(regression, change, message):
+    _, X, y, groups = regression
+    with pytest.raises(ValueError, match=message):
+        LRSRegressor(rank=2, sparsity=1, rounds=1).fit(*change(X, y, groups))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(rank=0), "rank == 0, must be >= 1"), (dict(rank=13), "rank == 13, must be <= the dimension d == 12"), (dict(sparsity=12), "sparsity == 12, must be < the dimension")],
+)
+def test_bad_hyperparameters_are_refused(regression, kwargs, message):
+    _, X, y, groups = regression
+    with pytest.raises(ValueError, match=message):
+        LRSRegressor(**{"rank": 2, "rounds": 1, **kwargs}).fit(X, y, groups)
+
+
+def test_predict_before_fit_and_unknown_group_and_empty_user(regression):
+    _, X, y, groups = regression
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        LRSRegressor().predict(X, groups)
+    model = LRSRegressor(rank=2, sparsity=1, rounds=1).fit(X, y, groups)
+    with pytest.raises(ValueError, match="groups has a user not seen in fit: 'stranger'"):
+        model.predict(X[:2], np.array(["user-1", "stranger"]))
+    with pytest.raises(ValueError, match="X_new has no rows"):
+        model.personalize(np.zeros((0, 12)), np.zeros(0))
+    with pytest.raises(ValueError, match="X has 11 features, the model was fitted with 12"):
+        model.predict(X[:2, :11], groups[:2])
+
+
+def test_classifier_needs_two_labels():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="y has 3 distinct labels"):
+        LRSClassifier(rank=1).fit(X, np.arange(20) % 3, np.arange(20) % 2)
