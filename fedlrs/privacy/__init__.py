@@ -10,6 +10,7 @@ is checked before each release.
 """
 
 from fedlrs.privacy.accountants import ACCOUNTANTS, EpsilonResult, compute_epsilon
+from fedlrs.privacy.audit import AuditResult, audit_report
 from fedlrs.privacy.budget import BudgetExceededError, PrivacyBudget
 from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multiplier
 from fedlrs.privacy.clipping import clip, clip_scales, flat_norms, ls_part_norms, ls_part_scales
@@ -19,10 +20,12 @@ from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflict
                                    LedgerCorruptError, LedgerError)
 from fedlrs.privacy.mechanism import GaussianSumRelease, method_of_moments_release
 from fedlrs.privacy.noise import GaussianNoise
+from fedlrs.privacy.report import build_privacy_report, write_privacy_report
 from fedlrs.privacy.sampling import poisson_sample
 
 __all__ = [
     "ACCOUNTANTS",
+    "AuditResult",
     "BudgetExceededError",
     "CalibrationError",
     "DpEvent",
@@ -37,6 +40,8 @@ __all__ = [
     "LedgerError",
     "PrivacyBudget",
     "accounted_noise_multiplier",
+    "audit_report",
+    "build_privacy_report",
     "calibrate_noise_multiplier",
     "clip",
     "clip_scales",
@@ -47,4 +52,5 @@ __all__ = [
     "method_of_moments_release",
     "per_part_noise_multiplier",
     "poisson_sample",
+    "write_privacy_report",
 ]

@@ -1,0 +1,76 @@
+"""``fedlrs privacy``: calibrate, report and audit from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedlrs.privacy.accountants import ACCOUNTANTS
+from fedlrs.privacy.audit import audit_report
+from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multiplier
+from fedlrs.privacy.ledger import Ledger, LedgerError
+from fedlrs.privacy.report import REPORT_JSON, REPORT_MD, REPORT_PNG, write_privacy_report
+
+privacy_app = typer.Typer(help="User-level differential privacy: calibrate, report, audit.",
+                          no_args_is_help=True)
+
+
+def _accountant(value: str) -> str:
+    if value not in ACCOUNTANTS:
+        raise typer.BadParameter(f"accountant == {value!r}, must be one of {list(ACCOUNTANTS)}.")
+    return value
+
+
+@privacy_app.command()
+def calibrate(
+    epsilon: float = typer.Option(..., "--epsilon", help="Target epsilon."),
+    delta: float = typer.Option(..., "--delta", help="Target delta."),
+    rounds: int = typer.Option(..., "--rounds", help="Planned rounds."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q."),
+    accountant: str = typer.Option("rdp", "--accountant", callback=_accountant,
+                                   help="rdp, prv or pld."),
+) -> None:
+    """Print the smallest noise multiplier z whose epsilon after ROUNDS rounds is <= EPSILON."""
+    try:
+        z = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta, sample_rate=sample_rate,
+                                       rounds=rounds, accountant=accountant)
+    except (ValueError, CalibrationError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"{z:.6g}")
+
+
+@privacy_app.command()
+def report(
+    ledger: Path = typer.Argument(..., help="Ledger file (JSON lines)."),
+    delta: float = typer.Option(1e-5, "--delta", help="Delta at which epsilon is reported."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for the report files."),
+) -> None:
+    """Write privacy_report.json / .md and epsilon.png for LEDGER and print the guarantee."""
+    try:
+        loaded = Ledger.load(ledger)
+        result = write_privacy_report(loaded, out_dir=out, delta=delta, config={"ledger": str(ledger)})
+    except (OSError, LedgerError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(result["guarantee"])
+    for accountant, epsilon in result["epsilon"].items():
+        typer.echo(f"  {accountant.upper()}: epsilon = {epsilon:.4f}")
+    typer.echo(f"wrote {out / REPORT_JSON}, {out / REPORT_MD}, {out / REPORT_PNG}")
+
+
+@privacy_app.command()
+def audit(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="privacy_report.json"),
+    ledger: Path = typer.Option(None, "--ledger", help="Also check the events against this ledger."),
+) -> None:
+    """Recompute the report's epsilons from its events; exit 1, saying why, if it fails."""
+    result = audit_report(report_path, ledger_path=ledger)
+    if not result.ok:
+        typer.echo("audit FAILED:", err=True)
+        for reason in result.reasons:
+            typer.echo(f"  - {reason}", err=True)
+        raise typer.Exit(1)
+    recomputed = ", ".join(f"{a.upper()} {e:.4f}" for a, e in result.recomputed.items())
+    typer.echo(f"audit passed (recomputed epsilon: {recomputed}).")
