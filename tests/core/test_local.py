@@ -56,3 +56,18 @@ def test_bad_sparsity_and_shape_are_refused(federation):
         solve_local(federation.U_star, stats, sparsity=30)
     with pytest.raises(ValueError, match="U has 10 rows"):
         solve_local(federation.U_star[:10], stats, sparsity=1)
+
+
+def test_projected_gram_pieces_match_the_dense_matrix(federation):
+    from fedlrs.core.local import _projected_problem
+
+    stats = sufficient_statistics(federation.train).select(torch.arange(5))
+    U = federation.U_star
+    H, h, _, _ = _projected_problem(U, stats, 0.1, 0.2)
+    V = stats.xtx @ U
+    G = U.T @ V + 0.1 * torch.eye(3, dtype=U.dtype)
+    dense = stats.xtx - V @ torch.linalg.solve(G, V.transpose(1, 2)) + 0.2 * torch.eye(30, dtype=U.dtype)
+    index = torch.tensor([[3, 7, 1]] * 5)
+    torch.testing.assert_close(H.diagonal(), torch.diagonal(dense, dim1=1, dim2=2))
+    torch.testing.assert_close(H.columns(index), dense[:, :, [3, 7, 1]])
+    torch.testing.assert_close(H.block(index), dense[:, [3, 7, 1]][:, :, [3, 7, 1]])
