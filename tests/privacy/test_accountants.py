@@ -69,3 +69,13 @@ def test_accountant_validated():
 def test_refuses_non_events():
     with pytest.raises(TypeError):
         compute_epsilon([(1.0, 0.05, 1)], delta=1e-5)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "pld"])
+def test_too_many_groups_fall_back(monkeypatch, accountant):
+    from fedlrs.privacy import accountants
+
+    monkeypatch.setattr(accountants, "MAX_GROUPS", 1)
+    events = [make_event("a", noise_multiplier=2.0), make_event("b", noise_multiplier=3.0)]
+    result = compute_epsilon(events, delta=1e-5, accountant=accountant)
+    assert result.accountant_used == "rdp" and "distinct (z, q) groups" in result.warning

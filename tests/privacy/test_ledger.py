@@ -165,3 +165,8 @@ def test_sigkill_mid_run_loses_no_release(tmp_path):
     ledger.record(make_event(f"round-{n + 1}", round=n + 1))
     assert ledger.epsilon(delta=1e-5) > before
     assert len(Ledger.load(path)) == n + 1
+
+
+def test_record_refuses_non_events():
+    with pytest.raises(TypeError, match="must be a DpEvent"):
+        Ledger().record({"release_id": "x"})
