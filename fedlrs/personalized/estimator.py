@@ -31,10 +31,16 @@ centring, so that theta^(i) = Q^T Z^(i) exactly), phi <- 1; then subgradient ste
     phi   <- max(0, phi - alpha [ 1/n d/dphi sum_i D^(i) + 2 nu (phi - 1) ]),
     alpha <- c alpha,
 
-with the personalized learning rate
+(the loss and l1 parts of these gradients are computed through ``X Q^T`` and
+``sign(Omega) Q^T``, never as an n x p gradient matrix), with the personalized learning rate
 ``alpha_i = alpha / max(||theta^(i) - theta_pop||_1, min_travel)``: the paper's
 ``alpha / ||theta^(i) - theta_pop||_1`` with a floor, because at the start every
 theta^(i) sits within eps of theta_pop and the raw rate would be ~ alpha / eps.
+Each step is also capped by the inverse of a curvature bound of the sample's loss
+(``||Q X^(i)||^2 + gamma * degree(i)`` for Z^(i), ``1/n sum_i ||Z^(i)||^2 ||X^(i)||^2``
+for Q), so that no step overshoots, whatever the scale of X; and the rows of Q are
+renormalized to unit norm after each step (the scale moves into Z, Omega is unchanged),
+which removes the Z <-> Q rescaling degeneracy and is the normalization Eq. (2) assumes.
 (The Z^(i) row is separable, so its step uses the per-sample gradient of
 Algorithm 1, line 9, i.e. n times the gradient of the n-scaled objective.)
 
@@ -53,6 +59,7 @@ from scipy.spatial import cKDTree
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso, LassoCV, LogisticRegression
 from sklearn.utils.extmath import randomized_svd
+from threadpoolctl import threadpool_limits
 
 from .metrics import CovariateMetric, as_covariate_array
 
@@ -73,6 +80,17 @@ def _check_float(name: str, value, low: float, *, strict: bool = False, high: fl
         raise ValueError(f"{name} == {value}, must be {'>' if strict else '>='} {low}.")
     if high is not None and value > high:
         raise ValueError(f"{name} == {value}, must be <= {high}.")
+
+
+def _relative_change(A, B, C, D) -> float:
+    """``||A B - C D||_F / ||A B||_F`` from q x q Gram matrices, never forming the n x p products.
+
+    ``||AB - CD||^2 = tr(A^T A B B^T) - 2 tr(C^T A B D^T) + tr(C^T C D D^T)``.
+    """
+    ab = float(np.sum((A.T @ A) * (B @ B.T)))
+    cd = float(np.sum((C.T @ C) * (D @ D.T)))
+    cross = float(np.sum((C.T @ A) * (D @ B.T)))
+    return float(np.sqrt(max(ab - 2.0 * cross + cd, 0.0) / max(ab, 1e-300)))
 
 
 class _BasePersonalized:
@@ -219,94 +237,95 @@ class _BasePersonalized:
         Z = Us * S
         Q = Vt
         phi = np.ones(metric.n_covariates_)
-        l1_mask = np.ones(pa)
-        if self.fit_intercept:
-            l1_mask[-1] = 0.0
         alpha = float(self.learning_rate)
         train_enc = metric.train_
         k_dm = min(self.max_neighbors, n - 1)
         r = np.inf if self.radius is None else float(self.radius)
 
+        x_sq = np.einsum("ij,ij->i", Xa, Xa)
         self.loss_history_ = []
-        pairs_i = pairs_j = delta = None
-        theta = Z @ Q
-        for it in range(self.max_iter):
-            # Neighbour structure B_r(i) in Z: KD-tree, k nearest within radius r.
-            if it % self.neighbor_update_every == 0:
-                dist, idx = cKDTree(Z).query(Z, k=k_dm + 1, distance_upper_bound=r)
-                idx = idx[:, 1:]
-                valid = np.isfinite(dist[:, 1:]) & (idx < n)
-                pairs_i = np.repeat(np.arange(n), k_dm)[valid.ravel()]
-                pairs_j = idx.ravel()[valid.ravel()]
-                if self.n_random_neighbors:
-                    # Uniform draws from B_r(i): random partners kept when within radius r.
-                    ri = np.repeat(np.arange(n), self.n_random_neighbors)
-                    rj = rng.integers(0, n, size=ri.size)
-                    keep = ri != rj
-                    if np.isfinite(r):
-                        dd = Z[ri] - Z[rj]
-                        keep &= np.einsum("ij,ij->i", dd, dd) < r * r
-                    pairs_i = np.concatenate([pairs_i, ri[keep]])
-                    pairs_j = np.concatenate([pairs_j, rj[keep]])
-                # Base metrics of the pairs: computed once per rebuild, reused until the next.
-                delta = metric.base_distances(train_enc, train_enc, pairs_i, pairs_j)
-                degree = np.bincount(pairs_i, minlength=n) + np.bincount(pairs_j, minlength=n)
+        pairs_i = pairs_j = delta = degree = None
+        theta = Z @ Q  # the only n x p arrays of the loop: theta and one work buffer
+        buf = np.empty_like(theta)
+        it = -1
+        # The loop's products are thin (rank q) and memory-bound: BLAS threads only add
+        # overhead there (measured 2x slower with 2 threads on a 2-core machine).
+        with threadpool_limits(limits=1, user_api="blas"):
+            for it in range(self.max_iter):
+                # Neighbour structure B_r(i) in Z: KD-tree, k nearest within radius r.
+                if it % self.neighbor_update_every == 0:
+                    pairs_i, pairs_j = self._z_neighbours(Z, k_dm, r, rng)
+                    # Base metrics of the pairs: computed once per rebuild, reused until the next.
+                    delta = metric.base_distances(train_enc, train_enc, pairs_i, pairs_j)
+                    degree = np.bincount(pairs_i, minlength=n) + np.bincount(pairs_j, minlength=n)
 
-            eta = np.einsum("ij,ij->i", Xa, theta)
-            g_eta = self._loss_grad(eta, t)
-            g_theta = g_eta[:, None] * Xa + self.l1_penalty * np.sign(theta) * l1_mask
+                # Loss and l1 subgradients, without forming the n x p gradient:
+                # d/dZ_i = g_i Q X_i + lambda Q sign(theta_i),  d/dQ = Z^T (g X + lambda sign(theta)).
+                XQ = Xa @ Q.T
+                eta = np.einsum("ij,ij->i", XQ, Z)
+                g_eta = self._loss_grad(eta, t)
+                g_Z = g_eta[:, None] * XQ
+                g_Q = (Z * g_eta[:, None]).T @ Xa
+                if self.l1_penalty > 0:
+                    np.sign(theta, out=buf)
+                    if self.fit_intercept:
+                        buf[:, -1] = 0.0  # the intercept is not penalized
+                    g_Z += self.l1_penalty * (buf @ Q.T)
+                    g_Q += self.l1_penalty * (Z.T @ buf)
+                g_Q /= n
 
-            # Distance matching: e_ij = rho_phi(U_i, U_j) - ||Z_i - Z_j||.
-            diff = np.take(Z, pairs_i, axis=0) - np.take(Z, pairs_j, axis=0)
-            dz = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            rho = delta @ phi
-            err = rho - dz
-            coef = -self.gamma * err / np.maximum(dz, 1e-12)
-            g_pair = coef[:, None] * diff
-            g_Z_dm = np.zeros_like(Z)
-            for c in range(q):
-                g_Z_dm[:, c] = np.bincount(pairs_i, g_pair[:, c], minlength=n) - np.bincount(
-                    pairs_j, g_pair[:, c], minlength=n
+                # Distance matching: e_ij = rho_phi(U_i, U_j) - ||Z_i - Z_j||.
+                diff = np.take(Z, pairs_i, axis=0) - np.take(Z, pairs_j, axis=0)
+                dz = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+                err = delta @ phi - dz
+                g_pair = (-self.gamma * err / np.maximum(dz, 1e-12))[:, None] * diff
+                for c in range(q):
+                    g_Z[:, c] += np.bincount(pairs_i, g_pair[:, c], minlength=n)
+                    g_Z[:, c] -= np.bincount(pairs_j, g_pair[:, c], minlength=n)
+                g_phi = self.gamma * (err @ delta) / n + 2.0 * self.nu * (phi - 1.0)
+
+                # Personalized rates alpha / ||theta_i - theta_pop||_1, with the safeguard: never
+                # step past the inverse of a curvature bound of L^(i) (||Q X^(i)||^2 for the
+                # loss, gamma * degree for the distance matching).
+                np.subtract(theta, pop[None, :], out=buf)
+                np.abs(buf, out=buf)
+                travel = buf.sum(axis=1)
+                curvature = np.einsum("ij,ij->i", XQ, XQ) + self.gamma * degree
+                alpha_i = np.minimum(
+                    alpha / np.maximum(travel, self.min_travel), 1.0 / np.maximum(curvature, 1e-12)
                 )
-            g_phi = self.gamma * (err @ delta) / n + 2.0 * self.nu * (phi - 1.0)
-
-            travel = np.abs(theta - pop[None, :]).sum(axis=1)
-            XQ = Xa @ Q.T
-            curvature = np.einsum("ij,ij->i", XQ, XQ)
-            # Safeguard: never step past the inverse of a curvature bound of L^(i)
-            # (||Q X^(i)||^2 for the loss, gamma * degree for the distance matching).
-            curvature = curvature + self.gamma * degree
-            alpha_i = np.minimum(alpha / np.maximum(travel, self.min_travel), 1.0 / np.maximum(curvature, 1e-12))
-            g_Z = g_theta @ Q.T + g_Z_dm
-            g_Q = Z.T @ g_theta / n
-
-            Z = Z - alpha_i[:, None] * g_Z
-            Q = Q - alpha * g_Q
-            # Keep the rows of Q at unit norm (the scale moves into Z, theta is unchanged):
-            # removes the Z <-> Q rescaling degeneracy; Eq. (2) of the paper assumes it.
-            q_norm = np.maximum(np.linalg.norm(Q, axis=1), 1e-12)
-            Q = Q / q_norm[:, None]
-            Z = Z * q_norm[None, :]
-            phi = np.maximum(phi - alpha * g_phi, 0.0)
-            alpha *= self.decay
-            theta_new = Z @ Q
-            if not np.all(np.isfinite(theta_new)):
-                raise FloatingPointError(
-                    f"Personalized Regression diverged at iteration {it}; lower learning_rate "
-                    f"(now {self.learning_rate}) or gamma (now {self.gamma})."
-                )
-            change = np.linalg.norm(theta_new - theta) / max(np.linalg.norm(theta), 1e-12)
-            theta = theta_new
-            if it % 10 == 0 or it == self.max_iter - 1:
-                obj = (
-                    self._loss(eta, t).mean()
-                    + self.l1_penalty * np.abs(theta * l1_mask).sum() / n
-                    + 0.5 * self.gamma * np.square(err).sum() / n
-                    + self.nu * np.square(phi - 1.0).sum()
-                )
-                self.loss_history_.append(float(obj))
-            if change < self.tol:
-                break
+                Z_old, Q_old = Z, Q
+                Z = Z - alpha_i[:, None] * g_Z
+                # Same safeguard for Q: 1/n sum_i ||Z^(i)||^2 ||X^(i)||^2 bounds its curvature.
+                q_curv = float(np.mean(np.einsum("ij,ij->i", Z, Z) * x_sq))
+                Q = Q - min(alpha, 1.0 / max(q_curv, 1e-12)) * g_Q
+                # Keep the rows of Q at unit norm (the scale moves into Z, theta is unchanged):
+                # removes the Z <-> Q rescaling degeneracy; Eq. (2) of the paper assumes it.
+                q_norm = np.maximum(np.linalg.norm(Q, axis=1), 1e-12)
+                Q = Q / q_norm[:, None]
+                Z = Z * q_norm[None, :]
+                phi = np.maximum(phi - alpha * g_phi, 0.0)
+                alpha *= self.decay
+                np.matmul(Z, Q, out=theta)
+                if not np.all(np.isfinite(Z)) or not np.all(np.isfinite(Q)):
+                    raise FloatingPointError(
+                        f"Personalized Regression diverged at iteration {it}; lower learning_rate "
+                        f"(now {self.learning_rate}) or gamma (now {self.gamma})."
+                    )
+                change = _relative_change(Z_old, Q_old, Z, Q)
+                if it % 10 == 0 or it == self.max_iter - 1:
+                    np.abs(theta, out=buf)
+                    if self.fit_intercept:
+                        buf[:, -1] = 0.0
+                    obj = (
+                        self._loss(eta, t).mean()
+                        + self.l1_penalty * buf.sum() / n
+                        + 0.5 * self.gamma * np.square(err).sum() / n
+                        + self.nu * np.square(phi - 1.0).sum()
+                    )
+                    self.loss_history_.append(float(obj))
+                if change < self.tol:
+                    break
         self.n_iter_ = it + 1 if self.max_iter > 0 else 0
 
         self.Z_ = Z
@@ -321,6 +340,28 @@ class _BasePersonalized:
         self.metric_ = metric
         self.covariate_pairs_ = np.stack([pairs_i, pairs_j]) if pairs_i is not None else np.zeros((2, 0), int)
         return self
+
+    def _z_neighbours(self, Z, k, r, rng):
+        """Pairs (i, j): the k nearest neighbours of each i in Z within radius r (KD-tree).
+
+        Plus ``n_random_neighbors`` uniform draws per sample kept when within r.
+        """
+        n = Z.shape[0]
+        dist, idx = cKDTree(Z).query(Z, k=k + 1, distance_upper_bound=r)
+        idx = idx[:, 1:]
+        valid = (np.isfinite(dist[:, 1:]) & (idx < n)).ravel()
+        pairs_i = np.repeat(np.arange(n), k)[valid]
+        pairs_j = idx.ravel()[valid]
+        if self.n_random_neighbors:
+            ri = np.repeat(np.arange(n), self.n_random_neighbors)
+            rj = rng.integers(0, n, size=ri.size)
+            keep = ri != rj
+            if np.isfinite(r):
+                dd = Z[ri] - Z[rj]
+                keep &= np.einsum("ij,ij->i", dd, dd) < r * r
+            pairs_i = np.concatenate([pairs_i, ri[keep]])
+            pairs_j = np.concatenate([pairs_j, rj[keep]])
+        return pairs_i, pairs_j
 
     # ------------------------------------------------------------ predict
     def kneighbors(self, covariates) -> np.ndarray:
@@ -381,6 +422,9 @@ class PersonalizedRegressor(_BasePersonalized):
         r of ``B_r(i) = {j : ||Z^(i) - Z^(j)|| < r}``; None: no limit.
     max_neighbors : int
         At most this many nearest Z-neighbours per sample enter D^(i) (keeps memory O(n)).
+    n_random_neighbors : int
+        Extra partners per sample drawn uniformly and kept when within radius r (a
+        stochastic sample of the rest of B_r(i)); 0 by default.
     n_neighbors : int
         k_n, training samples averaged to predict a new sample (paper: 3).
     covariate_kinds : sequence or None

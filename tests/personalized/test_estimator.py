@@ -121,3 +121,18 @@ def test_classifier_learns_sign_flip():
     np.testing.assert_allclose(proba.sum(1), 1.0)
     with pytest.raises(ValueError, match="y has 3 classes"):
         PersonalizedClassifier().fit(X[:3], ["a", "b", "c"], U[:3])
+
+
+def test_no_n_by_n_matrix_for_large_n():
+    import tracemalloc
+
+    n = 20_000  # an n x n float64 matrix would take 3.2 GB
+    d = simulate(n, seed=0)
+    tracemalloc.start()
+    m = PersonalizedRegressor(rank=2, fit_intercept=False, max_iter=3, population_alpha=1e-3, random_state=0)
+    m.fit(d.X, d.y, d.U)
+    m.predict(d.X[:1000], d.U[:1000])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 100 * 2**20  # memory is O(n (p + q + max_neighbors)), far below n^2
+    assert m.covariate_pairs_.shape[1] <= n * m.max_neighbors
