@@ -7,6 +7,7 @@ from fedlrs.privacy.audit import audit_report
 from fedlrs.privacy.budget import PrivacyBudget
 from fedlrs.privacy.report import write_privacy_report
 
+from .helpers import make_event
 from .test_report import make_ledger
 
 
@@ -45,7 +46,7 @@ def test_honest_report_passes(honest):
 def test_deleted_event_fails(honest):
     result = _tamper(honest, lambda r: r["events"].pop(3))
     assert not result.ok
-    assert any("missing [3]" in reason for reason in result.reasons)
+    assert any("no event for round(s) [3]" in reason for reason in result.reasons)
     assert any("states 5 rounds" in reason for reason in result.reasons)
 
 
@@ -97,3 +98,12 @@ def test_malformed_event_and_report_fail(honest, tmp_path):
 def test_more_rounds_than_planned_fails(honest):
     result = _tamper(honest, lambda r: r["plan"].update(rounds=4))
     assert not result.ok and any("the plan allowed 4" in reason for reason in result.reasons)
+
+
+def test_retried_round_is_accounted_twice_and_passes(tmp_path):
+    ledger = make_ledger(tmp_path / "ledger.jsonl", rounds=3)
+    ledger.record(make_event("round-3-retry-1", noise_multiplier=2.0, round=3))
+    write_privacy_report(ledger, out_dir=tmp_path, delta=1e-5, config={}, accountants=("rdp",),
+                         planned_rounds=3, calibrated_noise_multiplier=2.0)
+    result = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert result.ok, result.reasons
