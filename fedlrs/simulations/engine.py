@@ -18,6 +18,8 @@ from typing import Callable, Literal
 import torch
 
 from fedlrs.core import (
+    ls_part_vectors,
+    moment_norms,
     LocalFit,
     UserData,
     UserStats,
@@ -36,6 +38,19 @@ from fedlrs.core import (
     user_parameters,
 )
 
+from fedlrs.privacy import (
+    BudgetExceededError,
+    DpEvent,
+    GaussianNoise,
+    GaussianSumRelease,
+    Ledger,
+    PrivacyBudget,
+    calibrate_noise_multiplier,
+    clip_scales,
+    ls_part_scales,
+    poisson_sample,
+)
+
 Tensor = torch.Tensor
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -50,6 +65,14 @@ class EngineConfig:
     sample_rate: q, each user takes part in a round with probability q (Poisson sampling).
     ridge_w, ridge_b: local ridge penalties; ridge_u: ridge of the "ls" U solve;
     gd_learning_rate: step of the "gd" update; refine_steps, starts: local support search.
+
+    Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
+    user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
+    the ledger first. noise_multiplier: the accounted z of a round (0: calibrated to
+    (target_epsilon, delta) for ``rounds`` rounds after the init);
+    init_noise_multiplier: z of the private moments init (all users, q = 1);
+    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part;
+    noise_seed >= 0 makes the noise reproducible (tests), -1 draws it from the OS.
     """
 
     rank: int
@@ -69,6 +92,17 @@ class EngineConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
+    private: bool = False
+    target_epsilon: float = 2.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    noise_multiplier: float = 0.0
+    init_noise_multiplier: float = 4.0
+    clip_a: float = 10.0
+    clip_c: float = 10.0
+    clip_g: float = 10.0
+    clip_moments: float = 100.0
+    noise_seed: int = -1
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -96,6 +130,20 @@ class EngineConfig:
             raise ValueError(f"starts == {self.starts}, must be >= 1.")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
+        if self.private:
+            if self.loss != "squared":
+                raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
+            if not 0 < self.delta < 1:
+                raise ValueError(f"delta == {self.delta}, must be in (0, 1).")
+            if not self.target_epsilon > 0:
+                raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
+            if self.noise_multiplier < 0:
+                raise ValueError(f"noise_multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate).")
+            if self.init == "moments" and not self.init_noise_multiplier > 0:
+                raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be > 0 for a private moments init.")
+            for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
+                if not 0 < getattr(self, name) < float("inf"):
+                    raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
 
     def check_data(self, dim: int) -> None:
         """Refuse a rank or sparsity that does not fit dimension ``dim``."""
@@ -120,6 +168,9 @@ class EngineResult:
     fit: LocalFit
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    stopped: str = "rounds done"
+    ledger: Ledger | None = None
+    noise_multiplier: float | None = None
 
     @property
     def theta(self) -> Tensor:
@@ -173,29 +224,96 @@ class Federation:
         return logistic_residual_vectors(self.data.select(index), user_parameters(U, fit))
 
 
-def initial_subspace(federation: Federation, generator: torch.Generator) -> Tensor:
-    """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments")."""
-    c = federation.config
-    if c.init == "random":
-        return random_orthonormal(federation.data.dim, c.rank, generator=generator, dtype=c.torch_dtype, device=c.device)
-    return top_eigenvectors(moment_sum(federation.data), c.rank)
-
-
 def sample_users(num_users: int, sample_rate: float, generator: torch.Generator, device) -> Tensor:
-    """Indices of the users in this round: each independently with probability q (Poisson sampling)."""
+    """Indices of the users in this round: each independently with probability q (Poisson sampling).
+
+    ``q = 1`` takes everybody without drawing; otherwise one :func:`fedlrs.privacy.poisson_sample` draw.
+    """
     if sample_rate >= 1:
         return torch.arange(num_users, device=device)
-    chosen = torch.rand(num_users, generator=generator) < sample_rate
+    chosen = poisson_sample(num_users, sample_rate=sample_rate, generator=generator)
     return chosen.nonzero().squeeze(-1).to(device)
 
 
-def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float) -> Tensor:
-    """The server's step from the contributions of the users at ``index`` (non-private)."""
+class PrivateServer:
+    """The server's private side in the engine: clipping factors, the release through the ledger, the budget.
+
+    The same events as the Flower billboard: ``"init"`` (the moments init, all users,
+    q = 1) and ``"round-t"`` (Poisson rate q), each recorded before its noised sum is used.
+    """
+
+    def __init__(self, config: EngineConfig, num_users: int, ledger: Ledger):
+        self.config, self.num_users, self.ledger = config, num_users, ledger
+        seed = config.noise_seed
+        self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
+        self.budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
+        self.noise_multiplier: float | None = None
+
+    def event(self, kind: str, round_number: int) -> DpEvent:
+        c = self.config
+        if kind == "init":
+            return DpEvent(release_id="init", kind="init", noise_multiplier=c.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
+        return DpEvent(release_id=f"round-{round_number}", kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
+
+    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
+        """Budget check, ledger record (flushed), then the noised sums divided by the expected count."""
+        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
+        return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
+
+    def calibrate(self) -> float:
+        """The round noise multiplier: the configured one, or calibrated after the events already spent."""
+        c = self.config
+        if c.noise_multiplier > 0 or c.rounds == 0:
+            self.noise_multiplier = c.noise_multiplier or None
+        else:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, prior_events=self.ledger.events
+            )
+        return self.noise_multiplier
+
+
+def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
+    """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments").
+
+    Privately: ``M = (sum_i s_i M_i + E) / N`` with ``s_i`` clipping ``||M_i||_F`` to ``clip_moments``
+    and symmetric Gaussian ``E``, released as the ledger's ``"init"`` event.
+    """
+    c = federation.config
+    if c.init == "random":
+        return random_orthonormal(federation.data.dim, c.rank, generator=generator, dtype=c.torch_dtype, device=c.device)
+    if private is None:
+        return top_eigenvectors(moment_sum(federation.data), c.rank)
+    scales = clip_scales(moment_norms(federation.data), bound=c.clip_moments)
+    sums = {"M": moment_sum(federation.data, weights=scales)}
+    released = private.release(sums, private.event("init", 0), {"M": c.clip_moments}, float(federation.num_users), frozenset({"M"}))
+    return top_eigenvectors(released["M"], c.rank)
+
+
+def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
+    """The server's step from the contributions of the users at ``index``.
+
+    Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a`` and ``c_i`` to
+    ``clip_c``; "gd": ``G_i = e_i w_i^T`` to ``clip_g``) and the sums are released through the ledger.
+    """
     c = federation.config
     if c.mode == "ls":
-        A, vec_c = ls_system(federation.stats.select(index), fit.w, fit.b)
+        stats = federation.stats.select(index)
+        weights = {}
+        if private is not None:
+            g = ls_part_vectors(stats, fit.b)
+            weights = dict(zip(("weights_A", "weights_c"), ls_part_scales(fit.w, stats.xtx, g, bound_A=c.clip_a, bound_c=c.clip_c)))
+        A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
+        if private is not None:
+            released = private.release({"A": A, "c": vec_c}, event, {"A": c.clip_a, "c": c.clip_c}, normalizer, frozenset({"A"}))
+            A, vec_c, normalizer = released["A"], released["c"], 1.0
         return ls_solve(A, vec_c, rank=c.rank, normalizer=normalizer, ridge=c.ridge_u)
-    G = gd_gradient_sum(federation.residual_vectors(U, fit, index), fit.w)
+    e = federation.residual_vectors(U, fit, index)
+    weights = None
+    if private is not None:
+        weights = clip_scales(e.norm(dim=1) * fit.w.norm(dim=1), bound=c.clip_g)
+    G = gd_gradient_sum(e, fit.w, weights)
+    if private is not None:
+        G, normalizer = private.release({"G": G}, event, {"G": c.clip_g}, normalizer)["G"], 1.0
     return gd_step(U, G, normalizer=normalizer, learning_rate=c.gd_learning_rate)
 
 
@@ -206,39 +324,57 @@ def run_engine(
     evaluate: Evaluator | None = None,
     progress: bool = False,
     on_round: Callable[[dict], None] | None = None,
+    ledger: Ledger | None = None,
 ) -> EngineResult:
     """Run ``config.rounds`` rounds of AMHT-LRS over ``data`` and return U, the users' fits and the history.
 
     ``evaluate(U, fit)`` returns metrics of a full local fit of every user for ``U``;
-    it runs at initialization and after every round (skip it for timing).
+    it runs at initialization and after every round (skip it for timing). With
+    ``config.private`` every release goes through ``ledger`` (in memory when None),
+    which the result carries; a round the budget cannot pay for is not run.
     """
     federation = Federation(data, config)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
-    U = initial_subspace(federation, generator)
+    private = PrivateServer(config, federation.num_users, ledger if ledger is not None else Ledger()) if config.private else None
+    U = initial_subspace(federation, generator, private)
+    if private is not None:
+        private.calibrate()
     history: list[dict] = []
+    stopped = "rounds done"
 
-    def record(round_number: int, U: Tensor, fit_all: LocalFit | None) -> LocalFit | None:
+    def record(round_number: int, U: Tensor) -> None:
         entry = {"round": round_number, "seconds": time.perf_counter() - started}
         if evaluate is not None:
-            fit_all = fit_all if fit_all is not None else federation.local_fit(U)
-            entry.update(evaluate(U, fit_all))
+            entry.update(evaluate(U, federation.local_fit(U)))
         history.append(entry)
         if on_round is not None:
             on_round(entry)
-        return fit_all
 
-    record(0, U, None)
+    record(0, U)
     task = _progress(progress, config.rounds)
     for round_number in range(1, config.rounds + 1):
+        event = None
+        if private is not None:
+            event = private.event("round", round_number)
+            try:
+                private.budget.check(private.ledger, event)
+            except BudgetExceededError as error:
+                stopped = f"budget: {error}"
+                break
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         fit = federation.local_fit(U, index)
-        U = update_subspace(federation, U, fit, index, normalizer=config.sample_rate * federation.num_users)
-        record(round_number, U, None)
+        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event)
+        record(round_number, U)
         task.advance()
     task.close()
     final_fit = federation.local_fit(U)
-    return EngineResult(U, final_fit, history, asdict(config))
+    result = EngineResult(U, final_fit, history, asdict(config))
+    result.stopped = stopped
+    if private is not None:
+        result.ledger = private.ledger
+        result.noise_multiplier = private.noise_multiplier
+    return result
 
 
 class _progress:

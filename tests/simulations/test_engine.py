@@ -101,3 +101,45 @@ def test_data_that_does_not_fit_the_configuration_is_refused():
     empty.mask[3] = False
     with pytest.raises(ValueError, match="user 3 has no examples"):
         Federation(empty, EngineConfig(rank=2, sparsity=1))
+
+
+def private_config(**overrides):
+    base = dict(rank=2, sparsity=0, rounds=5, mode="gd", private=True, target_epsilon=4.0, delta=1e-6, noise_seed=0,
+                clip_g=5.0, clip_moments=2000.0, init_noise_multiplier=30.0)
+    return EngineConfig(**{**base, **overrides})
+
+
+def test_private_run_spends_exactly_its_budget_and_records_every_release():
+    data = make_lrs_data(users=4000, examples=10, dim=20, rank=2, sparsity=0, seed=5)
+    result = run_engine(data.train, private_config(), evaluate=synthetic_evaluator(data))
+    ids = [event.release_id for event in result.ledger.events]
+    assert ids == ["init", "round-1", "round-2", "round-3", "round-4", "round-5"]
+    epsilon = result.ledger.account(delta=1e-6, accountant="rdp").epsilon
+    assert 3.9 <= epsilon <= 4.0
+    assert result.history[-1]["distance"] < 0.1
+
+
+def test_private_run_stops_when_the_budget_is_spent():
+    data = make_lrs_data(users=500, examples=10, dim=10, rank=2, sparsity=0, seed=6)
+    result = run_engine(data.train, private_config(noise_multiplier=0.8, rounds=50))
+    assert result.stopped.startswith("budget")
+    rounds_run = sum(event.kind == "round" for event in result.ledger.events)
+    assert 0 < rounds_run < 50
+    assert result.ledger.account(delta=1e-6, accountant="rdp").epsilon <= 4.0
+
+
+def test_private_server_step_uses_only_clipped_contributions(monkeypatch):
+    """Every user's gd contribution entering the sum has norm <= clip_g: the weights are the clipping factors."""
+    import fedlrs.simulations.engine as engine
+
+    seen = {}
+    original = engine.gd_gradient_sum
+
+    def spy(e, W, weights=None):
+        seen["norms"] = e.norm(dim=1) * W.norm(dim=1) * (weights if weights is not None else 1)
+        return original(e, W, weights)
+
+    monkeypatch.setattr(engine, "gd_gradient_sum", spy)
+    data = make_lrs_data(users=300, examples=10, dim=10, rank=2, sparsity=0, seed=7)
+    run_engine(data.train, private_config(rounds=1, clip_g=0.05))
+    assert float(seen["norms"].max()) <= 0.05 * (1 + 1e-9)
