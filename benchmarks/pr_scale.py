@@ -6,7 +6,7 @@
 Each configuration runs in a fresh subprocess so that its peak memory is its own:
 ``peak MB`` is the tracemalloc peak of the fit (NumPy reports its buffers to
 tracemalloc), ``max RSS MB`` the child process's resident-set high-water mark
-(interpreter and libraries included).  Cheap configurations (n * p <= 1e6) are
+(interpreter and libraries included).  Cheap configurations (n * p <= 1e5) are
 timed ``--repeats`` times and the median is reported; the others run once (the
 table says how many runs each row is).
 
@@ -27,7 +27,7 @@ import sys
 import time
 
 
-def _one_run(n: int, p: int, rank: int, max_iter: int, seed: int) -> dict:
+def _one_run(n: int, p: int, rank: int, max_iter: int, seed: int, dtype: str) -> dict:
     import resource
     import tracemalloc
 
@@ -46,7 +46,7 @@ def _one_run(n: int, p: int, rank: int, max_iter: int, seed: int) -> dict:
     y = np.einsum("ij,ij->i", X, theta) + 0.1 * rng.standard_normal(n)
     tracemalloc.start()
     t0 = time.perf_counter()
-    model = PersonalizedRegressor(rank=min(rank, p), max_iter=max_iter, random_state=seed).fit(X, y, U)
+    model = PersonalizedRegressor(rank=min(rank, p), max_iter=max_iter, dtype=dtype, random_state=seed).fit(X, y, U)
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -69,33 +69,34 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=10)
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each cheap configuration (median)")
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="PersonalizedRegressor dtype")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         n, p, seed = map(int, args.child.split(","))
-        print(json.dumps(_one_run(n, p, args.rank, args.max_iter, seed)))
+        print(json.dumps(_one_run(n, p, args.rank, args.max_iter, seed, args.dtype)))
         return
 
     print(f"PersonalizedRegressor scale benchmark: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, rank {args.rank}, max_iter {args.max_iter}")
+          f"{os.cpu_count()} CPUs, rank {args.rank}, max_iter {args.max_iter}, dtype {args.dtype}")
     header = f"{'n':>7} {'p':>6} {'runs':>4} {'fit s':>9} {'peak MB':>9} {'max RSS MB':>10} " \
              f"{'iters':>6} {'RMSE theta':>10} {'(population)':>12}"
     print(header)
     print("-" * len(header))
     for n in args.n:
         for p in args.p:
-            runs = args.repeats if n * p <= 1_000_000 else 1
+            runs = args.repeats if n * p <= 100_000 else 1
             results = []
             for r in range(runs):
                 cmd = [sys.executable, __file__, "--child", f"{n},{p},{r}", "--rank", str(args.rank),
-                       "--max-iter", str(args.max_iter)]
+                       "--max-iter", str(args.max_iter), "--dtype", args.dtype]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
             med = {k: statistics.median(r[k] for r in results) for k in results[0]}
             print(f"{n:>7} {p:>6} {runs:>4} {med['seconds']:>9.1f} {med['peak_mb']:>9.0f} "
                   f"{med['maxrss_mb']:>10.0f} {int(med['n_iter']):>6} {med['rmse_theta']:>10.3f} "
                   f"{med['rmse_theta_population']:>12.3f}", flush=True)
-    print(f"fit s / peak MB: median of 'runs' runs ({args.repeats} where n*p <= 1e6, otherwise one run).")
+    print(f"fit s / peak MB: median of 'runs' runs ({args.repeats} where n*p <= 1e5, otherwise one run).")
 
 
 if __name__ == "__main__":

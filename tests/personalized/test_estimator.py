@@ -136,3 +136,24 @@ def test_no_n_by_n_matrix_for_large_n():
     tracemalloc.stop()
     assert peak < 100 * 2**20  # memory is O(n (p + q + max_neighbors)), far below n^2
     assert m.covariate_pairs_.shape[1] <= n * m.max_neighbors
+
+
+def test_callable_metric_matches_builtin_numeric():
+    d = simulate(300, seed=0)
+    f = lambda a, b: np.abs(np.asarray(a, float) - np.asarray(b, float))  # noqa: E731
+    kw = dict(rank=2, fit_intercept=False, random_state=0, max_iter=100, population_alpha=1e-3)
+    a = PersonalizedRegressor(covariate_kinds=[f], **kw).fit(d.X, d.y, d.U)
+    b = PersonalizedRegressor(**kw).fit(d.X, d.y, d.U)
+    np.testing.assert_allclose(a.thetas_, b.thetas_)
+    np.testing.assert_allclose(a.predict(d.X[:40], d.U[:40]), b.predict(d.X[:40], d.U[:40]))
+
+
+def test_float32_work_arrays_match_float64():
+    d = simulate(300, seed=0)
+    kw = dict(rank=2, fit_intercept=True, random_state=0, max_iter=50, population_alpha=1e-3)
+    a = PersonalizedRegressor(dtype="float32", **kw).fit(d.X, d.y, d.U)
+    b = PersonalizedRegressor(**kw).fit(d.X, d.y, d.U)
+    assert a.thetas_.dtype == np.float64
+    np.testing.assert_allclose(a.thetas_, b.thetas_, atol=1e-2)
+    with pytest.raises(ValueError, match="dtype == 'float16', must be 'float64' or 'float32'"):
+        PersonalizedRegressor(dtype="float16").fit(d.X, d.y, d.U)
