@@ -121,7 +121,7 @@ def test_private_run_spends_exactly_its_budget_and_records_every_release():
 
 def test_private_run_stops_when_the_budget_is_spent():
     data = make_lrs_data(users=500, examples=10, dim=10, rank=2, sparsity=0, seed=6)
-    result = run_engine(data.train, private_config(noise_multiplier=0.8, rounds=50))
+    result = run_engine(data.train, private_config(noise_multiplier=3.0, rounds=50))
     assert result.stopped.startswith("budget")
     rounds_run = sum(event.kind == "round" for event in result.ledger.events)
     assert 0 < rounds_run < 50
