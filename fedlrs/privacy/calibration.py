@@ -17,18 +17,25 @@ class CalibrationError(ValueError):
 
 
 def _planned_epsilon(z: float, *, sample_rate: float, rounds: int, delta: float,
-                     accountant: Accountant, prior_events: Sequence[DpEvent]) -> float:
-    planned = DpEvent(release_id="planned-rounds", kind="round", noise_multiplier=z,
-                      sample_rate=sample_rate, count=rounds, round=1, time=0.0,
-                      note="calibration only, never recorded")
-    return compute_epsilon([*prior_events, planned], delta=delta, accountant=accountant).epsilon
+                     accountant: Accountant, prior_events: Sequence[DpEvent], init_ratio: float = 0.0) -> float:
+    planned = [DpEvent(release_id="planned-rounds", kind="round", noise_multiplier=z,
+                       sample_rate=sample_rate, count=rounds, round=1, time=0.0,
+                       note="calibration only, never recorded")]
+    if init_ratio > 0:
+        planned.append(DpEvent(release_id="planned-init", kind="init", noise_multiplier=z * init_ratio,
+                               sample_rate=1.0, round=0, time=0.0, note="calibration only, never recorded"))
+    return compute_epsilon([*prior_events, *planned], delta=delta, accountant=accountant).epsilon
 
 
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float,
                                rounds: int, accountant: Accountant = "rdp",
                                prior_events: Sequence[DpEvent] = (),
-                               tolerance: float = 1e-3) -> float:
+                               tolerance: float = 1e-3, init_ratio: float = 0.0) -> float:
     """Smallest noise multiplier z (to ``tolerance``, relative) with epsilon <= target.
+
+    With ``init_ratio > 0`` the plan also holds one init release of every user
+    (q = 1, no amplification) with noise multiplier ``init_ratio * z``: the private
+    method-of-moments init calibrated jointly with the rounds.
 
     Finds z such that ``epsilon(prior_events + rounds x SGM(q, z), delta) <=
     target_epsilon`` under ``accountant`` (see :func:`compute_epsilon`), by
@@ -56,6 +63,8 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
         raise ValueError(f"rounds == {rounds!r}, must be an integer >= 1.")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance == {tolerance!r}, must be in (0, 1).")
+    if not (isinstance(init_ratio, (int, float)) and math.isfinite(init_ratio) and init_ratio >= 0):
+        raise ValueError(f"init_ratio == {init_ratio!r}, must be a finite number >= 0 (0: no init in the plan).")
     prior = tuple(prior_events)
     if prior:
         spent = compute_epsilon(prior, delta=delta, accountant=accountant).epsilon
@@ -65,7 +74,7 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
 
     def eps(z: float) -> float:
         return _planned_epsilon(z, sample_rate=sample_rate, rounds=rounds, delta=delta,
-                                accountant=accountant, prior_events=prior)
+                                accountant=accountant, prior_events=prior, init_ratio=init_ratio)
 
     lo, hi = 0.0, 1.0
     eps_hi = eps(hi)

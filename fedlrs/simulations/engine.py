@@ -70,7 +70,8 @@ class EngineConfig:
     user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
     the ledger first. noise_multiplier: the accounted z of a round (0: calibrated to
     (target_epsilon, delta) for ``rounds`` rounds after the init);
-    init_noise_multiplier: z of the private moments init (all users, q = 1);
+    init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
+    one z for the init and the rounds together;
     clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part;
     noise_seed >= 0 makes the noise reproducible (tests), -1 draws it from the OS.
     """
@@ -139,8 +140,8 @@ class EngineConfig:
                 raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
             if self.noise_multiplier < 0:
                 raise ValueError(f"noise_multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate).")
-            if self.init == "moments" and not self.init_noise_multiplier > 0:
-                raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be > 0 for a private moments init.")
+            if self.init_noise_multiplier < 0:
+                raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated with the rounds).")
             for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
                 if not 0 < getattr(self, name) < float("inf"):
                     raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
@@ -252,7 +253,7 @@ class PrivateServer:
     def event(self, kind: str, round_number: int) -> DpEvent:
         c = self.config
         if kind == "init":
-            return DpEvent(release_id="init", kind="init", noise_multiplier=c.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
+            return DpEvent(release_id="init", kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
         return DpEvent(release_id=f"round-{round_number}", kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
 
     def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
@@ -260,11 +261,27 @@ class PrivateServer:
         mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
         return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
 
-    def calibrate(self) -> float:
+    @property
+    def init_noise_multiplier(self) -> float:
+        """The init's z: configured, or (``init_noise_multiplier == 0``) the round z of the joint calibration."""
+        return self.config.init_noise_multiplier or self.plan_joint()
+
+    def plan_joint(self) -> float:
+        """One z for the moments init (q = 1) and every round, calibrated together to the target."""
+        if self.noise_multiplier is None:
+            c = self.config
+            self.noise_multiplier = c.noise_multiplier or calibrate_noise_multiplier(
+                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, init_ratio=1.0
+            )
+        return self.noise_multiplier
+
+    def calibrate(self) -> float | None:
         """The round noise multiplier: the configured one, or calibrated after the events already spent."""
         c = self.config
-        if c.noise_multiplier > 0 or c.rounds == 0:
-            self.noise_multiplier = c.noise_multiplier or None
+        if self.noise_multiplier is not None or c.rounds == 0:
+            return self.noise_multiplier
+        if c.noise_multiplier > 0:
+            self.noise_multiplier = c.noise_multiplier
         else:
             self.noise_multiplier = calibrate_noise_multiplier(
                 target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, prior_events=self.ledger.events

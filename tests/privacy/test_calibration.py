@@ -62,3 +62,16 @@ def test_calibration_pld_never_overshoots():
                                    accountant="pld")
     assert z < calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, rounds=200)
     assert _eps(z, q=0.05, rounds=200, delta=1e-5, accountant="pld") <= 2.0
+
+
+def test_joint_calibration_with_the_init_release_never_overshoots():
+    from fedlrs.privacy import DpEvent, compute_epsilon
+
+    z = calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, rounds=50, init_ratio=1.0)
+    init = DpEvent(release_id="init", kind="init", noise_multiplier=z, sample_rate=1.0, round=0, time=0.0)
+    rounds = DpEvent(release_id="rounds", kind="round", noise_multiplier=z, sample_rate=0.05, count=50, round=1, time=0.0)
+    spent = compute_epsilon([init, rounds], delta=1e-5, accountant="rdp").epsilon
+    assert 1.95 <= spent <= 2.0
+    assert z > calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, rounds=50)
+    with pytest.raises(ValueError, match="init_ratio == -1"):
+        calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, rounds=5, init_ratio=-1)

@@ -143,3 +143,11 @@ def test_private_server_step_uses_only_clipped_contributions(monkeypatch):
     data = make_lrs_data(users=300, examples=10, dim=10, rank=2, sparsity=0, seed=7)
     run_engine(data.train, private_config(rounds=1, clip_g=0.05))
     assert float(seen["norms"].max()) <= 0.05 * (1 + 1e-9)
+
+
+def test_joint_calibration_spends_the_budget_on_init_and_rounds_together():
+    data = make_lrs_data(users=3000, examples=10, dim=20, rank=2, sparsity=0, seed=8)
+    result = run_engine(data.train, private_config(init_noise_multiplier=0.0, target_epsilon=2.0))
+    init, *rounds = result.ledger.events
+    assert init.kind == "init" and init.noise_multiplier == result.noise_multiplier == rounds[0].noise_multiplier
+    assert 1.95 <= result.ledger.account(delta=1e-6, accountant="rdp").epsilon <= 2.0
