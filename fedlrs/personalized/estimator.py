@@ -116,6 +116,8 @@ class _BasePersonalized:
         max_iter: int = 1000,
         tol: float = 1e-6,
         neighbor_update_every: int = 10,
+        neighbor_eps: float | None = None,
+        n_jobs: int | None = None,
         fit_intercept: bool = True,
         dtype: str = "float64",
         random_state: int | None = None,
@@ -137,6 +139,8 @@ class _BasePersonalized:
         self.max_iter = max_iter
         self.tol = tol
         self.neighbor_update_every = neighbor_update_every
+        self.neighbor_eps = neighbor_eps
+        self.n_jobs = n_jobs
         self.fit_intercept = fit_intercept
         self.dtype = dtype
         self.random_state = random_state
@@ -182,6 +186,11 @@ class _BasePersonalized:
         _check_int("max_iter", self.max_iter, 0)
         _check_float("tol", self.tol, 0.0)
         _check_int("neighbor_update_every", self.neighbor_update_every, 1)
+        if self.neighbor_eps is not None:
+            _check_float("neighbor_eps", self.neighbor_eps, 0.0)
+        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, numbers.Integral)
+                                        or self.n_jobs == 0 or self.n_jobs < -1):
+            raise ValueError(f"n_jobs == {self.n_jobs!r}, must be None, -1 or a positive integer.")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype == {self.dtype!r}, must be 'float64' or 'float32'.")
         if n < 2:
@@ -352,10 +361,19 @@ class _BasePersonalized:
     def _z_neighbours(self, Z, k, r, rng):
         """Pairs (i, j): the k nearest neighbours of each i in Z within radius r (KD-tree).
 
+        Approximate when ``neighbor_eps > 0``: the j-th neighbour returned is within
+        ``(1 + eps)`` times the distance of the true j-th neighbour (as the authors' code,
+        which queries with eps = 1.1); exact search in q = 10 dimensions is ~8x slower.
+
         Plus ``n_random_neighbors`` uniform draws per sample kept when within r.
         """
         n = Z.shape[0]
-        dist, idx = cKDTree(Z).query(Z, k=k + 1, distance_upper_bound=r)
+        eps = self.neighbor_eps
+        if eps is None:
+            eps = 0.0 if Z.shape[1] <= 3 else 1.0
+        dist, idx = cKDTree(Z).query(
+            Z, k=k + 1, distance_upper_bound=r, eps=eps, workers=self.n_jobs or 1
+        )
         idx = idx[:, 1:]
         valid = (np.isfinite(dist[:, 1:]) & (idx < n)).ravel()
         pairs_i = np.repeat(np.arange(n), k)[valid]
@@ -446,6 +464,12 @@ class PersonalizedRegressor(_BasePersonalized):
         Iteration cap; stop when ``||Omega_t - Omega_{t-1}|| / ||Omega_{t-1}|| < tol``.
     neighbor_update_every : int
         Rebuild the KD-tree over Z every this many iterations.
+    neighbor_eps : float or None
+        Approximation factor of the Z-neighbour search (0: exact; see ``_z_neighbours``).
+        None: exact for rank <= 3, where a KD-tree is fast, and 1.0 above, where exact
+        search degrades (8x slower at q = 10, n = 10,000).
+    n_jobs : int or None
+        Workers of the KD-tree queries (None: 1, -1: all cores).
     fit_intercept : bool
         Add a personalized intercept b^(i).
     dtype : {"float64", "float32"}

@@ -62,6 +62,8 @@ def test_neighbour_structure_is_sparse(fitted):
         (dict(covariate_kinds=["ordinal"]), r"covariate_kinds\[0\] == 'ordinal'"),
         (dict(learning_rate=0.0), r"learning_rate == 0.0, must be > 0"),
         (dict(decay=1.5), r"decay == 1.5, must be <= 1.0"),
+        (dict(n_jobs=0), r"n_jobs == 0, must be None, -1 or a positive integer"),
+        (dict(neighbor_eps=-1.0), r"neighbor_eps == -1.0, must be >= 0.0"),
     ],
 )
 def test_bad_parameters(kwargs, match):
