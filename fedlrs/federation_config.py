@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "min-nodes": 1,
     "wait-for-nodes": 60.0,
     "checkpoint-dir": "",
-    "report-path": "",
+    "report-dir": "",
     "personalize-at-end": True,
 }
 
@@ -86,7 +86,8 @@ class FederationConfig:
     on a rule. Privacy knobs: ``private`` switches clipping, noise and the ledger on;
     ``noise-multiplier`` is the *accounted* z of a round (0: calibrated to
     ``target-epsilon`` at ``delta`` for ``num-server-rounds`` rounds, after the init);
-    ``init-noise-multiplier`` the accounted z of the private moments init; ``clip-*``
+    ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
+    0: one z for the init and the rounds, calibrated jointly to the target); ``clip-*``
     the L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
     reproducible (tests only; -1 draws it from the OS).
     """
@@ -126,7 +127,7 @@ class FederationConfig:
     min_nodes: int = DEFAULTS["min-nodes"]
     wait_for_nodes: float = DEFAULTS["wait-for-nodes"]
     checkpoint_dir: str = DEFAULTS["checkpoint-dir"]
-    report_path: str = DEFAULTS["report-path"]
+    report_dir: str = DEFAULTS["report-dir"]
     personalize_at_end: bool = DEFAULTS["personalize-at-end"]
     _engine: EngineConfig = field(init=False, repr=False, compare=False)
 
@@ -157,8 +158,8 @@ class FederationConfig:
             raise ConfigError(f"accountant == {self.accountant!r}, must be 'rdp', 'prv' or 'pld'.")
         if self.noise_multiplier < 0:
             raise ConfigError(f"noise-multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate to target-epsilon).")
-        if self.private and self.init == "moments" and not self.init_noise_multiplier > 0:
-            raise ConfigError(f"init-noise-multiplier == {self.init_noise_multiplier}, must be > 0 for a private moments init.")
+        if self.init_noise_multiplier < 0:
+            raise ConfigError(f"init-noise-multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
         for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):

@@ -3,45 +3,45 @@
 Per round: Poisson-sample the connected nodes (the engine's random convention,
 :mod:`fedlrs.server.sampling`), send them the published ``U``, collect replies
 with a timeout, refuse any reply that is not exactly a valid clipped
-contribution (:mod:`fedlrs.server.validation`), release the sum through
-:class:`fedlrs.privacy.mechanism.GaussianSumRelease` (budget check, ledger record,
-noise, normalisation by the expected count ``q N``) or, outside private mode,
-divide by ``q N`` as the engine does, update ``U`` with the same ``fedlrs.core``
-call as the engine, checkpoint, publish. Resumes from its checkpoint directory.
+contribution (:mod:`fedlrs.server.validation`), release the sum through the
+engine's own :class:`fedlrs.simulations.engine.PrivateServer` (events, calibration,
+budget check, ledger record, noise, normalisation by the expected count ``q N``)
+or, outside private mode, divide by ``q N`` as the engine does, update ``U`` with
+the engine's :func:`~fedlrs.simulations.engine.server_step`, checkpoint, publish.
+Resumes from its checkpoint directory; writes the privacy report of
+:func:`fedlrs.privacy.write_privacy_report` and ``run.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedlrs.client.contribution import Phase, expected_parts
-from fedlrs.core import gd_step, ls_solve, random_orthonormal, top_eigenvectors
+from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
-from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, PrivacyBudget, calibrate_noise_multiplier
-from fedlrs.privacy.mechanism import GaussianSumRelease
-from fedlrs.privacy.noise import GaussianNoise
+from fedlrs.privacy import BudgetExceededError, Ledger
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.sampling import poisson_sample
 from fedlrs.server.validation import RefusedReply, validate_reply
+from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 
 BILLBOARD = "billboard"
 ROUND_CONFIG = "round-config"
+RUN_FILE = "run.json"
 #: keys that do not change what is computed, so a resumed run may change them
-OPERATIONAL_KEYS = frozenset({"round-timeout", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-path",
+OPERATIONAL_KEYS = frozenset({"round-timeout", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
                               "personalize-at-end", "noise-seed"})
 
 
@@ -84,9 +84,8 @@ class Billboard:
         self.refusals: list[Refusal] = []
         self.dropped: list[tuple[int, int]] = []
         self.sampled: dict[int, list[int]] = {}
-        seed = config.noise_seed
-        self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
-        self.budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
+        self.engine_config = config.engine_config()
+        self.private: PrivateServer | None = None
 
     # ------------------------------------------------------------------ messaging
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -148,59 +147,26 @@ class Billboard:
             return Ledger.load(path)
         return Ledger(path)
 
-    @staticmethod
-    def _release_id(ledger: Ledger, base: str) -> str:
-        """``base``, or ``base-retry-k`` when a crashed attempt already recorded it (it is counted, conservatively)."""
-        if base not in ledger:
-            return base
-        k = 1
-        while f"{base}-retry-{k}" in ledger:
-            k += 1
-        return f"{base}-retry-{k}"
-
-    def _event(self, ledger: Ledger, kind: str, round_number: int, z: float, q: float) -> DpEvent:
-        base = "init" if kind == "init" else f"round-{round_number}"
-        return DpEvent(release_id=self._release_id(ledger, base), kind=kind, noise_multiplier=z, sample_rate=q,
-                       round=round_number, time=time.time())
-
-    def _release(self, sums: dict[str, torch.Tensor], *, ledger: Ledger, event: DpEvent, bounds: dict[str, float],
-                 expected_count: float, symmetric: frozenset[str]) -> dict[str, torch.Tensor]:
-        release = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds,
-                                     expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
-        return release.release(sums, ledger=ledger, event=event, budget=self.budget)
-
     # ------------------------------------------------------------------ the run
-    def _initial_subspace(self, grid: Grid, nodes: list[int], generator: torch.Generator, ledger: Ledger | None) -> torch.Tensor:
+    def _initial_subspace(self, grid: Grid, nodes: list[int], generator: torch.Generator) -> torch.Tensor:
         c = self.config
         if c.init == "random":
             return random_orthonormal(c.dim, c.rank, generator=generator, dtype=c.torch_dtype)
         sums = self._collect(grid, nodes, "moments", None, 0)
         M = sums["M"]
-        if ledger is not None:
-            event = self._event(ledger, "init", 0, c.init_noise_multiplier, 1.0)
-            M = self._release(sums, ledger=ledger, event=event, bounds={"M": c.clip_moments},
-                              expected_count=float(max(len(nodes), 1)), symmetric=frozenset({"M"}))["M"]
+        if self.private is not None:
+            M = self.private.release_init(M, max(len(nodes), 1))
         return top_eigenvectors(M, c.rank)
 
-    def _noise_multiplier(self, ledger: Ledger | None) -> float | None:
-        c = self.config
-        if ledger is None:
-            return None
-        if c.noise_multiplier > 0:
-            return c.noise_multiplier
-        if c.num_server_rounds == 0:
-            return None
-        return calibrate_noise_multiplier(target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate,
-                                          rounds=c.num_server_rounds, accountant=c.accountant,
-                                          prior_events=ledger.events)
-
-    def _checkpoint(self, round_number: int, U: torch.Tensor, generator: torch.Generator, z: float | None,
-                    ledger: Ledger | None) -> None:
+    def _checkpoint(self, round_number: int, U: torch.Tensor, generator: torch.Generator) -> None:
         if self.checkpoint_dir is None:
             return
+        private = self.private
+        z = None if private is None else private.noise_multiplier
         save_checkpoint(self.checkpoint_dir, Checkpoint(round_number, U, generator.get_state(),
                                                         -1.0 if z is None else z,
-                                                        0 if ledger is None else len(ledger), self.fingerprint))
+                                                        0 if private is None else len(private.ledger),
+                                                        self.fingerprint))
 
     def run(self, grid: Grid) -> BillboardResult:
         """Run (or resume) the rounds; returns the final ``U`` and what happened."""
@@ -209,11 +175,14 @@ class Billboard:
         ledger = self._open_ledger()
         nodes = self._wait_for_nodes(grid)
         _log(INFO, "%d nodes connected", len(nodes))
+        # the engine's private server step: events, calibration, budget, release (one implementation)
+        self.private = None if ledger is None else PrivateServer(self.engine_config, len(nodes), ledger, retry_ids=True)
         checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint) if self.checkpoint_dir else None
         if checkpoint is not None:
             U, start = checkpoint.U.to(c.torch_dtype), checkpoint.round
             generator.set_state(checkpoint.generator_state)
-            z = None if checkpoint.noise_multiplier < 0 else checkpoint.noise_multiplier
+            if self.private is not None:
+                self.private.noise_multiplier = None if checkpoint.noise_multiplier < 0 else checkpoint.noise_multiplier
             if ledger is not None and len(ledger) < checkpoint.ledger_events:
                 raise RuntimeError(f"the ledger has {len(ledger)} events, the checkpoint saw {checkpoint.ledger_events}: "
                                    f"the ledger lost events; refusing to resume.")
@@ -224,9 +193,10 @@ class Billboard:
             if ledger is not None and len(ledger):
                 raise RuntimeError(f"{ledger.path} holds events but there is no checkpoint beside it; "
                                    f"refusing to start over on a used ledger.")
-            U, start = self._initial_subspace(grid, nodes, generator, ledger), 0
-            z = self._noise_multiplier(ledger)
-            self._checkpoint(0, U, generator, z, ledger)
+            U, start = self._initial_subspace(grid, nodes, generator), 0
+            if self.private is not None:
+                self.private.calibrate()
+            self._checkpoint(0, U, generator)
         stopped = "rounds done"
         completed = start
         for round_number in range(start + 1, c.num_server_rounds + 1):
@@ -235,31 +205,24 @@ class Billboard:
             self.sampled[round_number] = sampled
             normalizer = c.sample_rate * len(nodes)
             event = None
-            if ledger is not None:
-                event = self._event(ledger, "round", round_number, z, c.sample_rate)
+            if self.private is not None:
+                event = self.private.event("round", round_number)
                 try:
-                    self.budget.check(ledger, event)
+                    self.private.budget.check(ledger, event)
                 except BudgetExceededError as error:
                     stopped = f"budget: {error}"
                     _log(WARNING, "round %d not started: %s", round_number, error)
                     break
             sums = self._collect(grid, sampled, "round", U, round_number)
-            if ledger is not None:
-                parts = expected_parts(c, "round")
+            if self.private is not None:
                 try:
-                    sums = self._release(sums, ledger=ledger, event=event,
-                                         bounds={name: bound for name, (_, bound) in parts.items()},
-                                         expected_count=max(normalizer, 1e-12),
-                                         symmetric=frozenset({"A"}) if c.mode == "ls" else frozenset())
+                    sums = self.private.release_round(sums, event, max(normalizer, 1e-12))
                 except BudgetExceededError as error:
                     stopped = f"budget: {error}"
                     break
                 normalizer = 1.0
-            if c.mode == "ls":
-                U = ls_solve(sums["A"], sums["c"], rank=c.rank, normalizer=normalizer, ridge=c.ridge_u)
-            else:
-                U = gd_step(U, sums["G"], normalizer=normalizer, learning_rate=c.gd_learning_rate)
-            self._checkpoint(round_number, U, generator, z, ledger)
+            U = server_step(self.engine_config, U, sums, normalizer)
+            self._checkpoint(round_number, U, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),
                  len(sampled) - sum(1 for r, _ in self.dropped if r == round_number)
@@ -267,25 +230,35 @@ class Billboard:
         if c.personalize_at_end:
             nodes = sorted(int(n) for n in grid.get_node_ids())
             self._exchange(grid, nodes, "query.personalize", U, completed)
+        z = None if self.private is None else self.private.noise_multiplier
         result = BillboardResult(U, completed, stopped, z, ledger, self.refusals, self.dropped, self.sampled)
         self.write_report(result)
         return result
 
+    def run_facts(self, result: BillboardResult) -> dict:
+        """What happened in this run (not privacy numbers): rounds, why it stopped, refused and missing replies."""
+        return {"rounds_completed": result.rounds_completed, "stopped": result.stopped,
+                "refused_replies": len(result.refusals), "missing_replies": len(result.dropped),
+                "refusals": [asdict(r) for r in result.refusals],
+                "missing": [{"round": r, "node_id": n} for r, n in result.dropped]}
+
     def write_report(self, result: BillboardResult) -> Path | None:
-        """The privacy report (JSON): every event of the ledger and epsilon recomputed from it."""
+        """``run.json`` (the run's facts) and, for a private run, the privacy report of :mod:`fedlrs.privacy.report`.
+
+        Written to ``report-dir`` (default: ``checkpoint-dir``; nothing when both are empty):
+        ``privacy_report.json``, ``privacy_report.md``, ``epsilon.png``, which ``fedlrs privacy audit``
+        checks; its ``config`` holds the run config and the run's facts under ``"run"``.
+        """
         c = self.config
-        path = Path(c.report_path) if c.report_path else (self.checkpoint_dir / "privacy-report.json" if self.checkpoint_dir else None)
-        if path is None:
+        folder = Path(c.report_dir) if c.report_dir else self.checkpoint_dir
+        if folder is None:
             return None
-        report = {"private": c.private, "rounds_completed": result.rounds_completed, "stopped": result.stopped,
-                  "config": c.to_dict(), "refused_replies": len(result.refusals), "missing_replies": len(result.dropped)}
-        if result.ledger is not None:
-            account = result.ledger.account(delta=c.delta, accountant=c.accountant)
-            report.update({"noise_multiplier": result.noise_multiplier, "delta": c.delta,
-                           "target_epsilon": c.target_epsilon, "accountant": account.accountant_used,
-                           "epsilon": account.epsilon, "events": [e.to_dict() for e in result.ledger.events]})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        os.replace(tmp, path)
-        return path
+        folder.mkdir(parents=True, exist_ok=True)
+        facts = {"private": c.private, **self.run_facts(result)}
+        tmp = folder / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps({"config": c.to_dict(), "run": facts}, indent=2, default=float))
+        os.replace(tmp, folder / RUN_FILE)
+        if self.private is not None and len(self.private.ledger):
+            self.private.write_report(folder, {**c.to_dict(), "run": {k: facts[k] for k in (
+                "rounds_completed", "stopped", "refused_replies", "missing_replies")}})
+        return folder

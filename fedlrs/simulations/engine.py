@@ -49,6 +49,7 @@ from fedlrs.privacy import (
     clip_scales,
     ls_part_scales,
     poisson_sample,
+    write_privacy_report,
 )
 
 Tensor = torch.Tensor
@@ -178,6 +179,22 @@ class EngineResult:
         """``theta_i = U w_i + b_i`` (n, d)."""
         return user_parameters(self.U, self.fit)
 
+    def epsilon(self, accountant: str = "rdp") -> float | None:
+        """Epsilon spent by this run at the configured delta, recomputed from its ledger (None when not private)."""
+        if self.ledger is None:
+            return None
+        return self.ledger.account(delta=self.config["delta"], accountant=accountant).epsilon
+
+    def write_privacy_report(self, out_dir: str | Path) -> dict:
+        """``privacy_report.json``, ``privacy_report.md`` and ``epsilon.png`` of this private run (:func:`fedlrs.privacy.write_privacy_report`)."""
+        if self.ledger is None:
+            raise ValueError("this run was not private: there is no ledger to report.")
+        c = self.config
+        budget = PrivacyBudget(epsilon=c["target_epsilon"], delta=c["delta"], accountant=c["accountant"])
+        return write_privacy_report(
+            self.ledger, out_dir=out_dir, delta=c["delta"], config=c, budget=budget, planned_rounds=c["rounds"], calibrated_noise_multiplier=self.noise_multiplier
+        )
+
     def to_json(self, path: str | Path, extra: dict | None = None) -> None:
         """Write the configuration, the per-round history and the final metrics as JSON."""
         payload = {"config": self.config, "history": self.history, "final": self.history[-1] if self.history else {}}
@@ -237,29 +254,54 @@ def sample_users(num_users: int, sample_rate: float, generator: torch.Generator,
 
 
 class PrivateServer:
-    """The server's private side in the engine: clipping factors, the release through the ledger, the budget.
+    """The server's private side, shared by the engine and the Flower billboard: events, calibration, release.
 
-    The same events as the Flower billboard: ``"init"`` (the moments init, all users,
-    q = 1) and ``"round-t"`` (Poisson rate q), each recorded before its noised sum is used.
+    Events: ``"init"`` (the moments init, all users, q = 1) and ``"round-t"`` (Poisson
+    rate q), each recorded in the ledger before its noised sum is used
+    (:class:`fedlrs.privacy.GaussianSumRelease`). ``retry_ids`` (the billboard, which
+    resumes on a persistent ledger): a release id already in the ledger becomes
+    ``"<id>-retry-k"`` (a crash-replayed round, accounted again, conservatively); the
+    engine, on a fresh ledger, never needs it. ``write_report`` writes the report that
+    ``fedlrs privacy audit`` checks.
     """
 
-    def __init__(self, config: EngineConfig, num_users: int, ledger: Ledger):
-        self.config, self.num_users, self.ledger = config, num_users, ledger
+    def __init__(self, config: EngineConfig, num_users: int, ledger: Ledger, *, retry_ids: bool = False):
+        self.config, self.num_users, self.ledger, self.retry_ids = config, num_users, ledger, retry_ids
         seed = config.noise_seed
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
         self.noise_multiplier: float | None = None
 
+    def release_id(self, base: str) -> str:
+        """``base``, or with ``retry_ids`` the first ``base-retry-k`` not yet in the ledger."""
+        if not self.retry_ids or base not in self.ledger:
+            return base
+        k = 1
+        while f"{base}-retry-{k}" in self.ledger:
+            k += 1
+        return f"{base}-retry-{k}"
+
     def event(self, kind: str, round_number: int) -> DpEvent:
         c = self.config
         if kind == "init":
-            return DpEvent(release_id="init", kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
-        return DpEvent(release_id=f"round-{round_number}", kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
+            return DpEvent(release_id=self.release_id("init"), kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
+        return DpEvent(release_id=self.release_id(f"round-{round_number}"), kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
 
     def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
         """Budget check, ledger record (flushed), then the noised sums divided by the expected count."""
         mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
         return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
+
+    def release_init(self, moment_sum: Tensor, num_users: int) -> Tensor:
+        """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E``, recorded as ``"init"`` (q = 1)."""
+        return self.release({"M": moment_sum}, self.event("init", 0), {"M": self.config.clip_moments}, float(num_users), frozenset({"M"}))["M"]
+
+    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
+        """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``) noised for their clipping bounds, over ``q N``."""
+        c = self.config
+        if c.mode == "ls":
+            return self.release(sums, event, {"A": c.clip_a, "c": c.clip_c}, expected_count, frozenset({"A"}))
+        return self.release(sums, event, {"G": c.clip_g}, expected_count)
 
     @property
     def init_noise_multiplier(self) -> float:
@@ -288,6 +330,14 @@ class PrivateServer:
             )
         return self.noise_multiplier
 
+    def write_report(self, out_dir: str | Path, config: dict) -> dict:
+        """``privacy_report.json/.md`` and ``epsilon.png`` (:func:`fedlrs.privacy.write_privacy_report`) for this ledger.
+
+        The plan is ``rounds`` rounds at the round z; the budget is the target. ``config`` is stored as is.
+        """
+        c = self.config
+        return write_privacy_report(self.ledger, out_dir=out_dir, delta=c.delta, config=config, budget=self.budget, planned_rounds=c.rounds, calibrated_noise_multiplier=self.noise_multiplier)
+
 
 def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
     """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments").
@@ -301,9 +351,7 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
     if private is None:
         return top_eigenvectors(moment_sum(federation.data), c.rank)
     scales = clip_scales(moment_norms(federation.data), bound=c.clip_moments)
-    sums = {"M": moment_sum(federation.data, weights=scales)}
-    released = private.release(sums, private.event("init", 0), {"M": c.clip_moments}, float(federation.num_users), frozenset({"M"}))
-    return top_eigenvectors(released["M"], c.rank)
+    return top_eigenvectors(private.release_init(moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
 
 
 def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
@@ -320,18 +368,25 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
             g = ls_part_vectors(stats, fit.b)
             weights = dict(zip(("weights_A", "weights_c"), ls_part_scales(fit.w, stats.xtx, g, bound_A=c.clip_a, bound_c=c.clip_c)))
         A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
+        sums = {"A": A, "c": vec_c}
         if private is not None:
-            released = private.release({"A": A, "c": vec_c}, event, {"A": c.clip_a, "c": c.clip_c}, normalizer, frozenset({"A"}))
-            A, vec_c, normalizer = released["A"], released["c"], 1.0
-        return ls_solve(A, vec_c, rank=c.rank, normalizer=normalizer, ridge=c.ridge_u)
+            sums, normalizer = private.release_round(sums, event, normalizer), 1.0
+        return server_step(c, U, sums, normalizer)
     e = federation.residual_vectors(U, fit, index)
     weights = None
     if private is not None:
         weights = clip_scales(e.norm(dim=1) * fit.w.norm(dim=1), bound=c.clip_g)
-    G = gd_gradient_sum(e, fit.w, weights)
+    sums = {"G": gd_gradient_sum(e, fit.w, weights)}
     if private is not None:
-        G, normalizer = private.release({"G": G}, event, {"G": c.clip_g}, normalizer)["G"], 1.0
-    return gd_step(U, G, normalizer=normalizer, learning_rate=c.gd_learning_rate)
+        sums, normalizer = private.release_round(sums, event, normalizer), 1.0
+    return server_step(c, U, sums, normalizer)
+
+
+def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float) -> Tensor:
+    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step; both over ``normalizer``."""
+    if config.mode == "ls":
+        return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
+    return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
 def run_engine(

@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, Message, RecordDict
 
 from fedlrs.client.app import make_client_app
 from fedlrs.federation_config import parse_run_config
-from fedlrs.privacy import Ledger
+from fedlrs.privacy import Ledger, audit_report
 from fedlrs.server.app import make_server_app
 from fedlrs.server.billboard import Billboard
 from fedlrs.simulations.engine import run_engine
@@ -61,8 +61,50 @@ def test_private_run_records_init_and_every_round(small, tmp_path):
     assert all(e.sample_rate == 0.5 and e.noise_multiplier == result.noise_multiplier for e in events[1:])
     assert result.ledger.epsilon(delta=1e-5) <= 5.0
     assert [e.to_dict() for e in Ledger.load(tmp_path / "ledger.jsonl").events] == [e.to_dict() for e in events]
-    report = json.loads((tmp_path / "privacy-report.json").read_text())
-    assert report["epsilon"] <= 5.0 and len(report["events"]) == 4
+    report = json.loads((tmp_path / "privacy_report.json").read_text())
+    assert report["epsilon"]["rdp"] <= 5.0 and len(report["events"]) == 4
+    assert report["plan"] == {"rounds": 3, "noise_multiplier": result.noise_multiplier}
+    assert report["config"]["run"] == {"rounds_completed": 3, "stopped": "rounds done", "refused_replies": 0,
+                                       "missing_replies": 0}
+    assert (tmp_path / "privacy_report.md").is_file() and (tmp_path / "epsilon.png").is_file()
+    assert json.loads((tmp_path / "run.json").read_text())["run"]["rounds_completed"] == 3
+    audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert audit.ok, audit.reasons
+
+
+def test_fedlrs_privacy_audit_passes_on_the_report_of_a_flower_run(small, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedlrs.privacy.cli import privacy_app
+
+    overrides = {**small, "private": True, "sample-rate": 0.5, "init-noise-multiplier": 0.0, "noise-seed": 0,
+                 "checkpoint-dir": str(tmp_path / "ckpt"), "report-dir": str(tmp_path / "report")}
+    _run(overrides)
+    done = CliRunner().invoke(privacy_app, ["audit", str(tmp_path / "report" / "privacy_report.json"),
+                                            "--ledger", str(tmp_path / "ckpt" / "ledger.jsonl")])
+    assert done.exit_code == 0 and "audit passed" in done.output, done.output
+
+
+def _strip(ledger):
+    return [{k: v for k, v in e.to_dict().items() if k != "time"} for e in ledger.events]
+
+
+@pytest.mark.parametrize("mode,init,q,z_init", [("ls", "moments", 0.5, 0.0), ("gd", "moments", 0.6, 3.0),
+                                                ("ls", "random", 1.0, 4.0)])
+def test_private_flower_run_and_private_engine_run_agree(small, mode, init, q, z_init):
+    """Same seed, config and noise seed: the same ledger (time aside) and the same U (the noise draws line up)."""
+    overrides = {**small, "mode": mode, "init": init, "sample-rate": q, "seed": 5, "private": True,
+                 "target-epsilon": 3.0, "init-noise-multiplier": z_init, "noise-seed": 7, "num-server-rounds": 4}
+    flower, _ = _run(overrides)
+    config = parse_run_config(overrides)
+    data = make_lrs_data(users=USERS, examples=config.data_examples, dim=config.dim, rank=config.rank,
+                         sparsity=config.sparsity, noise=config.data_noise, seed=config.data_seed)
+    engine = run_engine(data.train, config.engine_config())
+    assert _strip(flower.ledger) == _strip(engine.ledger)
+    assert len(flower.ledger) == 4 + (init == "moments")
+    if z_init == 0.0:  # joint calibration: the init and the rounds share one z
+        assert flower.ledger.events[0].noise_multiplier == flower.noise_multiplier == engine.noise_multiplier
+    assert torch.allclose(flower.U, engine.U, atol=1e-6, rtol=0)
 
 
 def test_budget_stops_the_run(small):
@@ -135,8 +177,7 @@ def test_resume_after_a_crash_gives_the_same_U_and_ledger(small, tmp_path):
     resumed, grid = _run(crashed)
     assert resumed.rounds_completed == 4
     assert "train.moments" not in [m.metadata.message_type for m in grid.sent]
-    strip = lambda ledger: [{k: v for k, v in e.to_dict().items() if k != "time"} for e in ledger.events]
-    assert strip(resumed.ledger) == strip(full.ledger)
+    assert _strip(resumed.ledger) == _strip(full.ledger)
     assert resumed.sampled == {r: s for r, s in full.sampled.items() if r >= 3}
 
 

@@ -33,6 +33,7 @@ def test_round_trip_and_defaults():
     ({"clip-a": -1.0}, "clip-a == -1.0"),
     ({"delta": 1.0}, "delta == 1.0"),
     ({"dataset": "mnist"}, "dataset == 'mnist'"),
+    ({"init-noise-multiplier": -1.0}, "init-noise-multiplier == -1.0"),
 ])
 def test_bad_values_are_refused_naming_the_key(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -42,3 +43,8 @@ def test_bad_values_are_refused_naming_the_key(values, match):
 def test_engine_config_is_the_same_algorithm():
     engine = parse_run_config({"rank": 3, "num-server-rounds": 7, "mode": "gd"}).engine_config()
     assert (engine.rank, engine.rounds, engine.mode, engine.loss) == (3, 7, "gd", "squared")
+
+
+def test_a_private_moments_init_may_be_calibrated_with_the_rounds():
+    config = parse_run_config({"private": True, "init": "moments", "init-noise-multiplier": 0.0})
+    assert config.engine_config().init_noise_multiplier == 0.0
