@@ -40,6 +40,8 @@ _LOG = logging.getLogger("fedlrs.server")
 BILLBOARD = "billboard"
 ROUND_CONFIG = "round-config"
 RUN_FILE = "run.json"
+#: seconds between two pulls of the replies of a round
+PULL_INTERVAL = 0.1
 #: keys that do not change what is computed, so a resumed run may change them
 OPERATIONAL_KEYS = frozenset({"round-timeout", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
                               "personalize-at-end", "noise-seed"})
@@ -103,10 +105,27 @@ class Billboard:
         return content
 
     def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> list[Message]:
+        """Send one message per node and pull the replies until all came or ``round-timeout`` passed.
+
+        Not ``grid.send_and_receive``: on a deployment it waits 3 s between pulls, here
+        :data:`PULL_INTERVAL` (what a round costs on a small deployment is mostly such waits).
+        """
+        if not nodes:
+            return []
         timeout = self.config.round_timeout
         messages = [Message(self._content(U, round_number), dst_node_id=node, message_type=message_type,
                             group_id=str(round_number), ttl=timeout + 30) for node in nodes]
-        return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        pending = set(grid.push_messages(messages))
+        deadline = time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            pulled = list(grid.pull_messages(pending))
+            replies.extend(pulled)
+            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(PULL_INTERVAL)
+        return replies
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""

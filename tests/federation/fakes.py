@@ -27,6 +27,7 @@ class FakeGrid(Grid):
             self.contexts[node] = Context(run_id=1, node_id=node, node_config=node_config, state=RecordDict(),
                                           run_config=dict(self.run_config))
         self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
         self._run = None
 
     def set_run(self, run) -> None:
@@ -42,16 +43,14 @@ class FakeGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages):  # pragma: no cover - send_and_receive is what the billboard uses
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Each node answers at once (or never, when ``tamper`` returns None); the replies wait to be pulled."""
+        ids = []
         for message in messages:
             self.sent.append(message)
+            message_id = f"m{len(self.sent)}"
+            message.metadata.__dict__["_message_id"] = message_id  # as InMemoryGrid does; replies refer to it
+            ids.append(message_id)
             node = message.metadata.dst_node_id
             if node not in self.contexts:
                 continue
@@ -59,5 +58,11 @@ class FakeGrid(Grid):
             if self.tamper is not None:
                 reply = self.tamper(node, message, reply)
             if reply is not None:
-                replies.append(reply)
-        return replies
+                self._replies[reply.metadata.reply_to_message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))

@@ -146,7 +146,8 @@ def _corrupt(kind):
 
 @pytest.mark.parametrize("kind", ["nan", "shape", "extra-key", "extra-record", "unclipped", "dtype", "drop"])
 def test_a_bad_reply_is_refused_without_harming_the_round(small, kind):
-    overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "clip-c": 5.0, "target-epsilon": 100.0}
+    overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "clip-c": 5.0, "target-epsilon": 100.0,
+                 "round-timeout": 0.3}
     result, _ = _run(overrides, tamper=_corrupt(kind))
     assert result.rounds_completed == 3
     assert torch.isfinite(result.U).all()
