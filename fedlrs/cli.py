@@ -59,6 +59,10 @@ DTYPE = typer.Option("float64", "--dtype", help="float64 or float32.")
 LOGISTIC = typer.Option(False, "--logistic", help="Binary labels and the logistic loss (mode gd).")
 
 
+EPSILON = typer.Option(None, "--epsilon", help="Privacy on: target user-level epsilon (calibrates the noise).")
+DELTA = typer.Option(1e-5, "--delta", help="Target delta (with --epsilon).")
+
+
 @app.command()
 def simulate(
     users: int = USERS,
@@ -69,31 +73,68 @@ def simulate(
     sparsity: int = SPARSITY,
     noise: float = NOISE,
     rounds: int = ROUNDS,
-    mode: str = MODE,
+    mode: str = typer.Option(None, "--mode", help="U update: ls (exact least squares) or gd (gradient). Default: ls, or gd with --epsilon."),
     init: str = INIT,
     sample_rate: float = SAMPLE_RATE,
     seed: int = SEED,
     device: str = DEVICE,
     dtype: str = DTYPE,
     logistic: bool = LOGISTIC,
-    out: Path = typer.Option(None, "--out", help="Directory for metrics.json."),
+    epsilon: float = EPSILON,
+    delta: float = DELTA,
+    accountant: str = typer.Option("rdp", "--accountant", help="Accountant of the budget: rdp, prv or pld."),
+    noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Round noise multiplier z (0: calibrated to --epsilon)."),
+    init_noise_multiplier: float = typer.Option(0.0, "--init-noise-multiplier", help="z of the private moments init (0: calibrated with the rounds)."),
+    clip_g: float = typer.Option(5.0, "--clip-g", help="L2 bound of a user's gd contribution."),
+    clip_a: float = typer.Option(300.0, "--clip-a", help="L2 bound of a user's A_i (ls)."),
+    clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls)."),
+    clip_moments: float = typer.Option(1000.0, "--clip-moments", help="L2 bound of a user's M_i (moments init)."),
+    out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
 ) -> None:
-    """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print a per-round table."""
+    """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print a per-round table.
+
+    With --epsilon the run is user-level differentially private: contributions are
+    clipped, noise is calibrated to (epsilon, delta) for the init and the rounds,
+    every release is recorded in a ledger, and the privacy report is written.
+    """
+    from fedlrs.privacy import Ledger
     from fedlrs.simulations.engine import EngineConfig, run_engine, synthetic_evaluator
 
+    private = epsilon is not None
+    mode = mode or ("gd" if private or logistic else "ls")
     config = EngineConfig(
-        rank=rank, sparsity=sparsity, rounds=rounds, mode="gd" if logistic else mode, loss="logistic" if logistic else "squared",
+        rank=rank, sparsity=sparsity, rounds=rounds, mode=mode, loss="logistic" if logistic else "squared",
         init="random" if logistic else init, sample_rate=sample_rate, seed=seed, device=device, dtype=dtype,
         ridge_w=1e-2 if logistic else 1e-6, ridge_b=1e-2 if logistic else 1e-6,
+        private=private, target_epsilon=epsilon if private else 2.0, delta=delta, accountant=accountant,
+        noise_multiplier=noise_multiplier, init_noise_multiplier=init_noise_multiplier,
+        clip_g=clip_g, clip_a=clip_a, clip_c=clip_c, clip_moments=clip_moments,
     )
+    if private and out is None:
+        out = Path("runs/simulate")
+    ledger = None
+    if private:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ledger.jsonl").unlink(missing_ok=True)
+        ledger = Ledger(out / "ledger.jsonl")
     data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
-    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), progress=True)
-    print_table(result.history, f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}")
+    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), progress=True, ledger=ledger)
+    title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
+    print_table(result.history, title + (f", epsilon={epsilon}, delta={delta}" if private else ", not private"))
     final = result.history[-1]
     console.print("final: " + ", ".join(f"{k}={_fmt(v)}" for k, v in final.items() if k != "round"))
+    if private:
+        report = result.write_privacy_report(out)
+        spent = report["epsilon"]
+        console.print(
+            f"privacy: epsilon spent {spent['rdp']:.3f} (RDP), {spent['pld']:.3f} (PLD), {spent['prv']:.3f} (PRV) at delta={delta}; "
+            f"budget {epsilon}; noise multiplier {result.noise_multiplier:.3f}; {len(result.ledger)} releases in {out / 'ledger.jsonl'}"
+        )
+        if result.stopped != "rounds done":
+            console.print(f"stopped early: {result.stopped}")
     if out is not None:
         result.to_json(out / "metrics.json", {"data": dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)})
-        console.print(f"wrote {out / 'metrics.json'}")
+        console.print(f"wrote {out / 'metrics.json'}" + (f", {out / 'privacy_report.json'}, {out / 'privacy_report.md'}, {out / 'epsilon.png'}" if private else ""))
 
 
 @app.command()

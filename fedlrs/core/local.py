@@ -30,6 +30,9 @@ from .stats import UserStats
 
 Tensor = torch.Tensor
 
+#: users per chunk of the local solve on a CPU: small enough for a chunk's search state to stay in cache
+DEFAULT_CPU_CHUNK = 4096
+
 
 @dataclass(frozen=True)
 class LocalFit:
@@ -42,12 +45,14 @@ class LocalFit:
 class ProjectedGram:
     """``H = S - V G^{-1} V^T + lam_b I`` of a batch of users, never formed as (n, d, d).
 
-    The support search needs only its diagonal, a few columns and small blocks;
-    each is ``S``'s own entries minus a rank-r correction, O(n d s r) for s columns.
+    The support search needs only its diagonal and a few rows (``H`` is symmetric,
+    so rows are columns); each row is a contiguous row of ``S`` minus a rank-r
+    correction, O(n d r) per row.
     """
 
     def __init__(self, xtx: Tensor, V: Tensor | None, K: Tensor | None, ridge_b: float):
         self.xtx, self.V, self.K, self.ridge_b = xtx, V, K, ridge_b
+        self._Vt = None if V is None else V.transpose(1, 2).contiguous()  # (n, r, d)
 
     def diagonal(self) -> Tensor:
         """``H_jj`` (n, d)."""
@@ -56,19 +61,21 @@ class ProjectedGram:
             diag = diag - (self.V * self.K.transpose(1, 2)).sum(-1)
         return diag
 
-    def columns(self, index: Tensor) -> Tensor:
-        """``H[:, :, S]`` (n, d, s) for supports ``index`` (n, s)."""
+    def rows(self, index: Tensor) -> Tensor:
+        """``H[:, S, :]`` (n, s, d) for supports ``index`` (n, s)."""
         n, d = self.xtx.shape[:2]
         s = index.shape[1]
-        out = self.xtx.gather(2, index.unsqueeze(1).expand(n, d, s))
+        out = self.xtx.gather(1, index.unsqueeze(-1).expand(n, s, d))
         if self.V is not None:
-            out = out - self.V @ self.K.gather(2, index.unsqueeze(1).expand(n, self.K.shape[1], s))
-        return out.scatter_add(1, index.unsqueeze(1), torch.full_like(out[:, :1], self.ridge_b))
+            K_S = self.K.gather(2, index.unsqueeze(1).expand(n, self.K.shape[1], s))  # (n, r, s)
+            # (K_S^T V^T)[n, s, :] as a sum over r of elementwise products: tiny bmm batches are slower on CPU
+            out = out - (K_S.unsqueeze(-1) * self._Vt.unsqueeze(2)).sum(1)
+        return out.scatter_add(2, index.unsqueeze(-1), torch.full_like(out[:, :, :1], self.ridge_b))
 
-    def block(self, index: Tensor, columns: Tensor | None = None) -> Tensor:
-        """``H_SS`` (n, s, s)."""
-        columns = self.columns(index) if columns is None else columns
-        return columns.gather(1, index.unsqueeze(-1).expand(-1, -1, index.shape[1]))
+    @staticmethod
+    def block(index: Tensor, rows: Tensor) -> Tensor:
+        """``H_SS`` (n, s, s) from the rows ``H[:, S, :]``."""
+        return rows.gather(2, index.unsqueeze(1).expand(-1, index.shape[1], -1))
 
 
 def _projected_problem(U: Tensor, stats: UserStats, ridge_w: float, ridge_b: float):
@@ -100,16 +107,14 @@ def _coordinates(b: Tensor, pieces, r: int) -> Tensor:
     return (G_inv @ rhs.unsqueeze(-1)).squeeze(-1)
 
 
-def _fit_on_support(H: ProjectedGram, h: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``b_S = H_SS^{-1} h_S`` for supports ``index`` (n, s); returns ``b_S`` and ``H[:, :, S]``."""
-    columns = H.columns(index)
-    values = torch.linalg.solve(H.block(index, columns), h.gather(1, index).unsqueeze(-1)).squeeze(-1)
-    return values, columns
+def _solve_on_support(h: Tensor, index: Tensor, rows: Tensor) -> Tensor:
+    """``b_S = H_SS^{-1} h_S`` for supports ``index`` (n, s) with their rows ``H[:, S, :]``."""
+    return torch.linalg.solve(ProjectedGram.block(index, rows), h.gather(1, index).unsqueeze(-1)).squeeze(-1)
 
 
-def _residual(h: Tensor, columns: Tensor, values: Tensor) -> Tensor:
-    """``h - H b`` for the sparse ``b`` with values ``b_S`` and columns ``H[:, :, S]``, in O(n d s)."""
-    return h - (columns @ values.unsqueeze(-1)).squeeze(-1)
+def _residual(h: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """``h - H b`` for the sparse ``b`` with values ``b_S`` and rows ``H[:, S, :]``, in O(n d s)."""
+    return h - (rows * values.unsqueeze(-1)).sum(1)
 
 
 def _objective(h: Tensor, index: Tensor, values: Tensor) -> Tensor:
@@ -122,38 +127,42 @@ def _dense(index: Tensor, values: Tensor, d: int) -> Tensor:
 
 
 def _keep_better(current: tuple, candidate: tuple) -> tuple:
-    """Per user, the (index, values, columns, objective) run with the lower objective."""
+    """Per user, the (index, values, rows, objective) run with the lower objective."""
     better = candidate[-1] < current[-1]
     return tuple(torch.where(better.view(-1, *([1] * (c.ndim - 1))), new, c) for c, new in zip(current, candidate))
 
 
-def greedy_support(H: ProjectedGram, h: Tensor, sparsity: int, *, starts: int = 8) -> tuple[Tensor, Tensor]:
+def greedy_support(H: ProjectedGram, h: Tensor, sparsity: int, *, starts: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """Multi-start orthogonal matching pursuit on ``f(b) = b^T H b - 2 b^T h``.
 
-    Returns supports (n, k) and least-squares values on them (n, k). One step
-    scores coordinate j by ``c_j^2 / H_jj`` with the residual correlation
-    ``c = h - H b`` (the decrease of ``f`` from moving ``b_j`` alone), adds the best
-    unused one and re-fits. Each of the ``starts`` runs is forced to begin with one
-    of the ``starts`` best-scoring coordinates; the run with the lowest ``f`` wins.
+    Returns supports (n, k), least-squares values on them (n, k) and their rows of
+    ``H`` (n, k, d). One step scores coordinate j by ``c_j^2 / H_jj`` with the
+    residual correlation ``c = h - H b`` (the decrease of ``f`` from moving ``b_j``
+    alone), adds the best unused one and re-fits. Each of the ``starts`` runs is
+    forced to begin with one of the ``starts`` best-scoring coordinates; the run
+    with the lowest ``f`` wins.
     """
     n, d = h.shape
     diag = H.diagonal().clamp_min(torch.finfo(h.dtype).tiny)
     firsts = (h * h / diag).topk(min(starts, d), dim=1).indices
+    first_rows = H.rows(firsts)
     best = None
-    for first in firsts.unbind(dim=1):
-        index = first.unsqueeze(1)
-        values, columns = _fit_on_support(H, h, index)
+    for start in range(firsts.shape[1]):
+        index, rows = firsts[:, start : start + 1], first_rows[:, start : start + 1]
+        values = _solve_on_support(h, index, rows)
         for _ in range(sparsity - 1):
-            residual = _residual(h, columns, values)
+            residual = _residual(h, rows, values)
             score = (residual * residual / diag).scatter(1, index, -1.0)
-            index = torch.cat([index, score.argmax(dim=1, keepdim=True)], dim=1)
-            values, columns = _fit_on_support(H, h, index)
-        run = (index, values, columns, _objective(h, index, values))
+            chosen = score.argmax(dim=1, keepdim=True)
+            index = torch.cat([index, chosen], dim=1)
+            rows = torch.cat([rows, H.rows(chosen)], dim=1)
+            values = _solve_on_support(h, index, rows)
+        run = (index, values, rows, _objective(h, index, values))
         best = run if best is None else _keep_better(best, run)
     return best[0], best[1], best[2]
 
 
-def _subspace_pursuit(H: ProjectedGram, h: Tensor, index: Tensor, values: Tensor, columns: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+def _subspace_pursuit(H: ProjectedGram, h: Tensor, index: Tensor, values: Tensor, rows: Tensor, steps: int) -> tuple[Tensor, Tensor]:
     """Refine supports: join the k best new coordinates, re-fit on 2k, keep the k largest, re-fit.
 
     A step is kept, per user, only where it lowers ``f`` (Dai and Milenkovic 2009).
@@ -162,16 +171,18 @@ def _subspace_pursuit(H: ProjectedGram, h: Tensor, index: Tensor, values: Tensor
     sparsity = index.shape[1]
     width = min(2 * sparsity, d)
     scale = H.diagonal().clamp_min(torch.finfo(h.dtype).tiny).sqrt()
-    best = (index, values, columns, _objective(h, index, values))
+    best = (index, values, rows, _objective(h, index, values))
     for _ in range(steps):
-        index, values, columns = best[:3]
-        score = (_residual(h, columns, values).abs() / scale).scatter(1, index, float("inf"))
+        index, values, rows = best[:3]
+        score = (_residual(h, rows, values).abs() / scale).scatter(1, index, float("inf"))
         wide_index = score.topk(width, dim=1).indices
-        wide_values, _ = _fit_on_support(H, h, wide_index)
+        wide_rows = H.rows(wide_index)
+        wide_values = _solve_on_support(h, wide_index, wide_rows)
         keep = (wide_values.abs() * scale.gather(1, wide_index)).topk(sparsity, dim=1).indices
         new_index = wide_index.gather(1, keep)
-        new_values, new_columns = _fit_on_support(H, h, new_index)
-        best = _keep_better(best, (new_index, new_values, new_columns, _objective(h, new_index, new_values)))
+        new_rows = wide_rows.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))
+        new_values = _solve_on_support(h, new_index, new_rows)
+        best = _keep_better(best, (new_index, new_values, new_rows, _objective(h, new_index, new_values)))
     return best[0], best[1]
 
 
@@ -184,23 +195,36 @@ def solve_local(
     ridge_b: float = 1e-6,
     refine_steps: int = 2,
     starts: int = 8,
+    chunk_size: int | None = None,
 ) -> LocalFit:
     """Fit ``w_i`` and the k-sparse ``b_i`` of every user in ``stats`` for a fixed ``U`` (d, r).
 
     See the module docstring for the formulas. The support comes from a
     ``starts``-fold multi-start greedy search, then ``refine_steps`` subspace-pursuit
     steps, each kept only where it lowers ``f``.
+
+    ``chunk_size`` users are solved at a time (views, no copies); the default
+    keeps a chunk's working set in the CPU caches and solves all users at once
+    on an accelerator.
     """
     d, r = U.shape
     if stats.dim != d:
         raise ValueError(f"U has {d} rows, must match the data's dimension {stats.dim}.")
     if not 0 <= sparsity < d:
         raise ValueError(f"sparsity == {sparsity}, must be in [0, {d}) for dimension {d}.")
+    n = stats.num_users
+    chunk = chunk_size or (DEFAULT_CPU_CHUNK if U.device.type == "cpu" else n)
+    if n > chunk:
+        fits = [
+            solve_local(U, stats.select(slice(i, i + chunk)), sparsity=sparsity, ridge_w=ridge_w, ridge_b=ridge_b, refine_steps=refine_steps, starts=starts, chunk_size=chunk)
+            for i in range(0, n, chunk)
+        ]
+        return LocalFit(torch.cat([f.w for f in fits]), torch.cat([f.b for f in fits]))
     H, h, pieces, r = _projected_problem(U, stats, ridge_w, ridge_b)
     if sparsity == 0:
         b = torch.zeros_like(h)
     else:
-        index, values, columns = greedy_support(H, h, sparsity, starts=starts)
-        index, values = _subspace_pursuit(H, h, index, values, columns, refine_steps)
+        index, values, rows = greedy_support(H, h, sparsity, starts=starts)
+        index, values = _subspace_pursuit(H, h, index, values, rows, refine_steps)
         b = _dense(index, values, d)
     return LocalFit(_coordinates(b, pieces, r), b)

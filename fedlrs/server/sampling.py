@@ -18,4 +18,4 @@ def poisson_sample(node_ids: Iterable[int], sample_rate: float, generator: torch
     """The node ids taking part in this round: each independently with probability ``sample_rate``."""
     nodes = sorted(int(n) for n in node_ids)
     chosen = sample_users(len(nodes), sample_rate, generator, "cpu")
-    return [nodes[i] for i in chosen.tolist()]
+    return nodes if chosen is None else [nodes[i] for i in chosen.tolist()]

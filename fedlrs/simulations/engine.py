@@ -228,27 +228,33 @@ class Federation:
         """``w_i, b_i`` of the users at ``index`` (all when None) for ``U``: the client's local step."""
         c = self.config
         if c.loss == "squared":
-            stats = self.stats if index is None else self.stats.select(index)
+            stats = self.selected_stats(index)
             return solve_local(U, stats, sparsity=c.sparsity, ridge_w=c.ridge_w, ridge_b=c.ridge_b, refine_steps=c.refine_steps, starts=c.starts)
         data = self.data if index is None else self.data.select(index)
         return solve_local_logistic(
             U, data, sparsity=c.sparsity, ridge_w=c.ridge_w, ridge_b=c.ridge_b, iterations=c.logistic_iterations, refine_steps=c.refine_steps
         )
 
-    def residual_vectors(self, U: Tensor, fit: LocalFit, index: Tensor) -> Tensor:
-        """``e_i`` of the "gd" contribution ``G_i = e_i w_i^T`` of the users at ``index``."""
+    def selected_stats(self, index: Tensor | None) -> UserStats:
+        """Statistics of the users at ``index`` (all, without a copy, when None)."""
+        return self.stats if index is None else self.stats.select(index)
+
+    def residual_vectors(self, U: Tensor, fit: LocalFit, index: Tensor | None) -> Tensor:
+        """``e_i`` of the "gd" contribution ``G_i = e_i w_i^T`` of the users at ``index`` (all when None)."""
         if self.config.loss == "squared":
-            return gd_residual_vectors(self.stats.select(index), U, fit.w, fit.b)
-        return logistic_residual_vectors(self.data.select(index), user_parameters(U, fit))
+            return gd_residual_vectors(self.selected_stats(index), U, fit.w, fit.b)
+        data = self.data if index is None else self.data.select(index)
+        return logistic_residual_vectors(data, user_parameters(U, fit))
 
 
-def sample_users(num_users: int, sample_rate: float, generator: torch.Generator, device) -> Tensor:
+def sample_users(num_users: int, sample_rate: float, generator: torch.Generator, device) -> Tensor | None:
     """Indices of the users in this round: each independently with probability q (Poisson sampling).
 
-    ``q = 1`` takes everybody without drawing; otherwise one :func:`fedlrs.privacy.poisson_sample` draw.
+    ``q = 1`` takes everybody without drawing and returns None (all users, no index copy);
+    otherwise one :func:`fedlrs.privacy.poisson_sample` draw.
     """
     if sample_rate >= 1:
-        return torch.arange(num_users, device=device)
+        return None
     chosen = poisson_sample(num_users, sample_rate=sample_rate, generator=generator)
     return chosen.nonzero().squeeze(-1).to(device)
 
@@ -362,7 +368,7 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
     """
     c = federation.config
     if c.mode == "ls":
-        stats = federation.stats.select(index)
+        stats = federation.selected_stats(index)
         weights = {}
         if private is not None:
             g = ls_part_vectors(stats, fit.b)
