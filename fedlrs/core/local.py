@@ -65,11 +65,14 @@ class ProjectedGram:
         """``H[:, S, :]`` (n, s, d) for supports ``index`` (n, s)."""
         n, d = self.xtx.shape[:2]
         s = index.shape[1]
-        out = self.xtx.gather(1, index.unsqueeze(-1).expand(n, s, d))
+        flat = (torch.arange(n, device=index.device).unsqueeze(1) * d + index).reshape(-1)
+        out = self.xtx.reshape(n * d, d).index_select(0, flat).reshape(n, s, d)
         if self.V is not None:
             K_S = self.K.gather(2, index.unsqueeze(1).expand(n, self.K.shape[1], s))  # (n, r, s)
-            # (K_S^T V^T)[n, s, :] as a sum over r of elementwise products: tiny bmm batches are slower on CPU
-            out = out - (K_S.unsqueeze(-1) * self._Vt.unsqueeze(2)).sum(1)
+            if s <= 2:  # elementwise beats tiny bmm batches on a CPU
+                out = out - (K_S.unsqueeze(-1) * self._Vt.unsqueeze(2)).sum(1)
+            else:
+                out = out - K_S.transpose(1, 2) @ self._Vt
         return out.scatter_add(2, index.unsqueeze(-1), torch.full_like(out[:, :, :1], self.ridge_b))
 
     @staticmethod
