@@ -167,17 +167,23 @@ def compare(
         (out / "compare.json").write_text(json.dumps(rows, indent=2))
 
 
-def _mount_optional() -> None:
-    """Sub-commands owned by other rooms of the package."""
+def _mount_subcommands() -> None:
+    """Sub-commands owned by other rooms of the package: privacy tools and experiments."""
+    from fedlrs.personalized.cli import pr_simulation
     from fedlrs.privacy.cli import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
+    experiment_app.command("pr-simulation")(pr_simulation)
+    try:
+        from fedlrs.simulations.experiments_cli import experiment_commands
+    except ModuleNotFoundError as error:  # the real-data experiments are being written (issue 5)
+        if error.name != "fedlrs.simulations.experiments_cli":
+            raise
+    else:
+        experiment_commands(experiment_app)
 
 
-try:
-    _mount_optional()
-except ImportError:  # pragma: no cover - while fedlrs.privacy.cli is not written yet
-    pass
+_mount_subcommands()
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ class _LRSBase:
         sparsity: int = 0,
         rounds: int = 10,
         *,
-        mode: str = "ls",
+        mode: str | None = None,
         init: str = "moments",
         sample_rate: float = 1.0,
         ridge_w: float = 1e-6,
@@ -87,6 +87,15 @@ class _LRSBase:
         device: str = "cpu",
         dtype: str = "float64",
         progress: bool = False,
+        epsilon: float | None = None,
+        delta: float | None = None,
+        accountant: str = "rdp",
+        clip_g: float = 5.0,
+        clip_a: float = 300.0,
+        clip_c: float = 50.0,
+        clip_moments: float = 1000.0,
+        init_noise_multiplier: float = 0.0,
+        noise_seed: int = -1,
     ):
         self.rank = rank
         self.sparsity = sparsity
@@ -102,13 +111,32 @@ class _LRSBase:
         self.device = device
         self.dtype = dtype
         self.progress = progress
+        self.epsilon = epsilon
+        self.delta = delta
+        self.accountant = accountant
+        self.clip_g = clip_g
+        self.clip_a = clip_a
+        self.clip_c = clip_c
+        self.clip_moments = clip_moments
+        self.init_noise_multiplier = init_noise_multiplier
+        self.noise_seed = noise_seed
 
     def _engine_config(self) -> EngineConfig:
+        private = self.epsilon is not None or self.delta is not None
+        if private and (self.epsilon is None or self.delta is None):
+            raise ValueError(f"epsilon == {self.epsilon} and delta == {self.delta}: give both for a private fit, or neither.")
+        privacy = {}
+        if private:
+            privacy = dict(
+                private=True, target_epsilon=self.epsilon, delta=self.delta, accountant=self.accountant, clip_g=self.clip_g, clip_a=self.clip_a,
+                clip_c=self.clip_c, clip_moments=self.clip_moments, init_noise_multiplier=self.init_noise_multiplier, noise_seed=self.noise_seed,
+            )
         return EngineConfig(
+            **privacy,
             rank=self.rank,
             sparsity=self.sparsity,
             rounds=self.rounds,
-            mode=self.mode,
+            mode=self.mode or ("gd" if private or self._loss == "logistic" else "ls"),
             loss=self._loss,
             init=self.init,
             sample_rate=self.sample_rate,
@@ -129,6 +157,8 @@ class _LRSBase:
 
         Sets ``U_`` (d, r), ``W_`` (users, r), ``B_`` (users, d), ``groups_`` (the user labels,
         row i of ``W_``/``B_`` belongs to ``groups_[i]``), ``history_`` and ``n_features_in_``.
+        With ``epsilon`` and ``delta`` the fit is user-level (epsilon, delta)-DP (DESIGN.md
+        section 3): ``ledger_`` holds every release and ``epsilon_`` is recomputed from it.
         """
         config = self._engine_config()
         Xa = _as_matrix(X)
@@ -144,7 +174,15 @@ class _LRSBase:
         self.groups_ = labels
         self.history_ = result.history
         self.n_features_in_ = Xa.shape[1]
+        self.result_ = result
+        self.ledger_ = result.ledger
+        self.epsilon_ = result.epsilon(self.accountant) if result.ledger is not None else None
         return self
+
+    def write_privacy_report(self, out_dir) -> dict:
+        """The privacy report of a private fit: ``privacy_report.json``, ``.md`` and ``epsilon.png`` in ``out_dir``."""
+        self._check_fitted()
+        return self.result_.write_privacy_report(out_dir)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "U_"):

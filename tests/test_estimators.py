@@ -101,3 +101,16 @@ def test_classifier_needs_two_labels():
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="y has 3 distinct labels"):
         LRSClassifier(rank=1).fit(X, np.arange(20) % 3, np.arange(20) % 2)
+
+
+def test_private_fit_spends_its_budget_and_writes_the_report(tmp_path):
+    data = make_lrs_data(users=3000, examples=10, dim=10, rank=2, sparsity=0, seed=2)
+    X, y, groups = long_table(data, 3000, 10, 10)
+    model = LRSRegressor(rank=2, sparsity=0, rounds=5, epsilon=4.0, delta=1e-6, noise_seed=0).fit(X, y, groups)
+    assert 3.9 <= model.epsilon_ <= 4.0
+    assert [e.release_id for e in model.ledger_.events][0] == "init" and len(model.ledger_) == 6
+    report = model.write_privacy_report(tmp_path)
+    assert (tmp_path / "privacy_report.json").exists() and (tmp_path / "epsilon.png").exists()
+    assert report["epsilon"]["rdp"] == model.epsilon_
+    with pytest.raises(ValueError, match="give both for a private fit"):
+        LRSRegressor(epsilon=1.0).fit(X, y, groups)
