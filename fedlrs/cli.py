@@ -34,6 +34,14 @@ def print_table(rows: list[dict], title: str, columns: list[str] | None = None) 
     console.print(table)
 
 
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Dict rows as a GitHub markdown table, numbers formatted as in the printed tables."""
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic):
     from fedlrs.simulations.synthetic import make_lrs_data
 
@@ -161,10 +169,13 @@ def compare(
     )
     data = _data_options(users, examples, None, dim, rank, sparsity, noise, seed, logistic)
     rows = compare_methods(data, config, logistic=logistic)
-    print_table(rows, f"{users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, sigma={noise}, {rounds} rounds")
+    title = f"{users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, sigma={noise}, {rounds} rounds, mode={config.mode}, seed={seed}"
+    print_table(rows, title)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.json").write_text(json.dumps(rows, indent=2))
+        (out / "table.md").write_text(f"`fedlrs compare` on {title}; storage = numbers kept per user.\n\n" + markdown_table(rows))
+        console.print(f"wrote {out / 'compare.json'} and {out / 'table.md'}")
 
 
 def _mount_subcommands() -> None:
