@@ -86,6 +86,7 @@ class Billboard:
         self.refusals: list[Refusal] = []
         self.dropped: list[tuple[int, int]] = []
         self.sampled: dict[int, list[int]] = {}
+        self.counted: dict[int, int] = {}  # round (0: the moments init) -> replies counted
         self.engine_config = config.engine_config()
         self.private: PrivateServer | None = None
 
@@ -150,6 +151,7 @@ class Billboard:
             self.dropped.append((round_number, node))
             _log(WARNING, "round %d: node %d did not reply within %.1f s; the round goes on without it",
                  round_number, node, self.config.round_timeout)
+        self.counted[round_number] = len(accepted)
         for node in sorted(accepted):  # a fixed order: the sum does not depend on arrival order
             for name, value in accepted[node].items():
                 sums[name] += value.to(sums[name].dtype)
@@ -258,6 +260,7 @@ class Billboard:
         """What happened in this run (not privacy numbers): rounds, why it stopped, refused and missing replies."""
         return {"rounds_completed": result.rounds_completed, "stopped": result.stopped,
                 "refused_replies": len(result.refusals), "missing_replies": len(result.dropped),
+                "counted_replies": {str(r): n for r, n in sorted(self.counted.items())},
                 "refusals": [asdict(r) for r in result.refusals],
                 "missing": [{"round": r, "node_id": n} for r, n in result.dropped]}
 

@@ -1,32 +1,102 @@
-"""A real deployment on loopback: SuperLink + 3 SuperNodes with TLS and authentication, 3 rounds.
+"""A real deployment on loopback (tests/federation/deployment.py): SuperLink + 5 SuperNodes, TLS, SuperNode auth.
 
-Runs scripts/deploy_local.sh, which stops every process it started by its PID (trap on exit),
-checks the run's status with `flwr list --format json` and that a 4th node with an unregistered
-key is refused.
+One deployment, three checks:
+1. a SuperNode whose key was never registered is refused;
+2. run A: one SuperNode is SIGKILLed (by PID) after round 1; the run still completes
+   (``flwr list --format json`` says ``finished:completed``, the report says which replies were missing);
+3. run B, the same config: the SuperLink (and its ServerApp) is SIGKILLed once round 2 is
+   checkpointed, restarted on the same database and port, the run submitted again with the same
+   checkpoint-dir: it resumes after round 2, completes, and its ledger equals run A's (time aside).
+Every process started is stopped by its PID (``LocalDeployment.stop_all`` in a finally block).
 """
 
 import json
-import os
-import subprocess
-from pathlib import Path
+import time
 
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from fedlrs.privacy import Ledger, audit_report
+
+from .deployment import LocalDeployment, alive
+
+NODES = 5
+ROUNDS = 3
+
+
+def _config(checkpoint):
+    return (f"num-server-rounds={ROUNDS} dim=10 rank=2 sparsity=1 starts=2 dataset='node' min-nodes={NODES - 1} "
+            f"wait-for-nodes=60.0 round-timeout=120.0 init='random' personalize-at-end=false private=true "
+            f"target-epsilon=10.0 accountant='rdp' checkpoint-dir='{checkpoint}'")
+
+
+def _checkpointed_round(folder) -> int:
+    path = folder / "billboard.pt"
+    if not path.is_file():
+        return -1
+    try:
+        return int(torch.load(path, weights_only=True)["round"])
+    except Exception:  # noqa: BLE001 - being replaced right now
+        return -1
+
+
+def _wait_checkpoint(folder, round_number, seconds):
+    deadline = time.monotonic() + seconds
+    while _checkpointed_round(folder) < round_number:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"round {round_number} not checkpointed in {folder} within {seconds} s")
+        time.sleep(0.1)
+
+
+def _strip(path):
+    return [{k: v for k, v in e.to_dict().items() if k != "time"} for e in Ledger.load(path).events]
 
 
 @pytest.mark.slow
-def test_superlink_and_three_authenticated_supernodes_complete_a_private_run(tmp_path):
-    env = {**os.environ, "NODES": "3", "ROUNDS": "3", "UNKNOWN_NODE": "1"}
-    done = subprocess.run([str(REPO / "scripts" / "deploy_local.sh"), str(tmp_path)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert "run status: finished:completed" in done.stdout, done.stdout + done.stderr
-    assert "unknown SuperNode refused: yes" in done.stdout
-    assert done.returncode == 0
-    report = json.loads((tmp_path / "checkpoint" / "privacy-report.json").read_text())
-    assert report["rounds_completed"] == 3 and [e["release_id"] for e in report["events"]] == ["round-1", "round-2", "round-3"]
-    for i in (1, 2, 3):  # each device kept its w_i, b_i on disk
-        assert (tmp_path / "state" / f"node-{i}" / "fedlrs-local-state.npz").is_file()
-    pids = [int((tmp_path / "logs" / f"supernode-{i}.pid").read_text()) for i in (1, 2, 3, 4)]
-    for pid in pids:  # every process was stopped
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+def test_deployment_survives_a_killed_supernode_and_a_restarted_superlink(tmp_path):
+    deployment = LocalDeployment(tmp_path, NODES)
+    try:
+        deployment.start_superlink()
+        for i in range(1, NODES + 1):
+            deployment.register(i)
+        deployment.write_data(NODES + 1)
+        for i in range(1, NODES + 2):  # node NODES + 1 has a key that was never registered
+            deployment.start_supernode(i)
+        for i in range(1, NODES + 1):
+            deployment.wait_for_log(f"supernode-{i}", "SuperNode ID", 120)
+        unknown = f"supernode-{NODES + 1}"
+        deployment.processes[unknown].wait(timeout=60)
+        assert "SuperNode ID" not in deployment.log(unknown)
+        assert deployment.processes[unknown].returncode != 0
+
+        # run A: SuperNode 5 is killed after round 1
+        run_a = deployment.submit(_config(tmp_path / "a"))
+        _wait_checkpoint(tmp_path / "a", 1, 240)
+        killed = deployment.processes[f"supernode-{NODES}"].pid
+        deployment.kill(f"supernode-{NODES}")
+        assert not alive(killed)
+        assert deployment.wait_run(run_a, 300) == "finished:completed"
+        facts = json.loads((tmp_path / "a" / "run.json").read_text())["run"]
+        assert facts["rounds_completed"] == ROUNDS and facts["stopped"] == "rounds done"
+        assert facts["counted_replies"]["1"] == NODES  # before the kill, every node's contribution was counted
+        assert facts["counted_replies"][str(ROUNDS)] <= NODES - 1
+        audit = audit_report(tmp_path / "a" / "privacy_report.json", ledger_path=tmp_path / "a" / "ledger.jsonl")
+        assert audit.ok, audit.reasons
+
+        # run B: the SuperLink and its ServerApp are killed once round 2 is checkpointed, then restarted
+        run_b = deployment.submit(_config(tmp_path / "b"))
+        _wait_checkpoint(tmp_path / "b", 2, 240)
+        deployment.kill("superlink")
+        assert _checkpointed_round(tmp_path / "b") == 2
+        deployment.start_superlink()  # the SuperNodes reconnect by themselves; the billboard waits for min-nodes
+        resumed = deployment.submit(_config(tmp_path / "b"))
+        assert deployment.wait_run(resumed, 300) == "finished:completed"
+        assert deployment.runs()[run_b]["status"] != "finished:completed"
+        assert _checkpointed_round(tmp_path / "b") == ROUNDS
+        assert _strip(tmp_path / "b" / "ledger.jsonl") == _strip(tmp_path / "a" / "ledger.jsonl")
+        assert [e["release_id"] for e in _strip(tmp_path / "b" / "ledger.jsonl")] == [f"round-{r}" for r in range(1, ROUNDS + 1)]
+        for i in range(1, NODES):  # each device kept its w_i, b_i on disk
+            assert (tmp_path / "state" / f"node-{i}" / "fedlrs-local-state.npz").is_file()
+    finally:
+        deployment.stop_all()
+    assert not any(alive(pid) for pid in deployment.started_pids)
