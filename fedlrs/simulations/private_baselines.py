@@ -1,0 +1,189 @@
+"""Baselines that baselines.py does not hold: a DP-FedAvg global model and the classical MixedLM.
+
+- :func:`dp_fedavg_global`: one ``theta`` for all users trained federatedly. Each round the
+  Poisson-sampled users (rate q) solve their local proximal problem
+  ``argmin_t (1/m_i)||y_i - X_i t||^2 + mu ||t - theta||^2`` (a d x d solve on the user's
+  own statistics) and send the update ``delta_i = t_i - theta``; privately ``delta_i`` is
+  clipped to L2 norm ``clip`` and the sum is released through
+  :class:`fedlrs.privacy.GaussianSumRelease` (ledger first, noise ``z clip``, divided by
+  the expected count ``q N``). The server steps ``theta <- theta + lr * mean delta``.
+  z is calibrated to (epsilon, delta) for the planned rounds with
+  :func:`fedlrs.privacy.calibrate_noise_multiplier`; nothing is computed inline.
+- :func:`mixedlm_random_slopes`: ``statsmodels`` MixedLM with a random intercept and
+  random slopes per user (the classical model of the HSB data), predicting with the
+  fixed effects plus each user's predicted random effects (BLUPs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedlrs.core import UserData, sufficient_statistics
+from fedlrs.privacy import (
+    DpEvent,
+    GaussianNoise,
+    GaussianSumRelease,
+    Ledger,
+    PrivacyBudget,
+    calibrate_noise_multiplier,
+    clip_scales,
+    poisson_sample,
+)
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """Knobs of :func:`dp_fedavg_global`.
+
+    rounds: T; sample_rate: q; prox: mu of the local proximal solve; server_lr: step on the
+    mean update; private: clip and noise each round; target_epsilon, delta, accountant:
+    the budget the noise multiplier is calibrated to (``noise_multiplier > 0`` fixes z);
+    clip: L2 bound of ``delta_i``; noise_seed >= 0 for reproducible noise (-1: OS entropy).
+    """
+
+    rounds: int = 20
+    sample_rate: float = 1.0
+    prox: float = 1.0
+    server_lr: float = 1.0
+    ridge: float = 1e-6
+    private: bool = False
+    target_epsilon: float = 2.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    noise_multiplier: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    noise_seed: int = -1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate == {self.sample_rate}, must be in (0, 1].")
+        for name in ("prox", "server_lr", "clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} == {getattr(self, name)}, must be > 0.")
+        if self.private and not self.target_epsilon > 0 and not self.noise_multiplier > 0:
+            raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
+
+
+@dataclass
+class FedAvgResult:
+    """The global ``theta`` (d,), per-round history, the ledger (private runs) and z."""
+
+    theta: Tensor
+    history: list[dict] = field(default_factory=list)
+    ledger: Ledger | None = None
+    noise_multiplier: float | None = None
+    delta: float | None = None
+
+    def thetas(self, num_users: int) -> Tensor:
+        """The same ``theta`` for every user, (n, d)."""
+        return self.theta.unsqueeze(0).expand(num_users, -1).clone()
+
+    def epsilon(self, accountant: str = "rdp") -> float | None:
+        """Epsilon spent, recomputed from the ledger (None when not private)."""
+        if self.ledger is None:
+            return None
+        return self.ledger.account(delta=self.delta, accountant=accountant).epsilon
+
+
+def local_prox_updates(data: UserData, theta: Tensor, *, prox: float, ridge: float = 1e-6) -> Tensor:
+    """``delta_i = argmin_t (1/m_i)||y_i - X_i t||^2 + mu ||t - theta||^2 - theta`` for every user, (n, d).
+
+    Closed form: ``(S_i + mu I) delta_i = s_i - S_i theta`` with ``S_i = X_i^T X_i / m_i``,
+    ``s_i = X_i^T y_i / m_i``.
+    """
+    stats = sufficient_statistics(data)
+    m = stats.count.clamp_min(1).view(-1, 1)
+    S = stats.xtx / m.unsqueeze(-1)
+    s = stats.xty / m
+    eye = torch.eye(data.dim, dtype=S.dtype, device=S.device)
+    rhs = s - S @ theta
+    return torch.linalg.solve(S + (prox + ridge) * eye, rhs)
+
+
+def dp_fedavg_global(data: UserData, config: FedAvgConfig, *, ledger: Ledger | None = None, evaluate=None) -> FedAvgResult:
+    """Train one global linear model federatedly, privately when ``config.private`` (module docstring).
+
+    ``evaluate(theta)`` (optional) adds metrics to each round's history entry.
+    """
+    n, d = data.num_users, data.dim
+    generator = torch.Generator().manual_seed(config.seed)
+    theta = data.X.new_zeros(d)
+    result = FedAvgResult(theta)
+    release = budget = None
+    if config.private:
+        ledger = ledger if ledger is not None else Ledger()
+        z = config.noise_multiplier or calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=config.sample_rate, rounds=config.rounds, accountant=config.accountant
+        )
+        noise = GaussianNoise(secure=config.noise_seed < 0, seed=None if config.noise_seed < 0 else config.noise_seed)
+        release = GaussianSumRelease(noise_multiplier=z, bounds={"delta": config.clip}, expected_count=config.sample_rate * n, noise=noise)
+        budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
+        result.ledger, result.noise_multiplier, result.delta = ledger, z, config.delta
+    for round_number in range(1, config.rounds + 1):
+        if config.sample_rate < 1:
+            index = poisson_sample(n, sample_rate=config.sample_rate, generator=generator).nonzero().squeeze(-1)
+            selected = data.select(index)
+        else:
+            selected = data
+        updates = local_prox_updates(selected, theta, prox=config.prox, ridge=config.ridge)
+        if release is None:
+            mean_update = updates.sum(0) / (config.sample_rate * n)
+        else:
+            scales = clip_scales(updates.norm(dim=1), bound=config.clip)
+            event = DpEvent(release_id=f"fedavg-round-{round_number}", kind="round", noise_multiplier=release.noise_multiplier, sample_rate=config.sample_rate, round=round_number, time=time.time())
+            mean_update = release.release({"delta": (updates * scales.unsqueeze(1)).sum(0)}, ledger=ledger, event=event, budget=budget)["delta"]
+        theta = theta + config.server_lr * mean_update
+        entry = {"round": round_number}
+        if evaluate is not None:
+            entry.update(evaluate(theta))
+        result.history.append(entry)
+    result.theta = theta
+    return result
+
+
+def long_format(data: UserData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the real examples: features (N, d), targets (N,), user index (N,)."""
+    mask = data.mask.cpu().numpy()
+    users = np.broadcast_to(np.arange(data.num_users)[:, None], mask.shape)[mask]
+    return data.X.cpu().numpy()[mask].astype(float), data.y.cpu().numpy()[mask].astype(float), users
+
+
+def mixedlm_random_slopes(data: UserData, *, random_columns: list[int], feature_names: list[str] | None = None) -> tuple[Tensor, dict]:
+    """Per-user ``theta_i`` (n, d) of a linear mixed model fitted by REML with ``statsmodels``.
+
+    ``y_ij = x_ij . beta + z_ij . u_i + e_ij`` with ``z_ij`` the features at ``random_columns``
+    (e.g. intercept and SES: random intercepts and slopes), ``u_i ~ N(0, Psi)``. Returns
+    ``theta_i = beta + u_i`` (the predicted random effects placed at their columns) and a
+    summary (fixed effects, random-effects covariance, converged).
+    """
+    import warnings
+
+    import statsmodels.api as sm
+
+    X, y, users = long_format(data)
+    names = feature_names or [f"x{j}" for j in range(data.dim)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sm.MixedLM(y, X, groups=users, exog_re=X[:, random_columns])
+        fit = model.fit(reml=True, method=["lbfgs", "powell"])
+    beta = np.asarray(fit.fe_params, dtype=float)
+    theta = np.tile(beta, (data.num_users, 1))
+    for user, effects in fit.random_effects.items():
+        theta[int(user), random_columns] += np.asarray(effects, dtype=float)
+    summary = {
+        "fixed_effects": dict(zip(names, beta.tolist())),
+        "random_columns": [names[j] for j in random_columns],
+        "random_effects_cov": np.asarray(fit.cov_re, dtype=float).tolist(),
+        "residual_variance": float(fit.scale),
+        "converged": bool(fit.converged),
+    }
+    return torch.as_tensor(theta, dtype=data.X.dtype, device=data.X.device), summary
