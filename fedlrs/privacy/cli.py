@@ -1,4 +1,4 @@
-"""``fedlrs privacy``: calibrate, report and audit from the command line."""
+"""``fedlrs privacy``: calibrate, report, audit and probe from the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multipl
 from fedlrs.privacy.ledger import Ledger, LedgerError
 from fedlrs.privacy.report import REPORT_JSON, REPORT_MD, REPORT_PNG, write_privacy_report
 
-privacy_app = typer.Typer(help="User-level differential privacy: calibrate, report, audit.",
+privacy_app = typer.Typer(help="User-level differential privacy: calibrate, report, audit, probe.",
                           no_args_is_help=True)
 
 
@@ -74,3 +74,35 @@ def audit(
         raise typer.Exit(1)
     recomputed = ", ".join(f"{a.upper()} {e:.4f}" for a, e in result.recomputed.items())
     typer.echo(f"audit passed (recomputed epsilon: {recomputed}).")
+
+
+@privacy_app.command()
+def probe(
+    epsilons: str = typer.Option("1,4,8", "--epsilons", help="Comma-separated target epsilons."),
+    delta: float = typer.Option(1e-5, "--delta", help="Delta of the targets and of the audit."),
+    canaries: int = typer.Option(5000, "--canaries", help="Canary users, each included with probability 1/2."),
+    rounds: int = typer.Option(20, "--rounds", help="Private rounds."),
+    sample_rate: float = typer.Option(0.5, "--sample-rate", help="Poisson sampling rate q."),
+    repeats: int = typer.Option(3, "--repeats", help="Independent runs (seeds) per target; each is a row."),
+    noise_off: bool = typer.Option(True, "--noise-off/--no-noise-off", help="Also a test-only row without noise."),
+    out: Path = typer.Option(None, "--out", help="Write table.md and table.json to this folder."),
+) -> None:
+    """Plant canary users, run private rounds, print the empirical epsilon lower bound beside the accounted one."""
+    from fedlrs.privacy.probe import ProbeConfig, probe_table, run_probe, write_probe_table
+
+    try:
+        targets = [float(e) for e in epsilons.split(",") if e.strip()]
+        configs = [ProbeConfig(target_epsilon=None, noise_off=True, delta=delta, canaries=canaries, rounds=rounds,
+                               sample_rate=sample_rate)] if noise_off else []
+        configs += [ProbeConfig(target_epsilon=e, delta=delta, canaries=canaries, rounds=rounds,
+                                sample_rate=sample_rate, seed=seed) for e in targets for seed in range(repeats)]
+        results = [run_probe(config) for config in configs]
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(probe_table(results))
+    if out is not None:
+        typer.echo(f"wrote {write_probe_table(results, out)}")
+    if any(r.lower_bound > r.accounted_epsilon for r in results):
+        typer.echo("probe FAILED: an empirical lower bound exceeds the accounted epsilon.", err=True)
+        raise typer.Exit(1)
