@@ -105,18 +105,22 @@ class Billboard:
             content[BILLBOARD] = ArrayRecord({"U": Array(U.detach().cpu().numpy())})
         return content
 
-    def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> list[Message]:
+    def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> tuple[list[Message], dict[str, int]]:
         """Send one message per node and pull the replies until all came or ``round-timeout`` passed.
+
+        Returns the replies and ``{message id: node it was sent to}``, so a reply is
+        counted only as the answer of the node its message went to.
 
         Not ``grid.send_and_receive``: on a deployment it waits 3 s between pulls, here
         :data:`PULL_INTERVAL` (what a round costs on a small deployment is mostly such waits).
         """
         if not nodes:
-            return []
+            return [], {}
         timeout = self.config.round_timeout
         messages = [Message(self._content(U, round_number), dst_node_id=node, message_type=message_type,
                             group_id=str(round_number), ttl=timeout + 30) for node in nodes]
-        pending = set(grid.push_messages(messages))
+        sent = dict(zip(grid.push_messages(messages), nodes))
+        pending = set(sent)
         deadline = time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
@@ -126,20 +130,22 @@ class Billboard:
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(PULL_INTERVAL)
-        return replies
+        return replies, sent
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
         parts = expected_parts(self.config, phase)
         sums = {name: torch.zeros(shape, dtype=self.config.torch_dtype) for name, (shape, _) in parts.items()}
         message_type = "train.moments" if phase == "moments" else "train"
-        replies = self._exchange(grid, nodes, message_type, U, round_number)
+        replies, sent = self._exchange(grid, nodes, message_type, U, round_number)
         asked, seen, accepted = set(nodes), set(), {}
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             try:
                 if node not in asked:
                     raise RefusedReply("the node was not sampled in this round.")
+                if sent.get(reply.metadata.reply_to_message_id) != node:
+                    raise RefusedReply("the reply does not answer the message sent to this node in this round.")
                 if node in seen:
                     raise RefusedReply("a second reply from the same node.")
                 seen.add(node)

@@ -372,3 +372,25 @@ def test_npz_with_complex_or_pickled_data_is_refused(folder):
     np.savez(path, X=np.array([None] * DIM, dtype=object).reshape(1, DIM), y=np.ones(1))
     with pytest.raises(DataError, match="cannot be read"):
         read_table(path, DIM)
+
+
+class _SwappedGrid(FakeGrid):
+    """A faulty or hostile SuperLink: node HOSTILE's reply is presented as the answer to another node's message."""
+
+    def pull_messages(self, message_ids):
+        pulled = super().pull_messages(message_ids)
+        ids = [r.metadata.reply_to_message_id for r in pulled]
+        for reply in pulled:
+            if int(reply.metadata.src_node_id) == HOSTILE:
+                other = next((i for i in ids if i != reply.metadata.reply_to_message_id), None)
+                if other is not None:
+                    reply.metadata.__dict__["_reply_to_message_id"] = other
+        return pulled
+
+
+def test_a_reply_that_answers_another_nodes_message_is_refused():
+    overrides = {**BASE, "num-server-rounds": 2}
+    result = Billboard(parse_run_config(overrides)).run(_SwappedGrid(make_client_app(overrides), NODES))
+    reasons = {(r.node_id, r.reason) for r in result.refusals}
+    assert (HOSTILE, "the reply does not answer the message sent to this node in this round.") in reasons
+    assert result.rounds_completed == 2
