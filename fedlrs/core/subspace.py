@@ -50,9 +50,15 @@ def moment_sum(data: UserData, weights: Tensor | None = None) -> Tensor:
 
 
 def moment_norms(data: UserData) -> Tensor:
-    """``||M_i||_F`` per user without forming ``M_i``: ``||M_i||_F^2 = sum_{j,l} (y_ij y_il x_ij . x_il)^2``."""
+    """``||M_i||_F`` per user, from whichever is smaller, ``M_i`` itself (d x d) or the Gram (m x m):
+
+    ``||M_i||_F^2 = sum_{j,l} (y_ij y_il x_ij . x_il)^2`` (the Gram form, for users with few examples).
+    """
     scaled = data.X * (data.y * data.mask.to(data.X.dtype)).unsqueeze(-1)
-    gram = scaled @ scaled.transpose(1, 2)
+    if data.X.shape[1] <= data.dim:
+        gram = scaled @ scaled.transpose(1, 2)
+    else:
+        gram = scaled.transpose(1, 2) @ scaled  # = M_i, same Frobenius norm
     return gram.pow(2).sum(dim=(1, 2)).sqrt()
 
 

@@ -57,8 +57,12 @@ def test_gd_gradient_matches_autograd():
     torch.testing.assert_close(G, U.grad)
 
 
-def test_moment_norms_and_sum_match_explicit_matrices():
-    data = make_lrs_data(users=6, examples=5, dim=4, rank=2, sparsity=1, seed=5, examples_max=9).train
+import pytest
+
+
+@pytest.mark.parametrize("examples, examples_max", [(2, 3), (5, 9)])  # m_max below and above d = 4
+def test_moment_norms_and_sum_match_explicit_matrices(examples, examples_max):
+    data = make_lrs_data(users=6, examples=examples, dim=4, rank=2, sparsity=1, seed=5, examples_max=examples_max).train
     explicit = [(data.X[i].T * (data.y[i] ** 2 * data.mask[i])) @ data.X[i] for i in range(6)]
     torch.testing.assert_close(moment_norms(data), torch.stack([torch.linalg.matrix_norm(M) for M in explicit]))
     torch.testing.assert_close(moment_sum(data), sum(explicit))
