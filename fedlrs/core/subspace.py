@@ -84,8 +84,7 @@ def ls_system(stats: UserStats, W: Tensor, B: Tensor, *, weights_A: Tensor | Non
     c_w = _weights(n, weights_c, W)
     outer = (W.unsqueeze(2) * W.unsqueeze(1)).reshape(n, r * r) * a.unsqueeze(-1)
     A = (outer.T @ stats.xtx.reshape(n, d * d)).reshape(r, r, d, d).permute(0, 2, 1, 3).reshape(r * d, r * d)
-    residual = stats.xty - (stats.xtx @ B.unsqueeze(-1)).squeeze(-1)  # X^T (y - X b)
-    c = ((residual * c_w.unsqueeze(-1)).T @ W).T.reshape(r * d)
+    c = ((ls_part_vectors(stats, B) * c_w.unsqueeze(-1)).T @ W).T.reshape(r * d)
     return A, c
 
 
