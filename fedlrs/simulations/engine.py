@@ -132,20 +132,21 @@ class EngineConfig:
             raise ValueError(f"starts == {self.starts}, must be >= 1.")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
-        if self.private:
-            if self.loss != "squared":
-                raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
-            if not 0 < self.delta < 1:
-                raise ValueError(f"delta == {self.delta}, must be in (0, 1).")
-            if not self.target_epsilon > 0:
-                raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
-            if self.noise_multiplier < 0:
-                raise ValueError(f"noise_multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate).")
-            if self.init_noise_multiplier < 0:
-                raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated with the rounds).")
-            for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
-                if not 0 < getattr(self, name) < float("inf"):
-                    raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
+        if self.private and self.loss != "squared":
+            raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta == {self.delta}, must be in (0, 1).")
+        if not self.target_epsilon > 0:
+            raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
+        if self.accountant not in ("rdp", "prv", "pld"):
+            raise ValueError(f"accountant == {self.accountant!r}, must be 'rdp', 'prv' or 'pld'.")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate to target_epsilon).")
+        if self.init_noise_multiplier < 0:
+            raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
+        for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
 
     def check_data(self, dim: int) -> None:
         """Refuse a rank or sparsity that does not fit dimension ``dim``."""
