@@ -42,6 +42,14 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loss_knobs(logistic: bool, init: str) -> dict:
+    """The loss and the knobs that go with it: logistic starts from a random U (the moments of
+    binary labels carry no subspace) with ridge 1e-2 on the IRLS solves; squared uses ``init``."""
+    if logistic:
+        return dict(loss="logistic", init="random", ridge_w=1e-2, ridge_b=1e-2)
+    return dict(loss="squared", init=init, ridge_w=1e-6, ridge_b=1e-6)
+
+
 def _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic):
     from fedlrs.simulations.synthetic import make_lrs_data
 
@@ -111,9 +119,8 @@ def simulate(
     private = epsilon is not None
     mode = mode or ("gd" if private or logistic else "ls")
     config = EngineConfig(
-        rank=rank, sparsity=sparsity, rounds=rounds, mode=mode, loss="logistic" if logistic else "squared",
-        init="random" if logistic else init, sample_rate=sample_rate, seed=seed, device=device, dtype=dtype,
-        ridge_w=1e-2 if logistic else 1e-6, ridge_b=1e-2 if logistic else 1e-6,
+        rank=rank, sparsity=sparsity, rounds=rounds, mode=mode, **_loss_knobs(logistic, init),
+        sample_rate=sample_rate, seed=seed, device=device, dtype=dtype,
         private=private, target_epsilon=epsilon if private else 2.0, delta=delta, accountant=accountant,
         noise_multiplier=noise_multiplier, init_noise_multiplier=init_noise_multiplier,
         clip_g=clip_g, clip_a=clip_a, clip_c=clip_c, clip_moments=clip_moments,
@@ -164,8 +171,7 @@ def compare(
     from fedlrs.simulations.engine import EngineConfig
 
     config = EngineConfig(
-        rank=rank, sparsity=sparsity, rounds=rounds, mode="gd" if logistic else mode, loss="logistic" if logistic else "squared",
-        init="random" if logistic else "moments", seed=seed, ridge_w=1e-2 if logistic else 1e-6, ridge_b=1e-2 if logistic else 1e-6,
+        rank=rank, sparsity=sparsity, rounds=rounds, mode="gd" if logistic else mode, **_loss_knobs(logistic, "moments"), seed=seed,
     )
     data = _data_options(users, examples, None, dim, rank, sparsity, noise, seed, logistic)
     rows = compare_methods(data, config, logistic=logistic)
