@@ -203,7 +203,7 @@ class Billboard:
         nodes = self._wait_for_nodes(grid)
         _log(INFO, "%d nodes connected", len(nodes))
         # the engine's private server step: events, calibration, budget, release (one implementation)
-        self.private = None if ledger is None else PrivateServer(self.engine_config, len(nodes), ledger, retry_ids=True)
+        self.private = None if ledger is None else PrivateServer(self.engine_config, ledger, retry_ids=True)
         checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint) if self.checkpoint_dir else None
         if checkpoint is not None:
             U, start = checkpoint.U.to(c.torch_dtype), checkpoint.round

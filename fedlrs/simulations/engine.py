@@ -272,8 +272,8 @@ class PrivateServer:
     ``fedlrs privacy audit`` checks.
     """
 
-    def __init__(self, config: EngineConfig, num_users: int, ledger: Ledger, *, retry_ids: bool = False):
-        self.config, self.num_users, self.ledger, self.retry_ids = config, num_users, ledger, retry_ids
+    def __init__(self, config: EngineConfig, ledger: Ledger, *, retry_ids: bool = False):
+        self.config, self.ledger, self.retry_ids = config, ledger, retry_ids
         seed = config.noise_seed
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
@@ -415,7 +415,7 @@ def run_engine(
     federation = Federation(data, config)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
-    private = PrivateServer(config, federation.num_users, ledger if ledger is not None else Ledger()) if config.private else None
+    private = PrivateServer(config, ledger if ledger is not None else Ledger()) if config.private else None
     U = initial_subspace(federation, generator, private)
     if private is not None:
         private.calibrate()
