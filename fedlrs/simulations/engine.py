@@ -422,15 +422,19 @@ def run_engine(
     history: list[dict] = []
     stopped = "rounds done"
 
-    def record(round_number: int, U: Tensor) -> None:
+    def record(round_number: int, U: Tensor) -> LocalFit | None:
+        """Append the round's entry; returns the full local fit for ``U`` when ``evaluate`` made one."""
         entry = {"round": round_number, "seconds": time.perf_counter() - started}
+        fit_all = None
         if evaluate is not None:
-            entry.update(evaluate(U, federation.local_fit(U)))
+            fit_all = federation.local_fit(U)
+            entry.update(evaluate(U, fit_all))
         history.append(entry)
         if on_round is not None:
             on_round(entry)
+        return fit_all
 
-    record(0, U)
+    fit_all = record(0, U)
     task = _progress(progress, config.rounds)
     for round_number in range(1, config.rounds + 1):
         event = None
@@ -442,12 +446,13 @@ def run_engine(
                 stopped = f"budget: {error}"
                 break
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
-        fit = federation.local_fit(U, index)
+        # every user takes part (index None) and the evaluation already fitted them all for this U
+        fit = fit_all if index is None and fit_all is not None else federation.local_fit(U, index)
         U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event)
-        record(round_number, U)
+        fit_all = record(round_number, U)
         task.advance()
     task.close()
-    final_fit = federation.local_fit(U)
+    final_fit = fit_all if fit_all is not None else federation.local_fit(U)
     result = EngineResult(U, final_fit, history, asdict(config))
     result.stopped = stopped
     if private is not None:
