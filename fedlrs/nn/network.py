@@ -9,7 +9,7 @@ users share is passed without the user dimension (``in_dims=None`` for it).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,35 @@ from torch.func import functional_call, vmap
 Tensor = torch.Tensor
 
 LOSSES = ("cross_entropy", "mse")
+
+#: builds the network with its initial values drawn from the generator
+ModuleFactory = Callable[[torch.Generator], nn.Module]
+
+
+def module_template(module: nn.Module | ModuleFactory) -> tuple[ModuleFactory | None, nn.Module]:
+    """``(factory, template)``: a module is its own template (no factory); a factory is called once,
+    with ``Generator().manual_seed(0)``, for a template that gives the architecture (its values are not used)."""
+    if isinstance(module, nn.Module):
+        return None, module
+    if not callable(module):
+        raise ValueError(f"module == {module!r}, must be a torch.nn.Module or a callable(generator) returning one.")
+    template = module(torch.Generator().manual_seed(0))
+    if not isinstance(template, nn.Module):
+        raise ValueError(f"module() returned {type(template).__name__}, must return a torch.nn.Module.")
+    return module, template
+
+
+def initial_parameters(factory: ModuleFactory | None, template: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
+    """``{name: value}`` (detached copies) of ``factory(generator)``'s parameters, or of the template's without a factory."""
+    module = template if factory is None else factory(generator)
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def require_loss(loss: str) -> str:
+    """``loss`` if it is one of :data:`LOSSES`."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss == {loss!r}, must be one of {LOSSES}.")
+    return loss
 
 
 def parameter_shapes(module: nn.Module) -> dict[str, torch.Size]:
@@ -84,7 +113,7 @@ def batched_forward(module: nn.Module, per_user: Mapping[str, Tensor], shared: M
     missing = set(parameter_shapes(module)) - set(per_user) - set(shared)
     if missing:
         raise ValueError(f"parameters {sorted(missing)} are neither per user nor shared.")
-    buffers = dict(module.named_buffers())
+    buffers = {name: b.to(X.device) for name, b in module.named_buffers()}
 
     def one_user(user_params: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(module, ({**shared, **user_params}, buffers), (x,))
@@ -103,6 +132,6 @@ def per_user_loss(outputs: Tensor, y: Tensor, mask: Tensor, loss: str) -> Tensor
     elif loss == "mse":
         per_example = (outputs.reshape(y.shape) - y) ** 2
     else:
-        raise ValueError(f"loss == {loss!r}, must be one of {LOSSES}.")
+        require_loss(loss)
     weights = mask.to(per_example.dtype)
     return (per_example * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)

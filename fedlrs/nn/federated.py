@@ -1,0 +1,313 @@
+"""The in-process federated loop for network methods, with user-level differential privacy.
+
+Every user of the federation is one slice of a :class:`~fedlrs.nn.method.UserExamples`
+batch; a :class:`~fedlrs.nn.method.FederatedMethod` (LRS-NN, FedAvg, FedRep, ...)
+supplies the maths, this loop supplies the federation and the privacy rules of
+DESIGN.md section 3, written once for every method. Round t:
+
+    S_t     ~ Poisson(q)  over the N users                     (engine's sampler and seed convention)
+    P[S_t]  <- method.local_update(shared, P[S_t], data[S_t])
+    g_i     =  flatten(method.contribution(shared, P[S_t], data[S_t]))_i      (D numbers per user)
+    s       =  sum_{i in S_t} clip_C(g_i) + N(0, z^2 C^2 I)    (private: GaussianSumRelease, ledger first)
+            =  sum_{i in S_t} g_i                              (not private: no clipping, no noise)
+    shared  <- method.apply(shared, unflatten(s / (q N)))      (q N, never |S_t|)
+
+The private server is the engine's :class:`~fedlrs.simulations.engine.PrivateServer`
+(event ``"round-t"``, calibration of z before round 1, budget check, ledger record
+before the release, report for ``fedlrs privacy audit``); the Flower ServerApp of
+:mod:`fedlrs.nn.flower` drives the same objects, so both give the same shared state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedlrs.nn.method import FederatedMethod, State, UserExamples
+from fedlrs.nn.network import flat_size, flatten, unflatten
+from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, clip
+from fedlrs.privacy.accountants import validate_accountant
+from fedlrs.simulations.engine import DTYPES, PrivateServer, sample_users
+
+Tensor = torch.Tensor
+
+#: the single part of a network contribution released by the Gaussian mechanism
+PART = "contribution"
+
+Evaluator = Callable[[State, State], dict]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Every knob of the federated loop (not of the method), validated once.
+
+    rounds: T. sample_rate: q, each user takes part in a round with probability q
+    (Poisson sampling). clip: C, the user-level L2 bound of a user's whole flattened
+    contribution (applied when ``private``). private: clip, noise and account every round.
+    target_epsilon, delta, accountant ("rdp", "prv", "pld"): the budget; noise_multiplier:
+    the accounted z of a round (0: calibrated to (target_epsilon, delta) for ``rounds``
+    rounds before round 1). noise_seed >= 0 makes the noise reproducible (tests), -1
+    draws it from the OS. seed: the sampler's and the initialisation's generator (and,
+    plus one, the local updates'). device, dtype: where and in what precision the loop
+    runs. evaluate_every: ``evaluate`` runs at round 0, every this many rounds and after
+    the last one (0: only at round 0 and after the last).
+
+    Examples
+    --------
+    >>> NetworkConfig(rounds=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: rounds == 0, must be >= 1.
+    """
+
+    rounds: int = 10
+    sample_rate: float = 1.0
+    clip: float = 1.0
+    private: bool = False
+    target_epsilon: float = 2.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    noise_multiplier: float = 0.0
+    noise_seed: int = -1
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    evaluate_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "noise_seed", "seed", "evaluate_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} == {value!r}, must be an integer.")
+        if self.rounds < 1:
+            raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
+        if self.evaluate_every < 0:
+            raise ValueError(f"evaluate_every == {self.evaluate_every}, must be >= 0 (0: first and last round only).")
+        if self.noise_seed < -1:
+            raise ValueError(f"noise_seed == {self.noise_seed}, must be >= 0 (reproducible) or -1 (OS entropy).")
+        _require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
+        _require_number("clip", self.clip, "must be a finite number > 0", lambda v: 0 < v < math.inf)
+        _require_number("target_epsilon", self.target_epsilon, "must be a finite number > 0", lambda v: 0 < v < math.inf)
+        _require_number("delta", self.delta, "must be in (0, 1)", lambda v: 0 < v < 1)
+        _require_number("noise_multiplier", self.noise_multiplier, "must be a finite number >= 0 (0: calibrate to target_epsilon)",
+                        lambda v: 0 <= v < math.inf)
+        if not isinstance(self.private, bool):
+            raise ValueError(f"private == {self.private!r}, must be True or False.")
+        validate_accountant(self.accountant)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device == {self.device!r}, must be a torch device ('cpu', 'cuda', 'cuda:0', ...).") from error
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require_number(name: str, value, rule: str, ok: Callable[[float], bool]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
+        raise ValueError(f"{name} == {value!r}, {rule}.")
+
+
+@dataclass
+class FederatedResult:
+    """The final shared state, every user's personal state after ``personalize``, and the run's record.
+
+    ``history[j]`` holds ``{"round": t, "seconds": ...}`` plus ``evaluate``'s metrics,
+    for t = 0 (the initialisation) and the evaluated rounds. ``ledger`` and
+    ``noise_multiplier`` are None when the run was not private.
+    """
+
+    shared: State
+    personal: State
+    history: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    stopped: str = "rounds done"
+    rounds_completed: int = 0
+    ledger: Ledger | None = None
+    noise_multiplier: float | None = None
+    _private: PrivateServer | None = field(default=None, repr=False)
+
+    def epsilon(self, accountant: str = "rdp") -> float | None:
+        """Epsilon spent at the configured delta, recomputed from the ledger (None when not private)."""
+        if self.ledger is None:
+            return None
+        return self.ledger.account(delta=self.config["delta"], accountant=accountant).epsilon
+
+    def write_privacy_report(self, out_dir: str | Path) -> dict:
+        """``privacy_report.json/.md`` and ``epsilon.png`` that ``fedlrs privacy audit`` checks (planned rounds, calibrated z, budget)."""
+        if self._private is None:
+            raise ValueError("this run was not private: there is no ledger to report.")
+        return self._private.write_report(out_dir, {**self.config, "stopped": self.stopped, "rounds_completed": self.rounds_completed})
+
+
+def contribution_shapes(method: FederatedMethod, shared: State) -> dict[str, torch.Size]:
+    """``{key: shape}`` of one user's contribution, in flattening order.
+
+    A method may say so with ``method.contribution_shapes(shared)``; otherwise every
+    shared tensor is contributed (``{k: shared[k].shape}`` in the shared state's order).
+    The loop needs the shapes before any user answers (a round with nobody sampled is
+    still released) and the Flower server validates replies against them.
+    """
+    own = getattr(method, "contribution_shapes", None)
+    if own is not None:
+        return {k: torch.Size(s) for k, s in own(shared).items()}
+    return {k: v.shape for k, v in shared.items()}
+
+
+def flat_contributions(contribution: State, shapes: Mapping[str, torch.Size]) -> Tensor:
+    """The per-user contributions ``{k: (n, *shape_k)}`` as one ``(n, D)`` matrix, refusing any other key or shape."""
+    if set(contribution) != set(shapes):
+        raise ValueError(f"the contribution has keys {sorted(contribution)}, must have {sorted(shapes)}.")
+    for k, s in shapes.items():
+        if tuple(contribution[k].shape[1:]) != tuple(s):
+            raise ValueError(f"contribution[{k!r}] has shape {tuple(contribution[k].shape)}, must be (n, *{tuple(s)}).")
+    return flatten(contribution, shapes)
+
+
+def clipped_sum(flat: Tensor, config: NetworkConfig) -> Tensor:
+    """``sum_i clip_C(g_i)`` (private) or ``sum_i g_i`` over the rows of ``flat`` (n, D)."""
+    if config.private:
+        flat, _ = clip(flat, bound=config.clip)
+    return flat.sum(dim=0)
+
+
+def release_mean(total: Tensor, config: NetworkConfig, expected_count: float, private: PrivateServer | None, event: DpEvent | None) -> Tensor:
+    """The released mean ``(s + N(0, z^2 C^2 I)) / (q N)`` through the ledger (private), or ``s / (q N)``.
+
+    Raises :class:`fedlrs.privacy.BudgetExceededError` (nothing recorded, nothing
+    released) when the round would take epsilon past the target.
+    """
+    if private is None:
+        return total / expected_count
+    return private.release({PART: total}, event, {PART: config.clip}, expected_count)[PART]
+
+
+def private_server(config: NetworkConfig, ledger: Ledger | None, *, retry_ids: bool = False) -> PrivateServer | None:
+    """The engine's private server for ``config`` (None when not private); the round z is calibrated here, before round 1."""
+    if not config.private:
+        return None
+    private = PrivateServer(config, ledger if ledger is not None else Ledger(), retry_ids=retry_ids)
+    private.calibrate()
+    return private
+
+
+def round_event(private: PrivateServer | None, round_number: int) -> DpEvent | None:
+    """The round's event ``"round-t"``, after checking the budget can pay for it (BudgetExceededError otherwise)."""
+    if private is None:
+        return None
+    event = private.event("round", round_number)
+    private.budget.check(private.ledger, event)
+    return event
+
+
+def initial_state(method: FederatedMethod, config: NetworkConfig, generator: torch.Generator) -> State:
+    """``method.init_shared(generator)`` on the run's device and dtype (the server's public initialisation)."""
+    return {k: v.to(device=config.device, dtype=config.torch_dtype) for k, v in method.init_shared(generator).items()}
+
+
+def prepare_examples(data: UserExamples, config: NetworkConfig) -> UserExamples:
+    """``data`` on the run's device, float inputs and float targets in the run's dtype (labels stay integers)."""
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(device=config.device, dtype=config.torch_dtype if t.is_floating_point() else t.dtype)
+
+    return UserExamples(cast(data.X), cast(data.y), data.mask.to(config.device))
+
+
+def _select(personal: State, index: Tensor | None) -> State:
+    return dict(personal) if index is None else {k: v[index] for k, v in personal.items()}
+
+
+def _put(personal: State, index: Tensor | None, update: State) -> State:
+    if index is None:
+        return dict(update)
+    out = {k: v.clone() for k, v in personal.items()}
+    for k, v in update.items():
+        out[k][index] = v
+    return out
+
+
+def run_federated(
+    method: FederatedMethod,
+    train: UserExamples,
+    config: NetworkConfig,
+    *,
+    ledger: Ledger | None = None,
+    evaluate: Evaluator | None = None,
+    on_round: Callable[[dict], None] | None = None,
+) -> FederatedResult:
+    """Run ``config.rounds`` rounds of ``method`` over the users of ``train`` (see the module docstring).
+
+    ``evaluate(shared, personal)`` returns metrics of the current shared state and
+    the users' current personal states (call ``method.personalize`` inside it when
+    the metric needs it); it runs at round 0 and per ``config.evaluate_every``.
+    ``on_round(entry)`` sees each history entry. With ``config.private`` every
+    round is recorded in ``ledger`` (in memory when None) before its release; a
+    round the budget cannot pay for is not run (``result.stopped`` says so). At the
+    end every user's personal state is ``method.personalize(shared, personal, train)``.
+    """
+    if train.num_users == 0:
+        raise ValueError("train has no users; the federation needs at least one.")
+    train = prepare_examples(train, config)
+    num_users = train.num_users
+    generator = torch.Generator().manual_seed(config.seed)
+    local_generator = torch.Generator().manual_seed(config.seed + 1)
+    started = time.perf_counter()
+    shared = initial_state(method, config, generator)
+    shapes = contribution_shapes(method, shared)
+    personal = method.init_personal(shared, num_users)
+    private = private_server(config, ledger)
+    expected_count = config.sample_rate * num_users
+    history: list[dict] = []
+
+    def record(round_number: int) -> None:
+        entry = {"round": round_number, "seconds": time.perf_counter() - started}
+        if evaluate is not None:
+            entry.update(evaluate(shared, personal))
+        history.append(entry)
+        if on_round is not None:
+            on_round(entry)
+
+    record(0)
+    stopped, completed = "rounds done", 0
+    for round_number in range(1, config.rounds + 1):
+        try:
+            event = round_event(private, round_number)
+        except BudgetExceededError as error:
+            stopped = f"budget: {error}"
+            break
+        index = sample_users(num_users, config.sample_rate, generator, config.device)
+        if index is None or len(index):
+            data = train if index is None else train.select(index)
+            updated = method.local_update(shared, _select(personal, index), data, local_generator)
+            contribution = method.contribution(shared, updated, data, local_generator)
+            personal = _put(personal, index, updated)
+            total = clipped_sum(flat_contributions(contribution, shapes), config)
+        else:  # nobody sampled: the (noised) zero sum is released all the same
+            total = torch.zeros(flat_size(shapes), device=config.device, dtype=config.torch_dtype)
+        mean = release_mean(total, config, expected_count, private, event)
+        shared = method.apply(shared, unflatten(mean, shapes))
+        completed = round_number
+        every = config.evaluate_every
+        if round_number == config.rounds or (every and round_number % every == 0):
+            record(round_number)
+    if history[-1]["round"] != completed:
+        record(completed)
+    personal = method.personalize(shared, personal, train, local_generator)
+    return FederatedResult(
+        shared, personal, history, config.to_dict(), stopped, completed,
+        ledger=None if private is None else private.ledger,
+        noise_multiplier=None if private is None else private.noise_multiplier,
+        _private=private,
+    )

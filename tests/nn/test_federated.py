@@ -1,0 +1,145 @@
+"""The method-agnostic federated loop: config rules, sampling and q N, clipping, the ledger and its report."""
+
+import pytest
+import torch
+from torch import nn
+
+from fedlrs.nn.federated import NetworkConfig, clipped_sum, contribution_shapes, flat_contributions, run_federated
+from fedlrs.nn.lrs import LRSNetwork
+from fedlrs.nn.method import FederatedMethod, UserExamples
+from fedlrs.privacy import Ledger, audit_report, calibrate_noise_multiplier
+from fedlrs.simulations.engine import sample_users
+
+
+class Counter:
+    """A toy method: every sampled user contributes ``scale * 1``; the shared state is the running sum of released means."""
+
+    name = "counter"
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+        self.seen = []
+
+    def init_shared(self, generator):
+        return {"a": torch.zeros(2, 3), "c": torch.zeros(4)}
+
+    def init_personal(self, shared, num_users):
+        return {"visits": torch.zeros(num_users)}
+
+    def local_update(self, shared, personal, data, generator):
+        return {"visits": personal["visits"] + 1}
+
+    def contribution(self, shared, personal, data, generator):
+        n = data.num_users
+        out = {"a": torch.full((n, 2, 3), self.scale, dtype=shared["a"].dtype), "c": torch.full((n, 4), self.scale, dtype=shared["c"].dtype)}
+        self.seen.append(out)
+        return out
+
+    def apply(self, shared, mean_contribution):
+        return {k: shared[k] + mean_contribution[k] for k in shared}
+
+    def personalize(self, shared, personal, data, generator):
+        return personal
+
+    def predict(self, shared, personal, X):
+        return torch.zeros(X.shape[:2])
+
+    def personal_size(self, shared):
+        return 1
+
+
+def _examples(users=20, examples=3):
+    X = torch.randn(users, examples, 2, generator=torch.Generator().manual_seed(0))
+    return UserExamples(X, torch.zeros(users, examples), torch.ones(users, examples, dtype=torch.bool))
+
+
+def test_counter_is_a_federated_method():
+    assert isinstance(Counter(), FederatedMethod)
+
+
+@pytest.mark.parametrize("knob,value,rule", [
+    ("rounds", 0, "must be >= 1"), ("sample_rate", 0.0, "must be in (0, 1]"), ("sample_rate", 1.5, "must be in (0, 1]"),
+    ("clip", 0.0, "must be a finite number > 0"), ("clip", float("inf"), "must be a finite number > 0"),
+    ("delta", 1.0, "must be in (0, 1)"), ("target_epsilon", -1.0, "must be a finite number > 0"),
+    ("noise_multiplier", -0.5, "must be a finite number >= 0"), ("accountant", "moments", "must be one of"),
+    ("dtype", "float16", "must be one of"), ("noise_seed", -2, "must be >= 0"), ("rounds", 2.5, "must be an integer"),
+    ("device", "gpu7", "must be a torch device"), ("evaluate_every", -1, "must be >= 0"),
+])
+def test_config_errors_name_the_knob_the_value_and_the_rule(knob, value, rule):
+    with pytest.raises(ValueError) as error:
+        NetworkConfig(**{knob: value})
+    assert f"{knob} == {value!r}" in str(error.value) and rule in str(error.value)
+
+
+def test_non_private_mean_divides_by_the_expected_count_not_the_realized_one():
+    users, q, rounds = 20, 0.3, 4
+    method = Counter()
+    result = run_federated(method, _examples(users), NetworkConfig(rounds=rounds, sample_rate=q, seed=3, dtype="float64"))
+    generator = torch.Generator().manual_seed(3)  # the engine's convention: init, then one draw per round
+    method.init_shared(generator)
+    realized = [len(sample_users(users, q, generator, "cpu")) for _ in range(rounds)]
+    assert len(set(realized)) > 1
+    assert torch.allclose(result.shared["a"], torch.full((2, 3), sum(realized) / (q * users), dtype=torch.float64))
+    visits = result.personal["visits"]
+    assert visits.sum() == sum(realized) and result.ledger is None and result.epsilon() is None
+    assert [h["round"] for h in result.history] == list(range(rounds + 1))
+
+
+def test_every_contribution_is_clipped_to_the_bound():
+    flat = torch.randn(50, 30, generator=torch.Generator().manual_seed(1)) * torch.logspace(-2, 2, 50).unsqueeze(1)
+    config = NetworkConfig(private=True, clip=1.5, noise_multiplier=1.0)
+    total = clipped_sum(flat, config)
+    scales = torch.clamp(1.5 / flat.norm(dim=1), max=1.0)
+    assert torch.allclose(total, (flat * scales.unsqueeze(1)).sum(0))
+    assert ((flat * scales.unsqueeze(1)).norm(dim=1) <= 1.5 * (1 + 1e-6)).all()
+    assert torch.equal(clipped_sum(flat, NetworkConfig(private=False)), flat.sum(0))
+
+
+def test_contribution_keys_and_shapes_are_checked():
+    shapes = contribution_shapes(Counter(), Counter().init_shared(None))
+    with pytest.raises(ValueError, match="has keys"):
+        flat_contributions({"a": torch.zeros(1, 2, 3)}, shapes)
+    with pytest.raises(ValueError, match=r"contribution\['c'\] has shape"):
+        flat_contributions({"a": torch.zeros(1, 2, 3), "c": torch.zeros(1, 5)}, shapes)
+
+
+def test_private_run_one_event_a_round_calibrated_z_and_an_audited_report(tmp_path):
+    users, q, rounds, target = 20, 0.5, 3, 4.0
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    method = Counter(scale=10.0)  # every contribution (norm 10 sqrt(10)) is clipped to C = 1
+    config = NetworkConfig(rounds=rounds, sample_rate=q, private=True, target_epsilon=target, clip=1.0, noise_seed=0, dtype="float64")
+    result = run_federated(method, _examples(users), config, ledger=ledger)
+    z = calibrate_noise_multiplier(target_epsilon=target, delta=1e-5, sample_rate=q, rounds=rounds)
+    assert result.noise_multiplier == pytest.approx(z)
+    events = result.ledger.events
+    assert [e.release_id for e in events] == ["round-1", "round-2", "round-3"]
+    assert all(e.kind == "round" and e.noise_multiplier == result.noise_multiplier and e.sample_rate == q for e in events)
+    assert result.epsilon() <= target and result.epsilon("pld") <= target
+    report = result.write_privacy_report(tmp_path / "report")
+    assert report["plan"] == {"rounds": rounds, "noise_multiplier": result.noise_multiplier}
+    audit = audit_report(tmp_path / "report" / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert audit.ok, audit.reasons
+
+
+def test_budget_stops_the_run_before_a_release_it_cannot_pay_for():
+    config = NetworkConfig(rounds=50, sample_rate=0.2, private=True, target_epsilon=3.0, noise_multiplier=2.0, noise_seed=0)
+    result = run_federated(Counter(), _examples(), config)
+    assert 0 < result.rounds_completed < 50 and result.stopped.startswith("budget")
+    assert len(result.ledger) == result.rounds_completed and result.epsilon() <= 3.0
+
+
+def test_a_round_with_nobody_sampled_is_released_all_the_same():
+    config = NetworkConfig(rounds=2, sample_rate=1e-6, private=True, noise_multiplier=1.0, target_epsilon=10.0, noise_seed=0, dtype="float64")
+    result = run_federated(Counter(), _examples(3), config)
+    assert len(result.ledger) == 2 and result.personal["visits"].sum() == 0
+    assert result.shared["a"].abs().sum() > 0  # pure noise, over q N
+
+
+def test_lrs_network_runs_through_the_loop_on_its_device_and_dtype():
+    torch.manual_seed(0)
+    data = UserExamples(torch.randn(6, 4, 3, dtype=torch.float64), torch.randint(0, 2, (6, 4)), torch.ones(6, 4, dtype=torch.bool))
+    method = LRSNetwork(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), rank=2, sparsity=2, loss="cross_entropy")
+    result = run_federated(method, data, NetworkConfig(rounds=2, dtype="float64"), evaluate=lambda s, p: {"loss": float(method.losses(s, p, data).mean())})
+    assert all(v.dtype == torch.float64 for v in result.shared.values())
+    assert result.personal["w"].shape == (6, 2) and ((result.personal["b"] != 0).sum(1) <= 2).all()
+    assert "loss" in result.history[-1]
