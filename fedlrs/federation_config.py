@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "noise-seed": -1,
     # the billboard: rounds, faults, checkpoints, report
     "round-timeout": 60.0,
+    "max-in-flight": 0,
     "min-nodes": 1,
     "wait-for-nodes": 60.0,
     "checkpoint-dir": "",
@@ -123,6 +124,7 @@ class FederationConfig:
     clip_moments: float = DEFAULTS["clip-moments"]
     noise_seed: int = DEFAULTS["noise-seed"]
     round_timeout: float = DEFAULTS["round-timeout"]
+    max_in_flight: int = DEFAULTS["max-in-flight"]
     min_nodes: int = DEFAULTS["min-nodes"]
     wait_for_nodes: float = DEFAULTS["wait-for-nodes"]
     checkpoint_dir: str = DEFAULTS["checkpoint-dir"]
@@ -151,6 +153,8 @@ class FederationConfig:
                 raise ConfigError(f"{_kebab(name)} == {getattr(self, name)}, must be >= 0.")
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout == {self.round_timeout}, must be > 0 seconds.")
+        if self.max_in_flight < 0:
+            raise ConfigError(f"max-in-flight == {self.max_in_flight}, must be >= 0 (0: every message at once).")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes == {self.min_nodes}, must be >= 1.")
         if self.wait_for_nodes < 0:

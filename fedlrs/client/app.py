@@ -84,10 +84,17 @@ def evaluate(message: Message, context: Context, config: FederationConfig) -> Me
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none)."""
     client_app = ClientApp()
+    parsed: dict[tuple, FederationConfig] = {}  # run config -> its FederationConfig, parsed once per process
+
+    def config_of(context: Context) -> FederationConfig:
+        key = tuple(sorted(context.run_config.items()))
+        if key not in parsed:
+            parsed[key] = parse_run_config(context.run_config, overrides)
+        return parsed[key]
 
     def handler(function):
         def handle(message: Message, context: Context) -> Message:
-            return function(message, context, parse_run_config(context.run_config, overrides))
+            return function(message, context, config_of(context))
 
         handle.__name__ = function.__name__
         return handle

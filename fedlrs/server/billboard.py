@@ -43,7 +43,7 @@ RUN_FILE = "run.json"
 #: seconds between two pulls of the replies of a round
 PULL_INTERVAL = 0.1
 #: keys that do not change what is computed, so a resumed run may change them
-OPERATIONAL_KEYS = frozenset({"round-timeout", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
+OPERATIONAL_KEYS = frozenset({"round-timeout", "max-in-flight", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
                               "personalize-at-end", "noise-seed"})
 
 
@@ -106,30 +106,42 @@ class Billboard:
         return content
 
     def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> tuple[list[Message], dict[str, int]]:
-        """Send one message per node and pull the replies until all came or ``round-timeout`` passed.
+        """Send one message per node and pull the replies; each node has ``round-timeout`` s to answer.
 
         Returns the replies and ``{message id: node it was sent to}``, so a reply is
         counted only as the answer of the node its message went to.
 
+        At most ``max-in-flight`` messages are outstanding (0: all at once); a new one is
+        pushed as soon as a reply comes or a node's time is up. Flower's in-memory link
+        state scans every stored message for every node on each delivery sweep, so a
+        simulation with N nodes and M outstanding messages spends O(N M) per sweep; a
+        window keeps M small. A node's ``round-timeout`` starts when its message is pushed.
+
         Not ``grid.send_and_receive``: on a deployment it waits 3 s between pulls, here
         :data:`PULL_INTERVAL` (what a round costs on a small deployment is mostly such waits).
         """
-        if not nodes:
-            return [], {}
-        timeout = self.config.round_timeout
-        messages = [Message(self._content(U, round_number), dst_node_id=node, message_type=message_type,
-                            group_id=str(round_number), ttl=timeout + 30) for node in nodes]
-        sent = dict(zip(grid.push_messages(messages), nodes))
-        pending = set(sent)
-        deadline = time.monotonic() + timeout
+        timeout, window = self.config.round_timeout, self.config.max_in_flight or len(nodes)
+        waiting = list(reversed(nodes))
+        sent: dict[str, int] = {}
+        pending: dict[str, float] = {}  # message id -> deadline
         replies: list[Message] = []
-        while pending:
-            pulled = list(grid.pull_messages(pending))
+        while waiting or pending:
+            if waiting and len(pending) < window:
+                batch = [waiting.pop() for _ in range(min(window - len(pending), len(waiting)))]
+                messages = [Message(self._content(U, round_number), dst_node_id=node, message_type=message_type,
+                                    group_id=str(round_number), ttl=timeout + 30) for node in batch]
+                deadline = time.monotonic() + timeout
+                for message_id, node in zip(grid.push_messages(messages), batch):
+                    sent[message_id], pending[message_id] = node, deadline
+            pulled = list(grid.pull_messages(list(pending)))
             replies.extend(pulled)
-            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(PULL_INTERVAL)
+            for reply in pulled:
+                pending.pop(reply.metadata.reply_to_message_id, None)
+            now = time.monotonic()
+            for message_id in [m for m, deadline in pending.items() if deadline <= now]:
+                del pending[message_id]
+            if pending and not pulled:
+                time.sleep(PULL_INTERVAL)
         return replies, sent
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:

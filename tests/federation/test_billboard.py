@@ -41,6 +41,18 @@ def test_same_U_as_the_engine(small, mode, init, q):
     assert torch.allclose(result.U, _engine_U(overrides), atol=1e-6, rtol=0)
 
 
+
+@pytest.mark.parametrize("window", [1, 5])
+def test_a_window_of_messages_in_flight_gives_the_same_U_and_waits_for_no_dropped_node(small, window):
+    overrides = {**small, "seed": 3, "round-timeout": 0.3}
+    dropped = _corrupt("drop")
+    reference, _ = _run(overrides, tamper=dropped)
+    result, grid = _run({**overrides, "max-in-flight": window}, tamper=dropped)
+    assert result.rounds_completed == 3 and [node for _, node in result.dropped] == [2, 2, 2]
+    assert torch.equal(result.U, reference.U)
+    train = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"]
+    assert sorted(train) == sorted(list(range(1, USERS + 1)) * 3)
+
 def test_server_app_runs_on_a_fake_grid(small):
     from flwr.app import Context
 
