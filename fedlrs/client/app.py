@@ -14,6 +14,7 @@ No loss, example count or norm is ever put in a reply.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -81,20 +82,20 @@ def evaluate(message: Message, context: Context, config: FederationConfig) -> Me
     return Message(RecordDict(), reply_to=message)
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(run_config: tuple, overrides: tuple) -> FederationConfig:
+    # Parsed once per process: the simulation ships a fresh copy of the ClientApp with every message.
+    return parse_run_config(dict(run_config), dict(overrides))
+
+
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none)."""
     client_app = ClientApp()
-    parsed: dict[tuple, FederationConfig] = {}  # run config -> its FederationConfig, parsed once per process
-
-    def config_of(context: Context) -> FederationConfig:
-        key = tuple(sorted(context.run_config.items()))
-        if key not in parsed:
-            parsed[key] = parse_run_config(context.run_config, overrides)
-        return parsed[key]
+    frozen_overrides = tuple(sorted((overrides or {}).items()))
 
     def handler(function):
         def handle(message: Message, context: Context) -> Message:
-            return function(message, context, config_of(context))
+            return function(message, context, _parsed(tuple(sorted(context.run_config.items())), frozen_overrides))
 
         handle.__name__ = function.__name__
         return handle
