@@ -14,9 +14,11 @@ Round (the loop of :mod:`fedlrs.nn.federated` or the Flower apps of :mod:`fedlrs
 
 * client: ``local_steps`` steps of gradient descent on ``(w_i, b_i)`` for the loss
   ``L_i(theta_i) + ridge_w/2 ||w_i||^2``, hard thresholding ``b_i <- HT_k(b_i)`` after each step;
-* client: the contribution ``dL_i/dtheta_0 = g_i``, ``dL_i/dU = g_i w_i^T``
-  (``g_i = dL_i/dtheta_i``) and ``dL_i/dphi`` for every shared layer ``phi``;
-* server: ``shared <- shared - server_lr * mean contribution``, then ``U <- QR(U)``.
+* client: the contribution ``dL_i/dtheta_0 = g_i`` (``g_i = dL_i/dtheta_i``), ``dL_i/dphi`` for
+  every shared layer ``phi``, and ``(I - U U^T) g_i w_i^T``, the gradient ``dL_i/dU = g_i w_i^T``
+  projected on the tangent space of the Grassmannian (only span(U) matters);
+* server: ``theta_0, phi <- theta_0, phi - server_lr * mean contribution`` and
+  ``U <- QR(U - subspace_lr * mean contribution)``.
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class LRSNetwork:
     personal : names of the module's parameters to personalize (None: the last layer).
     local_steps : gradient steps on ``(w_i, b_i)`` per round (>= 1).
     lr_w, lr_b : their step sizes; ridge_w: ``ridge_w/2 ||w_i||^2`` keeps ``w_i`` bounded.
-    server_lr : step size of the server's update of the shared state.
+    server_lr : step size of the server's update of ``theta_0`` and the shared layers.
+    subspace_lr : step size of the update of ``U`` before its QR (None: ``server_lr``). Its gradient
+        ``g_i w_i^T`` is small once the users fit well, and QR keeps ``U`` bounded, so it can be larger.
     personalize_steps : steps of :meth:`personalize` (None: ``local_steps``).
 
     Examples
@@ -98,7 +102,7 @@ class LRSNetwork:
     def __init__(self, module: nn.Module | ModuleFactory, *, rank: int, sparsity: int, loss: str,
                  personal: Sequence[str] | None = None, local_steps: int = 5, lr_w: float = 0.1,
                  lr_b: float = 0.1, ridge_w: float = 0.0, server_lr: float = 1.0,
-                 personalize_steps: int | None = None):
+                 subspace_lr: float | None = None, personalize_steps: int | None = None):
         self._factory, self.module = module_template(module)
         self.loss = require_loss(loss)
         shapes = parameter_shapes(self.module)
@@ -120,6 +124,7 @@ class LRSNetwork:
         self.lr_w, self.lr_b = _rate("lr_w", lr_w), _rate("lr_b", lr_b)
         self.ridge_w = _rate("ridge_w", ridge_w, allow_zero=True)
         self.server_lr = _rate("server_lr", server_lr)
+        self.subspace_lr = self.server_lr if subspace_lr is None else _rate("subspace_lr", subspace_lr)
 
     # ------------------------------------------------------------------ states
     def init_shared(self, generator: torch.Generator) -> State:
@@ -192,8 +197,11 @@ class LRSNetwork:
     def contribution(self, shared: State, personal: State, data: UserExamples, generator: torch.Generator) -> State:
         """Per-user gradients of ``L_i`` w.r.t. the shared state, from one autograd call on ``sum_i L_i``:
 
-        ``dL_i/dtheta_0 = g_i``, ``dL_i/dU = g_i w_i^T`` (``g_i = dL_i/dtheta_i``), and ``dL_i/dphi`` for every
-        shared layer ``phi`` (taken through a per-user expanded view of ``phi``, so row i is user i's alone).
+        ``dL_i/dtheta_0 = g_i`` (``g_i = dL_i/dtheta_i``), ``dL_i/dphi`` for every shared layer ``phi`` (taken
+        through a per-user expanded view of ``phi``, so row i is user i's alone), and for ``U`` the gradient on
+        the Grassmannian, ``(I - U U^T) g_i w_i^T``: the Euclidean ``g_i w_i^T`` less its part inside span(U),
+        which only turns the basis (QR undoes its length) and so scrambles every user's coordinates ``w_i``
+        without moving the subspace. With exact ``w_i`` (``U^T g_i = 0``) both are the same.
         """
         n = data.num_users
         w = personal["w"].detach()
@@ -202,11 +210,14 @@ class LRSNetwork:
             layers = {name: shared[name].detach().expand(n, *shared[name].shape).requires_grad_() for name in self.shared_names}
             loss = per_user_loss(self._outputs(shared, theta, data.X, layers), data.y, data.mask, self.loss).sum()
             g, *layer_grads = torch.autograd.grad(loss, [theta, *layers.values()])
-        return {SUBSPACE: g.unsqueeze(-1) * w.unsqueeze(-2), OFFSET: g, **dict(zip(layers, layer_grads))}
+        U = shared[SUBSPACE]
+        g_perp = g - (g @ U) @ U.T
+        return {SUBSPACE: g_perp.unsqueeze(-1) * w.unsqueeze(-2), OFFSET: g, **dict(zip(layers, layer_grads))}
 
     # ------------------------------------------------------------------ server
     def apply(self, shared: State, mean_contribution: State) -> State:
-        """``s <- s - server_lr * mean_contribution[s]`` for every shared tensor s, then ``U <- QR(U)`` (diag(R) >= 0)."""
+        """``s <- s - server_lr * mean_contribution[s]`` for ``theta_0`` and every shared layer s, and
+        ``U <- QR(U - subspace_lr * mean_contribution[U])`` (diag(R) >= 0)."""
         out = {k: v - self.server_lr * mean_contribution[k] if k in mean_contribution else v for k, v in shared.items()}
-        out[SUBSPACE] = orthonormalize(out[SUBSPACE])
+        out[SUBSPACE] = orthonormalize(shared[SUBSPACE] - self.subspace_lr * mean_contribution[SUBSPACE])
         return out
