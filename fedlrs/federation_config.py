@@ -43,6 +43,18 @@ DEFAULTS: dict[str, Any] = {
     "data-noise": 0.01,
     "data-sparse-scale": 1.0,
     "data-seed": 0,
+    # network tasks (fedlrs/nn/flower.py): "linear" is the AMHT-LRS billboard; "nn-*" a task of fedlrs.nn.tasks,
+    # user partition-id of load_task(task, seed=data-seed, quick=nn-quick), trained with LRS-NN
+    "task": "linear",
+    "nn-quick": False,
+    "nn-rank": 4,
+    "nn-sparsity": 10,
+    "nn-local-steps": 5,
+    "nn-lr-w": 0.1,
+    "nn-lr-b": 0.1,
+    "nn-server-lr": 1.0,
+    "nn-subspace-lr": 0.1,
+    "nn-clip": 1.0,
     # user-level differential privacy (DESIGN.md section 3)
     "private": False,
     "target-epsilon": 2.0,
@@ -112,6 +124,16 @@ class FederationConfig:
     data_noise: float = DEFAULTS["data-noise"]
     data_sparse_scale: float = DEFAULTS["data-sparse-scale"]
     data_seed: int = DEFAULTS["data-seed"]
+    task: str = DEFAULTS["task"]
+    nn_quick: bool = DEFAULTS["nn-quick"]
+    nn_rank: int = DEFAULTS["nn-rank"]
+    nn_sparsity: int = DEFAULTS["nn-sparsity"]
+    nn_local_steps: int = DEFAULTS["nn-local-steps"]
+    nn_lr_w: float = DEFAULTS["nn-lr-w"]
+    nn_lr_b: float = DEFAULTS["nn-lr-b"]
+    nn_server_lr: float = DEFAULTS["nn-server-lr"]
+    nn_subspace_lr: float = DEFAULTS["nn-subspace-lr"]
+    nn_clip: float = DEFAULTS["nn-clip"]
     private: bool = DEFAULTS["private"]
     target_epsilon: float = DEFAULTS["target-epsilon"]
     delta: float = DEFAULTS["delta"]
@@ -144,6 +166,13 @@ class FederationConfig:
             engine.check_data(self.dim)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        if self.task != "linear":  # a network run: the rules of fedlrs.nn.flower, named in kebab-case
+            from fedlrs.nn.flower import check_network_knobs
+
+            try:
+                check_network_knobs(self)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
         if self.dataset not in ("synthetic", "node"):
             raise ConfigError(f"dataset == {self.dataset!r}, must be 'synthetic' (partition of the built-in data) or 'node' (the node's data-path).")
         if self.data_examples < 1:

@@ -8,6 +8,8 @@ Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`)
 * ``train.moments`` : replies with the clipped ``M_i`` for the method-of-moments init.
 * ``query.personalize`` : fits ``w_i, b_i`` for the published ``U`` and keeps them; replies empty.
 * ``evaluate`` : the local loss of ``w_i, b_i`` stays on the device (``context.state``); replies empty.
+* ``train.nn``, ``query.nn_personalize`` : a network task (run config ``task = "nn-..."``),
+  :func:`fedlrs.nn.flower.train_nn` and :func:`~fedlrs.nn.flower.personalize_nn`.
 
 No loss, example count or norm is ever put in a reply.
 """
@@ -27,6 +29,7 @@ from fedlrs.federation_config import FederationConfig, parse_run_config
 from fedlrs.client.contribution import local_fit, moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
 from fedlrs.client.state import LocalState, load_state, store_state
+from fedlrs.nn.flower import personalize_nn, train_nn
 
 BILLBOARD = "billboard"
 ROUND_CONFIG = "round-config"
@@ -103,6 +106,8 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     client_app.train()(handler(train))
     client_app.train("moments")(handler(moments))
     client_app.query("personalize")(handler(personalize))
+    client_app.train("nn")(handler(train_nn))
+    client_app.query("nn_personalize")(handler(personalize_nn))
     client_app.evaluate()(handler(evaluate))
     return client_app
 

@@ -1,4 +1,4 @@
-"""The Flower ServerApp of fedlrs: parse the run config once, run the billboard on the Grid."""
+"""The Flower ServerApp of fedlrs: parse the run config once, run the billboard (``task``: linear or a network task) on the Grid."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlrs.federation_config import parse_run_config
+from fedlrs.nn.flower import NetworkBillboard
 from fedlrs.server.billboard import Billboard
 
 
@@ -17,7 +18,11 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        Billboard(parse_run_config(context.run_config, overrides)).run(grid)
+        config = parse_run_config(context.run_config, overrides)
+        if config.task == "linear":
+            Billboard(config).run(grid)
+        else:  # a network task: the same billboard rules for a network method's shared state
+            NetworkBillboard(config).run(grid)
 
     return server_app
 

@@ -144,11 +144,19 @@ class Billboard:
                 time.sleep(PULL_INTERVAL)
         return replies, sent
 
+    def _parts(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
+        """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.client.contribution.expected_parts`)."""
+        return expected_parts(self.config, phase)
+
+    def _message_type(self, phase: Phase) -> str:
+        """The message that asks the nodes for their contribution in ``phase``."""
+        return "train.moments" if phase == "moments" else "train"
+
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
-        parts = expected_parts(self.config, phase)
+        parts = self._parts(phase)
         sums = {name: torch.zeros(shape, dtype=self.config.torch_dtype) for name, (shape, _) in parts.items()}
-        message_type = "train.moments" if phase == "moments" else "train"
+        message_type = self._message_type(phase)
         replies, sent = self._exchange(grid, nodes, message_type, U, round_number)
         asked, seen, accepted = set(nodes), set(), {}
         for reply in replies:

@@ -10,6 +10,8 @@ from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.privacy import Ledger, audit_report, calibrate_noise_multiplier
 from fedlrs.simulations.engine import sample_users
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class Counter:
     """A toy method: every sampled user contributes ``scale * 1``; the shared state is the running sum of released means."""

@@ -15,6 +15,8 @@ from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.nn.network import flatten, unflatten
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _net():
     torch.manual_seed(0)
@@ -145,16 +147,7 @@ class FixedFeatures(nn.Module):
         return self.head(self.features(x))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_recovers_the_subspace_of_planted_last_layers_and_beats_one_global_model(one_thread):
+def test_recovers_the_subspace_of_planted_last_layers_and_beats_one_global_model():
     """Users' heads are ``theta0* + U* w_i* + b_i*`` (r = 2, k = 1, D = 9) over a fixed random body."""
     users, m, d, h, r, k = 100, 30, 8, 8, 2, 1
     g = torch.Generator().manual_seed(123)

@@ -19,6 +19,8 @@ from fedlrs.nn.network import (
     unflatten,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _net(seed=0):
     torch.manual_seed(seed)

@@ -1,0 +1,142 @@
+"""LRS-NN on Flower: a fake Grid drives the network billboard, the ClientApp is called directly.
+
+Fidelity: for the same seed, the Flower run and :func:`fedlrs.nn.federated.run_federated`
+give the same shared state (non-private) and the same ledger and shared state (private,
+same noise seed). Replies hold the clipped contribution and nothing else.
+"""
+
+import os
+
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedlrs.client.app import make_client_app
+from fedlrs.federation_config import ConfigError, parse_run_config
+from fedlrs.nn.federated import run_federated
+from fedlrs.nn.flower import PERSONAL_STATE, NetworkBillboard, network_config, network_method, node_task
+from fedlrs.server.app import make_server_app
+
+from federation.conftest import task_identity  # noqa: F401 (autouse: what a SuperLink sets before messages exist)
+from federation.fakes import FakeGrid  # tests/ is on sys.path (rootdir-relative packages)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+USERS = 40  # nn-synthetic: 40 users of 20 examples, MLP 8 -> 16 -> 3
+BASE = {"task": "nn-synthetic", "num-server-rounds": 3, "sample-rate": 0.5, "seed": 3, "dtype": "float64",
+        "nn-rank": 2, "nn-sparsity": 4, "nn-local-steps": 2, "nn-server-lr": 0.5, "nn-clip": 0.5,
+        "wait-for-nodes": 0.0, "personalize-at-end": False}
+
+
+def _flower(overrides, tamper=None):
+    grid = FakeGrid(make_client_app(overrides), USERS, tamper=tamper)
+    return NetworkBillboard(parse_run_config(overrides)).run(grid), grid
+
+
+def _in_process(overrides):
+    config = parse_run_config(overrides)
+    task = node_task(config.task, config.data_seed, config.nn_quick)
+    return run_federated(network_method(config, task), task.train, network_config(config))
+
+
+def _strip(ledger):
+    return [{k: v for k, v in e.to_dict().items() if k != "time"} for e in ledger.events]
+
+
+def test_flower_and_run_federated_give_the_same_shared_state():
+    flower, grid = _flower(BASE)
+    engine = _in_process(BASE)
+    assert flower.rounds_completed == 3 and flower.refusals == [] and flower.dropped == []
+    assert list(flower.shared) == list(engine.shared)
+    for key, value in engine.shared.items():
+        assert torch.allclose(flower.shared[key], value, atol=1e-6, rtol=0), key
+    assert 0 < len(flower.sampled[1]) < USERS  # q = 0.5 sampled some of the nodes
+    # w_i, b_i stay on the device, and match the in-process users' (sampled every round alike)
+    node = flower.sampled[3][0]
+    state = grid.contexts[node].state.array_records[PERSONAL_STATE]
+    assert set(state.keys()) == {"w", "b"} and (state["b"].numpy() != 0).sum() <= 4
+
+
+def test_private_flower_run_has_the_in_process_ledger_and_shared_state():
+    """A fixed z and no report keep it fast (calibration and the audited report: tests/nn/test_federated.py)."""
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0, "noise-seed": 7}
+    flower, _ = _flower(overrides)
+    engine = _in_process(overrides)
+    assert _strip(flower.ledger) == _strip(engine.ledger)
+    assert [e.release_id for e in flower.ledger.events] == ["round-1", "round-2", "round-3"]
+    assert all(e.noise_multiplier == 1.5 and e.sample_rate == 0.5 for e in flower.ledger.events)
+    for key, value in engine.shared.items():
+        assert torch.allclose(flower.shared[key], value, atol=1e-6, rtol=0), key
+
+
+def test_replies_carry_the_clipped_contribution_and_nothing_else():
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0, "num-server-rounds": 1}
+    replies = []
+
+    def spy(node, message, reply):
+        replies.append(reply)
+        return reply
+
+    result, _ = _flower(overrides, tamper=spy)
+    assert replies and len(replies) == len(result.sampled[1])
+    dimension = sum(v.numel() for v in result.shared.values())
+    for reply in replies:
+        assert set(reply.content.keys()) == {"contribution"}
+        record = reply.content.array_records["contribution"]
+        assert list(record.keys()) == ["contribution"] and record["contribution"].shape == (dimension,)
+        assert torch.linalg.vector_norm(torch.from_numpy(record["contribution"].numpy())) <= 0.5 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("kind", ["norm", "extra", "nan"])
+def test_a_reply_that_is_not_a_valid_clipped_contribution_is_refused(kind):
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0, "num-server-rounds": 1,
+                 "sample-rate": 1.0}
+
+    def tamper(node, message, reply):
+        if node != 2:
+            return reply
+        vector = reply.content.array_records["contribution"]["contribution"].numpy()
+        if kind == "norm":
+            vector = vector * 100
+        elif kind == "nan":
+            vector = vector.copy()
+            vector[0] = float("nan")
+        content = RecordDict({"contribution": ArrayRecord({"contribution": Array(vector)})})
+        if kind == "extra":
+            content["loss"] = MetricRecord({"loss": 0.3})
+        return Message(content, reply_to=message)
+
+    grid = FakeGrid(make_client_app(overrides), USERS, tamper=tamper)
+    billboard = NetworkBillboard(parse_run_config(overrides))
+    result = billboard.run(grid)
+    assert [(r.round, r.node_id) for r in result.refusals] == [(1, 2)]
+    assert result.rounds_completed == 1 and billboard.counted[1] == USERS - 1
+
+
+def test_server_app_runs_the_network_task_named_in_the_run_config():
+    overrides = {**BASE, "num-server-rounds": 2, "personalize-at-end": True}
+    grid = FakeGrid(make_client_app(overrides), USERS)
+    make_server_app(overrides)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    types = [m.metadata.message_type for m in grid.sent]
+    assert set(types) == {"train.nn", "query.nn_personalize"} and types.count("query.nn_personalize") == USERS
+    assert all(PERSONAL_STATE in c.state.array_records for c in grid.contexts.values())
+
+
+@pytest.mark.parametrize("key,value,rule", [
+    ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
+    ("num-server-rounds", 0, "must be >= 1"),
+])
+def test_network_knobs_are_checked_in_kebab_case(key, value, rule):
+    with pytest.raises(ConfigError) as error:
+        parse_run_config({**BASE, key: value})
+    assert f"{key} == {value!r}" in str(error.value) and rule in str(error.value)
+
+
+def test_a_federation_of_the_wrong_size_is_refused():
+    from fedlrs.client.data import DataError
+
+    grid = FakeGrid(make_client_app(BASE), USERS - 1)
+    with pytest.raises(DataError, match="num-partitions == 39, must be the 40 users"):
+        grid.client_app(Message(RecordDict(), dst_node_id=1, message_type="train.nn", group_id="1"), grid.contexts[1])
