@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from fedlrs.nn.experiment import NAMES as NN_NAMES  # the network experiments: same options, same outputs
+
 from .experiments import NAMES
 
 
@@ -25,6 +27,8 @@ def _experiment_command(name: str):
     ) -> None:
         from .experiments import run_experiment
 
+        if name in NN_NAMES:
+            from fedlrs.nn.experiment import run_nn_experiment as run_experiment
         try:
             run_experiment(name, quick=quick, seeds=seeds, out=out or Path("results") / name, echo=typer.echo)
         except ValueError as error:
@@ -82,7 +86,7 @@ def own_data(
 
 
 def experiment_commands(app: typer.Typer) -> None:
-    """Register ``synthetic-sample-complexity``, ``synthetic-privacy``, ``movielens``, ``hsb`` and ``own-data`` on ``app``."""
-    for name in NAMES:
+    """Register ``synthetic-sample-complexity``, ``synthetic-privacy``, ``movielens``, ``hsb``, ``nn-digits``, ``nn-movielens`` and ``own-data`` on ``app``."""
+    for name in (*NAMES, *NN_NAMES):
         app.command(name)(_experiment_command(name))
     app.command("own-data")(own_data)

@@ -1,0 +1,379 @@
+"""``fedlrs experiment nn-digits`` and ``nn-movielens``: LRS-NN against FedAvg, FedAvg+FT, FedRep and local only.
+
+Every method uses the task's network (:mod:`fedlrs.nn.tasks`) and runs through the same
+private loop, :func:`fedlrs.nn.federated.run_federated` (Poisson sampling, user-level
+clipping of the whole flattened contribution, Gaussian noise, the ledger, division by
+``q N``), at each epsilon of the config and without privacy (``inf``), over several seeds.
+The table reports, as mean ± standard deviation over seeds:
+
+- the mean per-user test metric: accuracy ``mean_i (1/m_i) sum_j 1[argmax f(x_ij) = y_ij]``
+  (cross-entropy tasks) or RMSE ``mean_i sqrt((1/m_i) sum_j (f(x_ij) - y_ij)^2)`` (mse tasks),
+  over users with test examples;
+- epsilon spent by the reported run (RDP, from its ledger) and epsilon including the
+  private tuning runs (their ledgers composed with the reported run's);
+- numbers stored per user (``method.personal_size``: LRS-NN ``r + 2k``, FedRep the head,
+  FedAvg+FT and local only the whole network, FedAvg 0), the server's model size (numbers
+  in the published shared state) and the upload per sampled user and round.
+
+Hyperparameters are chosen on validation rows only, on the first seed's task: each
+candidate of a method's grid is trained on ``train`` and scored on ``validation``; the
+chosen one is then trained on ``train + validation`` of every seed and scored on ``test``.
+FedAvg+FT fine-tunes the chosen FedAvg run's network (its fine-tuning grid is scored the
+same way; nothing extra is released), local only fine-tunes the initial network. Private
+runs reuse the non-private choice of each method's knobs and choose the clipping bound C
+on validation with private runs, whose ledgers count in ``epsilon incl. tuning``. Every
+reported private run's privacy report is checked with :func:`fedlrs.privacy.audit_report`
+(what ``fedlrs privacy audit`` runs); the first seed's reports and ledgers are written
+under ``OUT/privacy/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, calibrate_noise_multiplier, compute_epsilon, write_privacy_report
+from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, _delta, _epsilons, _grid, _json_safe, _merge, aggregate,
+                                            markdown_table, plot_privacy, plot_rounds)
+
+from .baselines import FedAvg, FedAvgFT, FedRep, local_only
+from .federated import FederatedResult, NetworkConfig, contribution_shapes, run_federated
+from .lrs import LRSNetwork
+from .method import FederatedMethod, State, UserExamples
+from .tasks import Task, load_task
+
+NAMES = ("nn-digits", "nn-movielens")
+#: methods trained by the federated loop, and their constructors
+TRAINED = {"lrs": LRSNetwork, "fedavg": FedAvg, "fedrep": FedRep}
+LABELS = {"lrs": "LRS-NN", "fedavg": "FedAvg", "fedavg+ft": "FedAvg+FT", "fedrep": "FedRep", "local": "local only"}
+SECTIONS = ("task", "loop", "methods", "finetune", "local", "private")
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def load_nn_experiment(name: str, *, quick: bool = False, directory: Path | None = None) -> dict:
+    """The config ``experiments/NAME.toml`` (``kind = "nn"``) with ``[quick]`` merged in when ``quick``; checked once."""
+    path = (directory or EXPERIMENTS_DIR) / f"{name}.toml"
+    if not path.exists():
+        raise ValueError(f"experiment {name!r} unknown: no {path}; network experiments: {list(NAMES)}.")
+    config = tomllib.loads(path.read_text())
+    quick_part = config.pop("quick", {})
+    if quick:
+        config = _merge(config, quick_part)
+    if config.get("kind") != "nn":
+        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'nn'.")
+    missing = [s for s in SECTIONS if not isinstance(config.get(s), dict)]
+    if missing:
+        raise ValueError(f"{path}: section(s) {missing} missing; a network experiment needs {list(SECTIONS)}.")
+    unknown = sorted(set(config["methods"]) - set(TRAINED))
+    if unknown:
+        raise ValueError(f"{path}: [methods] has {unknown}, must be among {sorted(TRAINED)}.")
+    config.setdefault("name", name)
+    config["quick"] = quick
+    return config
+
+
+def make_method(key: str, task: Task, params: dict) -> FederatedMethod:
+    """``TRAINED[key](task.make_module, loss=task.loss, **params)``; a wrong knob is a ValueError naming the section."""
+    try:
+        return TRAINED[key](task.make_module, loss=task.loss, **params)
+    except TypeError as error:
+        raise ValueError(f"[methods.{key}]: {error}") from error
+
+
+@functools.lru_cache(maxsize=None)
+def round_noise_multiplier(epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
+    """The calibrated round z for ``rounds`` Poisson-sampled rounds at (epsilon, delta) (RDP), computed once per setting."""
+    return calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, rounds=rounds)
+
+
+def loop_config(config: dict, seed: int, *, epsilon: float = INF, delta: float = 1e-5, clip: float = 1.0, **extra) -> NetworkConfig:
+    """The loop's :class:`NetworkConfig` from ``[loop]``: private when ``epsilon`` is finite (noise seeded by ``seed``),
+    with the round noise multiplier of :func:`round_noise_multiplier` (the loop's own calibration, done once)."""
+    private = math.isfinite(epsilon)
+    try:
+        config = NetworkConfig(**config["loop"], seed=seed, noise_seed=seed, private=private, target_epsilon=epsilon if private else 1.0, delta=delta, clip=clip, **extra)
+    except TypeError as error:
+        raise ValueError(f"[loop]: {error}") from error
+    if not private:
+        return config
+    return dataclasses.replace(config, noise_multiplier=round_noise_multiplier(epsilon, delta, config.sample_rate, config.rounds))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def user_metric(outputs: torch.Tensor, data: UserExamples, loss: str) -> float:
+    """Mean per-user test metric over users with examples: accuracy ``mean_i (1/m_i) sum_j 1[argmax o_ij = y_ij]``
+    (``loss == "cross_entropy"``) or RMSE ``mean_i sqrt((1/m_i) sum_j (o_ij - y_ij)^2)`` (``"mse"``)."""
+    weights = data.mask.to(torch.float64)
+    counts = weights.sum(dim=1)
+    if loss == "cross_entropy":
+        per_example = (outputs.argmax(dim=-1) == data.y).to(torch.float64)
+    else:
+        per_example = (outputs.reshape(data.y.shape).to(torch.float64) - data.y.to(torch.float64)) ** 2
+    per_user = (per_example * weights).sum(dim=1) / counts.clamp_min(1)
+    if loss != "cross_entropy":
+        per_user = per_user.sqrt()
+    return float(per_user[counts > 0].mean())
+
+
+def error(value: float, loss: str) -> float:
+    """What tuning minimises: ``1 - accuracy`` or the RMSE."""
+    return 1.0 - value if loss == "cross_entropy" else value
+
+
+def state_size(state: State) -> int:
+    """Numbers in a shared state: ``sum_k numel(state_k)``."""
+    return sum(v.numel() for v in state.values())
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _choose(candidates: list[dict], score: Callable[[dict], float], loss: str) -> tuple[dict, list[dict]]:
+    """The candidate with the smallest validation error, and every candidate with its validation metric.
+
+    A single candidate is chosen without being scored (nothing is trained, nothing released): ``validation`` is None.
+    """
+    if len(candidates) == 1:
+        return dict(candidates[0]), [{**candidates[0], "validation": None}]
+    scored = [{**c, "validation": score(c)} for c in candidates]
+    best = min(scored, key=lambda c: math.inf if math.isnan(c["validation"]) else error(c["validation"], loss))
+    return {k: v for k, v in best.items() if k != "validation"}, scored
+
+
+class _Runner:
+    """One experiment's runs: tuning on the first seed, then the reported runs of every seed."""
+
+    def __init__(self, config: dict, seeds: list[int], out: Path, echo: Callable[[str], None]):
+        self.config, self.seeds, self.out, self.echo = config, seeds, out, echo
+        self.records: list[dict] = []
+        self.tuning: list[dict] = []
+        self.histories: dict[str, list[dict]] = {}
+        self.audits: list[dict] = []
+        self.chosen: dict[str, dict] = {}
+        self.clips: dict[tuple[str, float], float] = {}
+        self.tuning_events: dict[tuple[str, float], list] = {}
+        self._cache: dict[tuple[str, str], tuple[FederatedMethod, FederatedResult]] = {}
+
+    # -- helpers
+    def task(self, seed: int) -> Task:
+        return load_task(self.config["task_name"], seed=seed, quick=self.config["quick"], **self.config["task"])
+
+    def train(self, key: str, params: dict, task: Task, data: UserExamples, seed: int, *, epsilon: float = INF, delta: float = 1e-5, clip: float = 1.0,
+              ledger: Ledger | None = None, evaluate=None, evaluate_every: int = 0) -> tuple[FederatedMethod, FederatedResult]:
+        method = make_method(key, task, params)
+        config = loop_config(self.config, seed, epsilon=epsilon, delta=delta, clip=clip, evaluate_every=evaluate_every)
+        evaluator = None if evaluate is None else (lambda shared, personal: evaluate(method, shared, personal))
+        return method, run_federated(method, data, config, ledger=ledger, evaluate=evaluator)
+
+    def finetuned(self, task: Task, params: dict, ft: dict) -> FedAvgFT:
+        return FedAvgFT(task.make_module, loss=task.loss, **params, **ft)
+
+    # -- tuning (first seed, validation rows)
+    def tune(self, task: Task, delta: float) -> None:
+        loss, seed = task.loss, self.seeds[0]
+
+        def validation_metric(method, shared: State, personal: State) -> float:
+            return user_metric(method.predict(shared, personal, task.validation.X), task.validation, loss)
+
+        def choose(key: str, epsilon: float, grid: dict, score: Callable[[dict], float]) -> dict:
+            best, scored = _choose(_grid(grid), score, loss)
+            self.tuning.append({"method": LABELS[key] + (" (private)" if math.isfinite(epsilon) else ""), "epsilon": epsilon, "chosen": best, "candidates": scored})
+            return best
+
+        for key, section in self.config["methods"].items():
+            self.chosen[key] = choose(key, INF, section, lambda c, key=key: validation_metric(*self._fitted(key, c, task, seed)))
+        if "fedavg" in self.chosen:
+            def ft_score(c):
+                _, shared, _ = self._fitted("fedavg", self.chosen["fedavg"], task, seed)
+                method = self.finetuned(task, self.chosen["fedavg"], c)
+                return validation_metric(method, shared, method.personalize(shared, {}, task.train, torch.Generator().manual_seed(seed)))
+
+            self.chosen["fedavg+ft"] = choose("fedavg+ft", INF, self.config["finetune"], ft_score)
+
+        def local_score(c):
+            method = FedAvgFT(task.make_module, loss=loss, **c)
+            return validation_metric(method, *local_only(method, task.train, torch.Generator().manual_seed(seed)))
+
+        self.chosen["local"] = choose("local", INF, self.config["local"], local_score)
+        self.echo(f"tuned on validation (seed {seed}): " + "; ".join(f"{LABELS[k]} {v}" for k, v in self.chosen.items()))
+
+        for epsilon, key in itertools.product([e for e in _epsilons(self.config) if e != INF], self.config["methods"]):
+            ledgers = []
+
+            def clip_score(c, key=key, epsilon=epsilon):
+                method, result = self.train(key, self.chosen[key], task, task.train, seed, epsilon=epsilon, delta=delta, clip=c["clip"])
+                ledgers.append(list(result.ledger.events))
+                return validation_metric(method, result.shared, result.personal)
+
+            self.clips[(key, epsilon)] = choose(key, epsilon, {"clip": self.config["private"]["clip"]}, clip_score)["clip"]
+            self.tuning_events[(key, epsilon)] = [e for events in ledgers for e in events]
+        self.echo(f"private clipping bounds chosen on validation: {self.clips}")
+
+    def _fitted(self, key: str, params: dict, task: Task, seed: int) -> tuple[FederatedMethod, State, State]:
+        """A non-private tuning run on ``task.train`` (cached: FedAvg+FT's tuning reuses FedAvg's)."""
+        cache_key = (key, json.dumps(params, sort_keys=True))
+        if cache_key not in self._cache:
+            self._cache[cache_key] = self.train(key, params, task, task.train, seed)
+        method, result = self._cache[cache_key]
+        return method, result.shared, result.personal
+
+    # -- reported runs
+    def audited(self, result: FederatedResult, directory: Path) -> bool:
+        """Write the run's privacy report to ``directory`` and audit it against its ledger file, with the RDP accountant
+        (the budget's; ``fedlrs privacy audit`` on the written report adds the PLD cross-check)."""
+        c = result.config
+        write_privacy_report(result.ledger, out_dir=directory, delta=c["delta"], config=c, accountants=("rdp",),
+                             budget=PrivacyBudget(epsilon=c["target_epsilon"], delta=c["delta"], accountant=c["accountant"]),
+                             planned_rounds=c["rounds"], calibrated_noise_multiplier=result.noise_multiplier)
+        audit = audit_report(directory / "privacy_report.json", ledger_path=directory / "ledger.jsonl", accountants=("rdp",))
+        self.audits.append({"report": str(directory), "ok": audit.ok, "reasons": list(audit.reasons)})
+        if not audit.ok:
+            raise RuntimeError(f"privacy audit failed for {directory}: {audit.reasons}")
+        return audit.ok
+
+    def report(self, task: Task, seed: int, delta: float) -> None:
+        loss = task.loss
+        data = task.train_full
+        gen = torch.Generator().manual_seed(seed)
+        first = seed == self.seeds[0]
+        every = max(1, self.config["loop"].get("rounds", 10) // 5)
+
+        def test_metric(method, shared, personal) -> float:
+            return user_metric(method.predict(shared, personal, task.test.X), task.test, loss)
+
+        def track(method, shared, personal):
+            return {"test": test_metric(method, shared, method.personalize(shared, personal, data, torch.Generator().manual_seed(seed)))}
+
+        def add(key: str, epsilon: float, value: float, method, shared: State, result: FederatedResult | None, **extra) -> None:
+            self.records.append({
+                "method": LABELS[key], "epsilon": epsilon, "seed": seed, "test": value, "storage": method.personal_size(shared),
+                "server_size": state_size(shared), "upload": sum(math.prod(s) for s in contribution_shapes(method, shared).values()),
+                "epsilon_spent": None if result is None else result.epsilon(), **extra,
+            })
+
+        for epsilon in _epsilons(self.config):
+            private = math.isfinite(epsilon)
+            for key in self.config["methods"]:
+                started = time.perf_counter()
+                extra, ledger, directory = {}, None, None
+                if private:
+                    directory = (self.out / "privacy" / f"{key}-eps{epsilon:g}") if first else Path(tempfile.mkdtemp(prefix="fedlrs-nn-"))
+                    directory.mkdir(parents=True, exist_ok=True)
+                    (directory / "ledger.jsonl").unlink(missing_ok=True)
+                    ledger = Ledger(directory / "ledger.jsonl")
+                tracked = first and not private
+                method, result = self.train(key, self.chosen[key], task, data, seed, epsilon=epsilon, delta=delta, clip=self.clips.get((key, epsilon), 1.0),
+                                            ledger=ledger, evaluate=track if tracked else None, evaluate_every=every if tracked else 0)
+                if tracked:
+                    self.histories[LABELS[key]] = [{"round": h["round"], "test": h["test"]} for h in result.history]
+                if private:
+                    extra["audit"] = self.audited(result, directory)
+                    extra["epsilon_with_tuning"] = compute_epsilon(self.tuning_events[(key, epsilon)] + list(result.ledger.events), delta=delta).epsilon
+                    extra["clip"] = self.clips[(key, epsilon)]
+                    if not first:
+                        for file in directory.iterdir():
+                            file.unlink()
+                        directory.rmdir()
+                add(key, epsilon, test_metric(method, result.shared, result.personal), method, result.shared, result, **extra)
+                if key == "fedavg":
+                    ft = self.finetuned(task, self.chosen["fedavg"], self.chosen["fedavg+ft"])
+                    personal = ft.personalize(result.shared, {}, data, gen)
+                    add("fedavg+ft", epsilon, test_metric(ft, result.shared, personal), ft, result.shared, result, **extra)
+                done = ", ".join(f"{r['method']} {r['test']:.4f}" for r in self.records[-(2 if key == "fedavg" else 1):])
+                self.echo(f"seed {seed} eps {epsilon:g}: test {done} ({time.perf_counter() - started:.1f} s)")
+        local = FedAvgFT(task.make_module, loss=loss, **self.chosen["local"])
+        shared, personal = local_only(local, data, gen)
+        self.records.append({"method": LABELS["local"], "epsilon": INF, "seed": seed, "test": test_metric(local, shared, personal),
+                             "storage": local.personal_size(shared), "server_size": 0, "upload": 0, "epsilon_spent": 0.0})
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None,
+                      echo: Callable[[str], None] = print, directory: Path | None = None) -> dict:
+    """Run network experiment ``name`` over ``seeds`` seeds (0..seeds-1; default the config's), write ``out``.
+
+    Writes ``table.md``, ``results.json`` (config, rows, per-seed records, tuning, audits,
+    CPU wall time) and ``privacy_utility.png`` / ``rounds.png``; returns the rows, records,
+    table, the written paths and the seconds taken.
+    """
+    config = load_nn_experiment(name, quick=quick, directory=directory)
+    config["task_name"] = config.get("task_name", config.get("dataset", name))
+    n_seeds = seeds if seeds is not None else int(config.get("seeds", 3))
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"seeds == {n_seeds!r}, must be an integer >= 1.")
+    out = Path(out if out is not None else Path("results") / name)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
+    started = time.perf_counter()
+    runner = _Runner(config, list(range(n_seeds)), out, echo)
+    info = {}
+    for seed in runner.seeds:
+        task = runner.task(seed)
+        delta = _delta(config, task.num_users)
+        if seed == runner.seeds[0]:
+            info = {**task.info, "delta": delta}
+            runner.tune(task, delta)
+        runner.report(task, seed, delta)
+        echo(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
+    seconds = time.perf_counter() - started
+
+    loss = "cross_entropy" if info.get("classes") else "mse"
+    metric = "accuracy" if loss == "cross_entropy" else "RMSE"
+    rows = aggregate(runner.records, ["method", "epsilon"], ["test"])
+    order = list(LABELS.values())
+    for row in rows:
+        members = [r for r in runner.records if r["method"] == row["method"] and r["epsilon"] == row["epsilon"]]
+        row.update(server_size=members[0]["server_size"], upload=members[0]["upload"])
+        row["error"] = None if row["test"] is None else error(row["test"], loss)
+        row["error_std"] = row["test_std"]
+    rows.sort(key=lambda r: (-r["epsilon"], order.index(r["method"])))
+    columns = ["method", "epsilon", "test", "epsilon_spent", "epsilon_with_tuning", "storage", "server_size", "upload"]
+    headers = {"test": f"per-user test {metric}", "epsilon_spent": "epsilon spent (RDP, reported run)", "epsilon_with_tuning": "epsilon incl. clip tuning",
+               "storage": "numbers stored/user", "server_size": "server model size", "upload": "upload/user/round"}
+    table = markdown_table(rows, columns, headers)
+    note = _notes(config, info, n_seeds, seconds, quick, len(runner.audits))
+    (out / "table.md").write_text(f"### {name}\n\n{table}\n\n{note}\n")
+    ylabel = "per-user test error (1 - accuracy)" if loss == "cross_entropy" else "per-user test RMSE"
+    plot_privacy(rows, y="error", group="method", path=out / "privacy_utility.png", ylabel=ylabel, title=f"{name}: privacy-utility (delta={info['delta']:.2g})")
+    histories = {k: [{"round": h["round"], "error": error(h["test"], loss)} for h in v] for k, v in runner.histories.items()}
+    plot_rounds(histories, y="error", path=out / "rounds.png", ylabel=ylabel, title=f"{name}: non-private, after each round (seed 0)", logy=loss == "cross_entropy")
+    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "task": info, "rows": rows, "records": runner.records,
+               "tuning": runner.tuning, "chosen": runner.chosen, "clips": {f"{k} eps={e:g}": c for (k, e), c in runner.clips.items()},
+               "audits": runner.audits, "histories": runner.histories}
+    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
+    echo(table)
+    echo(note)
+    paths = [out / "table.md", out / "privacy_utility.png", out / "rounds.png", out / "results.json"]
+    return {"rows": rows, "records": runner.records, "table": table, "paths": paths, "seconds": seconds, "tuning": runner.tuning, "audits": runner.audits}
+
+
+def _notes(config: dict, info: dict, n_seeds: int, seconds: float, quick: bool, audits: int) -> str:
+    loop = config["loop"]
+    lines = [
+        f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s CPU wall time "
+        f"({torch.get_num_threads()} threads).",
+        f"Task: {info.get('users')} users; {info.get('split')}; {info.get('network')} ({info.get('parameters')} parameters). "
+        f"Loop: {loop.get('rounds')} rounds, Poisson sampling q = {loop.get('sample_rate')}, user-level clipping of the whole contribution, "
+        f"delta = {info['delta']:.2g}.",
+        "Hyperparameters were chosen on validation rows only (first seed); private runs choose the clip bound C privately and "
+        "'epsilon incl. clip tuning' composes those runs' ledgers with the reported one. FedAvg+FT fine-tunes the FedAvg run's "
+        "network (same ledger); local only trains alone and releases nothing. "
+        f"All {audits} reported private runs pass the privacy audit (`fedlrs privacy audit`).",
+    ]
+    return "\n".join(lines)
