@@ -31,16 +31,16 @@ and the server steps ``phi <- phi - server_lr * mean_i Delta_i`` (FedAvg's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from fedlrs.nn.method import State, UserExamples
-from fedlrs.nn.network import LOSSES, batched_forward, flat_size, parameter_shapes, per_user_loss, resolve_personal_names
+from fedlrs.nn.network import (ModuleFactory, batched_forward, flat_size, initial_parameters, module_template, parameter_shapes, per_user_loss,
+                               require_loss, resolve_personal_names)
 
 Tensor = torch.Tensor
-ModuleFactory = Callable[[torch.Generator], nn.Module]
 
 
 def _steps(name: str, value, minimum: int = 1) -> int:
@@ -87,17 +87,8 @@ class _Network:
     name = "network"
 
     def __init__(self, module: nn.Module | ModuleFactory, *, loss: str, local_steps: int, lr: float, server_lr: float):
-        if isinstance(module, nn.Module):
-            self._factory, self.module = None, module
-        elif callable(module):
-            self._factory, self.module = module, module(torch.Generator().manual_seed(0))
-            if not isinstance(self.module, nn.Module):
-                raise ValueError(f"module() returned {type(self.module).__name__}, must return a torch.nn.Module.")
-        else:
-            raise ValueError(f"module == {module!r}, must be a torch.nn.Module or a callable(generator) returning one.")
-        if loss not in LOSSES:
-            raise ValueError(f"loss == {loss!r}, must be one of {LOSSES}.")
-        self.loss = loss
+        self._factory, self.module = module_template(module)
+        self.loss = require_loss(loss)
         self.shapes = parameter_shapes(self.module)
         self.local_steps = _steps("local_steps", local_steps)
         self.lr = _rate("lr", lr)
@@ -109,8 +100,7 @@ class _Network:
         return flat_size(self.shapes)
 
     def _initial_parameters(self, generator: torch.Generator) -> State:
-        module = self.module if self._factory is None else self._factory(generator)
-        return {n: p.detach().clone() for n, p in module.named_parameters()}
+        return initial_parameters(self._factory, self.module, generator)
 
     def init_shared(self, generator: torch.Generator) -> State:
         """The module's parameters, from ``generator`` for a factory (public, data-independent)."""
