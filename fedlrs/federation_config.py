@@ -75,7 +75,15 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint-dir": "",
     "report-dir": "",
     "personalize-at-end": True,
+    # secure aggregation (SecAgg+): fedlrs/server/secure_aggregation.py, docs/federation.md section 4
+    "secure-aggregation": "off",
+    "secagg-shares": 1.0,
+    "secagg-threshold": 0.6,
 }
+
+
+#: ``secure-aggregation``: contributions in the clear, or through SecAgg+ with the noise added by the server or by the devices
+SECURE_AGGREGATION = ("off", "server-noise", "distributed-noise")
 
 
 class ConfigError(ValueError):
@@ -101,7 +109,10 @@ class FederationConfig:
     ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
     0: one z for the init and the rounds, calibrated jointly to the target); ``clip-*``
     the L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
-    reproducible (tests only; -1 draws it from the OS).
+    reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
+    "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
+    (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its
+    key sharing (fractions of the cohort and of a node's shares).
     """
 
     num_server_rounds: int = DEFAULTS["num-server-rounds"]
@@ -152,6 +163,9 @@ class FederationConfig:
     checkpoint_dir: str = DEFAULTS["checkpoint-dir"]
     report_dir: str = DEFAULTS["report-dir"]
     personalize_at_end: bool = DEFAULTS["personalize-at-end"]
+    secure_aggregation: str = DEFAULTS["secure-aggregation"]
+    secagg_shares: float = DEFAULTS["secagg-shares"]
+    secagg_threshold: float = DEFAULTS["secagg-threshold"]
     _engine: EngineConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -188,6 +202,15 @@ class FederationConfig:
             raise ConfigError(f"min-nodes == {self.min_nodes}, must be >= 1.")
         if self.wait_for_nodes < 0:
             raise ConfigError(f"wait-for-nodes == {self.wait_for_nodes}, must be >= 0 seconds.")
+        if self.secure_aggregation not in SECURE_AGGREGATION:
+            raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r}, must be one of {list(SECURE_AGGREGATION)}.")
+        if self.secure_aggregation == "distributed-noise" and not self.private:
+            raise ConfigError("secure-aggregation == 'distributed-noise' needs private == true (the devices add the noise).")
+        if not 0 < self.secagg_shares <= 1:
+            raise ConfigError(f"secagg-shares == {self.secagg_shares}, must be in (0, 1] (a fraction of the cohort).")
+        if not 0.5 < self.secagg_threshold <= 1:
+            raise ConfigError(f"secagg-threshold == {self.secagg_threshold}, must be in (0.5, 1] (more than half of "
+                              f"the shares, so that no unmask request can gather both secrets of a node).")
 
     def engine_config(self) -> EngineConfig:
         """The same algorithm as an :class:`EngineConfig` of the in-process engine (squared loss)."""

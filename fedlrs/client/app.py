@@ -11,7 +11,10 @@ Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`)
 * ``train.nn``, ``query.nn_personalize`` : a network task (run config ``task = "nn-..."``),
   :func:`fedlrs.nn.flower.train_nn` and :func:`~fedlrs.nn.flower.personalize_nn`.
 
-No loss, example count or norm is ever put in a reply.
+No loss, example count or norm is ever put in a reply. With ``secure-aggregation`` on, the
+mod of :mod:`fedlrs.client.secure_aggregation` runs Flower's SecAgg+ on every ``train``
+message: the contribution (``train`` and the moments init alike) leaves the device only
+masked, and a ``train`` message outside the protocol is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fedlrs.core import sufficient_statistics
 from fedlrs.federation_config import FederationConfig, parse_run_config
 from fedlrs.client.contribution import local_fit, moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
+from fedlrs.client.secure_aggregation import secure_aggregation_mod, secure_train
 from fedlrs.client.state import LocalState, load_state, store_state
 from fedlrs.nn.flower import personalize_nn, train_nn
 
@@ -52,6 +56,8 @@ def _reply(message: Message, parts: dict[str, torch.Tensor]) -> Message:
 
 def train(message: Message, context: Context, config: FederationConfig) -> Message:
     """One round: local step for the published U, then the clipped contribution and nothing else."""
+    if config.secure_aggregation != "off":  # reached through the SecAgg+ mod only
+        return secure_train(message, context, config)
     data = load_user_data(config, context.node_config)
     stats = sufficient_statistics(data)
     parts, fit = round_contribution(_published_U(message, config.torch_dtype), stats, config)
@@ -93,12 +99,16 @@ def _parsed(run_config: tuple, overrides: tuple) -> FederationConfig:
 
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none)."""
-    client_app = ClientApp()
     frozen_overrides = tuple(sorted((overrides or {}).items()))
+
+    def config_of(context: Context) -> FederationConfig:
+        return _parsed(tuple(sorted(context.run_config.items())), frozen_overrides)
+
+    client_app = ClientApp(mods=[secure_aggregation_mod(config_of)])
 
     def handler(function):
         def handle(message: Message, context: Context) -> Message:
-            return function(message, context, _parsed(tuple(sorted(context.run_config.items())), frozen_overrides))
+            return function(message, context, config_of(context))
 
         handle.__name__ = function.__name__
         return handle

@@ -32,6 +32,7 @@ from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import BudgetExceededError, Ledger
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.sampling import poisson_sample
+from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.validation import RefusedReply, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
@@ -44,7 +45,7 @@ RUN_FILE = "run.json"
 PULL_INTERVAL = 0.1
 #: keys that do not change what is computed, so a resumed run may change them
 OPERATIONAL_KEYS = frozenset({"round-timeout", "max-in-flight", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
-                              "personalize-at-end", "noise-seed"})
+                              "personalize-at-end", "noise-seed", "secagg-shares", "secagg-threshold"})
 
 
 def _log(level: int, message: str, *args) -> None:
@@ -89,6 +90,7 @@ class Billboard:
         self.counted: dict[int, int] = {}  # round (0: the moments init) -> replies counted
         self.engine_config = config.engine_config()
         self.private: PrivateServer | None = None
+        self.secure = None if config.secure_aggregation == "off" else SecureAggregation(config)
 
     # ------------------------------------------------------------------ messaging
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -154,6 +156,8 @@ class Billboard:
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
+        if self.secure is not None:
+            return self._collect_secure(grid, nodes, phase, U, round_number)
         parts = self._parts(phase)
         sums = {name: torch.zeros(shape, dtype=self.config.torch_dtype) for name, (shape, _) in parts.items()}
         message_type = self._message_type(phase)
@@ -183,6 +187,18 @@ class Billboard:
                 sums[name] += value.to(sums[name].dtype)
         return sums
 
+    def _collect_secure(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
+        """The sum of the contributions of the nodes that stayed through SecAgg+ (:mod:`fedlrs.server.secure_aggregation`)."""
+        z = None
+        if self.private is not None:
+            z = self.private.init_noise_multiplier if phase == "moments" else self.private.noise_multiplier
+        outcome = self.secure.collect(grid, nodes, phase, U, round_number, noise_multiplier=z)
+        refused = {node for node, _ in outcome.refusals}
+        self.refusals += [Refusal(round_number, node, reason) for node, reason in outcome.refusals]
+        self.dropped += [(round_number, node) for node in outcome.missing if node not in refused]
+        self.counted[round_number] = len(outcome.counted)
+        return outcome.sums
+
     # ------------------------------------------------------------------ privacy
     def _open_ledger(self) -> Ledger | None:
         if not self.config.private:
@@ -201,7 +217,9 @@ class Billboard:
             return random_orthonormal(c.dim, c.rank, generator=generator, dtype=c.torch_dtype)
         sums = self._collect(grid, nodes, "moments", None, 0)
         M = sums["M"]
-        if self.private is not None:
+        if self.private is not None and self.secure is not None:
+            M = self.secure.release(self.private, sums, self.private.event("init", 0), float(max(len(nodes), 1)))["M"]
+        elif self.private is not None:
             M = self.private.release_init(M, max(len(nodes), 1))
         return top_eigenvectors(M, c.rank)
 
@@ -263,7 +281,10 @@ class Billboard:
             sums = self._collect(grid, sampled, "round", U, round_number)
             if self.private is not None:
                 try:
-                    sums = self.private.release_round(sums, event, max(normalizer, 1e-12))
+                    if self.secure is not None:
+                        sums = self.secure.release(self.private, sums, event, max(normalizer, 1e-12))
+                    else:
+                        sums = self.private.release_round(sums, event, max(normalizer, 1e-12))
                 except BudgetExceededError as error:
                     stopped = f"budget: {error}"
                     break
@@ -295,7 +316,9 @@ class Billboard:
 
         Written to ``report-dir`` (default: ``checkpoint-dir``; nothing when both are empty):
         ``privacy_report.json``, ``privacy_report.md``, ``epsilon.png``, which ``fedlrs privacy audit``
-        checks; its ``config`` holds the run config and the run's facts under ``"run"``.
+        checks; its ``config`` holds the run config and the run's facts under ``"run"``. Under secure
+        aggregation also ``secure_aggregation.json`` (every cohort's facts, the epsilon against the server)
+        and, in the report's ``config``, the mode and what protects against whom.
         """
         c = self.config
         folder = Path(c.report_dir) if c.report_dir else self.checkpoint_dir
@@ -306,7 +329,11 @@ class Billboard:
         tmp = folder / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps({"config": c.to_dict(), "run": facts}, indent=2, default=float))
         os.replace(tmp, folder / RUN_FILE)
+        extra = {}
+        if self.secure is not None:
+            self.secure.write_facts(folder, c.delta)
+            extra = {"secure_aggregation": self.secure.summary()}
         if self.private is not None and len(self.private.ledger):
-            self.private.write_report(folder, {**c.to_dict(), "run": {k: facts[k] for k in (
+            self.private.write_report(folder, {**c.to_dict(), **extra, "run": {k: facts[k] for k in (
                 "rounds_completed", "stopped", "refused_replies", "missing_replies")}})
         return folder

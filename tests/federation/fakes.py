@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Message, RecordDict
@@ -54,7 +55,8 @@ class FakeGrid(Grid):
             node = message.metadata.dst_node_id
             if node not in self.contexts:
                 continue
-            reply = self.client_app(message, self.contexts[node])
+            # a copy, as a real transport delivers: a ClientApp (the SecAgg+ mod pops its stage) may change what it got
+            reply = self.client_app(copy.deepcopy(message), self.contexts[node])
             if self.tamper is not None:
                 reply = self.tamper(node, message, reply)
             if reply is not None:
