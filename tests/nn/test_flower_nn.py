@@ -5,6 +5,7 @@ give the same shared state (non-private) and the same ledger and shared state (p
 same noise seed). Replies hold the clipped contribution and nothing else.
 """
 
+import json
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from fedlrs.client.app import make_client_app
 from fedlrs.federation_config import ConfigError, parse_run_config
 from fedlrs.nn.federated import run_federated
 from fedlrs.nn.flower import PERSONAL_STATE, NetworkBillboard, network_config, network_method, node_task
+from fedlrs.privacy import Ledger, audit_report
 from fedlrs.server.app import make_server_app
 
 from federation.conftest import task_identity  # noqa: F401 (autouse: what a SuperLink sets before messages exist)
@@ -140,3 +142,20 @@ def test_a_federation_of_the_wrong_size_is_refused():
     grid = FakeGrid(make_client_app(BASE), USERS - 1)
     with pytest.raises(DataError, match="num-partitions == 39, must be the 40 users"):
         grid.client_app(Message(RecordDict(), dst_node_id=1, message_type="train.nn", group_id="1"), grid.contexts[1])
+
+
+@pytest.mark.slow
+def test_runs_in_the_flower_simulation(tmp_path):
+    """``flwr.simulation.run_simulation`` (Ray backend), one SuperNode per user of the quick task, private."""
+    from flwr.simulation import run_simulation
+
+    overrides = {**BASE, "num-server-rounds": 2, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0,
+                 "checkpoint-dir": str(tmp_path), "personalize-at-end": True}
+    run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides), num_supernodes=USERS,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
+    facts = json.loads((tmp_path / "run.json").read_text())["run"]
+    assert facts["rounds_completed"] == 2 and facts["refused_replies"] == 0 and facts["missing_replies"] == 0
+    assert [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events] == ["round-1", "round-2"]
+    audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert audit.ok, audit.reasons
