@@ -20,7 +20,7 @@ masked, and a ``train`` message outside the protocol is refused.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -97,14 +97,17 @@ def _parsed(run_config: tuple, overrides: tuple) -> FederationConfig:
     return parse_run_config(dict(run_config), dict(overrides))
 
 
-def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
-    """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none)."""
+def make_client_app(overrides: Mapping[str, Any] | None = None, *, mods: Sequence[Callable] = ()) -> ClientApp:
+    """A ClientApp; ``overrides`` (kebab-case) win over the run config (``run_simulation`` passes none).
+
+    ``mods`` run before fedlrs's own (tests: a device that fails in the middle of a protocol).
+    """
     frozen_overrides = tuple(sorted((overrides or {}).items()))
 
     def config_of(context: Context) -> FederationConfig:
         return _parsed(tuple(sorted(context.run_config.items())), frozen_overrides)
 
-    client_app = ClientApp(mods=[secure_aggregation_mod(config_of)])
+    client_app = ClientApp(mods=[*mods, secure_aggregation_mod(config_of)])
 
     def handler(function):
         def handle(message: Message, context: Context) -> Message:

@@ -83,6 +83,8 @@ def _contribution(config, node, U, phase="round"):
 
 def _payloads(reply):
     """Every array a reply carries: ArrayRecord arrays, and NumPy arrays or numbers inside its ConfigRecords."""
+    if reply.has_error():
+        return []
     out = [reply.content.array_records[name][key].numpy() for name in reply.content.array_records
            for key in reply.content.array_records[name].keys()]
     for record in reply.content.config_records.values():
