@@ -2,15 +2,17 @@
 
 The billboard samples (Poisson) and accounts itself; Flower 1.41's
 :class:`~flwr.server.workflow.SecAggPlusWorkflow` is built around the legacy fit
-stage (a ``LegacyContext`` with a ``Strategy``). :class:`SecureAggregation` runs the
+stage (a ``LegacyContext`` with a ``Strategy``). :class:`SecureAggregation` calls the
 workflow's four stages (setup, share keys, collect masked vectors, unmask) once per
 release with an adapter strategy, :class:`_CohortStrategy`, whose ``configure_fit``
 returns the sampled nodes (``U`` and the :class:`~fedlrs.client.secure_aggregation.WireSettings`
-as FitIns) and whose ``aggregate_fit`` receives the unmasked aggregate. The workflow talks
-to the nodes through :class:`_ProtocolGrid`, a view of the billboard's Grid that pulls every
-0.1 s and refuses (logs, drops: the node counts as dropped out) any reply that is not the
-answer of the node the message went to, or not of the stage's exact form, so a hostile reply
-never reaches Flower's code.
+as FitIns) and whose ``aggregate_fit`` receives the unmasked aggregate. Between the share-keys
+and the masked-vector stages it forgets the nodes that left before sharing their keys
+(:meth:`SecureAggregation._run_stages`: Flower's unmask stage would otherwise abort on them).
+The workflow talks to the nodes through :class:`_ProtocolGrid`, a view of the billboard's Grid
+that pulls every 0.1 s and refuses (logs, drops: the node counts as dropped out) any reply that
+is not the answer of the node the message went to, or not of the stage's exact form, so a
+hostile reply never reaches Flower's code.
 
 What the workflow does to the vector, and how it is undone exactly: each client's vector
 is multiplied by its weight ``num_examples / max_weight`` (1 / 1 here), clipped to
@@ -33,7 +35,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -124,7 +126,9 @@ class SecureRound:
         return sorted(set(self.sampled) - set(self.counted))
 
     def facts(self, parts: list[WirePart]) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("sums", "signed", "refusals")}
+        """JSON-ready: the cohort, who was counted, refused or missing, why it aborted, the grid and share sizes."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sums", "signed", "refusals")}
+        out["missing"] = self.missing
         out["refusals"] = [{"node_id": n, "reason": r} for n, r in self.refusals]
         out["l2_grid_units"] = 2.0 ** self.bits * math.sqrt(len(parts))
         out["dim"] = sum(p.size for p in parts)

@@ -366,3 +366,5 @@ def test_distributed_noise_run_accounts_the_noise_present_against_the_server(sma
     view = facts["server_view"]
     assert view["releases"] == 4 and view["epsilon"] > result.ledger.epsilon(delta=1e-5)
     assert billboard.secure.noise_present(billboard.secure.rounds[2], 2.0) == pytest.approx(2.0 * math.sqrt(4 / 5))
+    audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert audit.ok, audit.reasons
