@@ -105,9 +105,8 @@ def check_network_knobs(config: FederationConfig) -> None:
     if config.task == LINEAR:
         return
     network_config(config)
-    secure = getattr(config, "secure_aggregation", "off")
-    if secure != "off":
-        raise ValueError(f"secure-aggregation == {secure!r} with task == {config.task!r}, must be 'off' "
+    if config.secure_aggregation != "off":
+        raise ValueError(f"secure-aggregation == {config.secure_aggregation!r} with task == {config.task!r}, must be 'off' "
                          f"(secure aggregation covers the linear billboard only).")
 
 
