@@ -128,7 +128,7 @@ def test_server_app_runs_the_network_task_named_in_the_run_config():
 
 @pytest.mark.parametrize("key,value,rule", [
     ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
-    ("num-server-rounds", 0, "must be >= 1"),
+    ("num-server-rounds", 0, "must be >= 1"), ("secure-aggregation", "server-noise", "must be 'off'"),
 ])
 def test_network_knobs_are_checked_in_kebab_case(key, value, rule):
     with pytest.raises(ConfigError) as error:
