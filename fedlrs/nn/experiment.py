@@ -34,6 +34,7 @@ import functools
 import itertools
 import json
 import math
+import shutil
 import tempfile
 import time
 import tomllib
@@ -167,17 +168,27 @@ class _Runner:
         self.clips: dict[tuple[str, float], float] = {}
         self.tuning_events: dict[tuple[str, float], list] = {}
         self._cache: dict[tuple[str, str], tuple[FederatedMethod, FederatedResult]] = {}
+        self.diverged: list[dict] = []
 
     # -- helpers
     def task(self, seed: int) -> Task:
         return load_task(self.config["task_name"], seed=seed, quick=self.config["quick"], **self.config["task"])
 
     def train(self, key: str, params: dict, task: Task, data: UserExamples, seed: int, *, epsilon: float = INF, delta: float = 1e-5, clip: float = 1.0,
-              ledger: Ledger | None = None, evaluate=None, evaluate_every: int = 0) -> tuple[FederatedMethod, FederatedResult]:
+              ledger: Ledger | None = None, evaluate=None, evaluate_every: int = 0) -> tuple[FederatedMethod, FederatedResult | None, Ledger | None]:
+        """One run of ``key``; a run whose contributions stop being finite (diverged) gives ``None`` and its ledger so far."""
         method = make_method(key, task, params)
         config = loop_config(self.config, seed, epsilon=epsilon, delta=delta, clip=clip, evaluate_every=evaluate_every)
+        ledger = ledger if ledger is not None or not config.private else Ledger()
         evaluator = None if evaluate is None else (lambda shared, personal: evaluate(method, shared, personal))
-        return method, run_federated(method, data, config, ledger=ledger, evaluate=evaluator)
+        try:
+            return method, run_federated(method, data, config, ledger=ledger, evaluate=evaluator), ledger
+        except ValueError as failure:  # clipping refuses non-finite contributions: the run diverged
+            if "finite" not in str(failure):
+                raise
+            self.diverged.append({"method": LABELS[key], "epsilon": epsilon, "seed": seed, "params": params, "clip": clip, "error": str(failure)})
+            self.echo(f"{LABELS[key]} (epsilon {epsilon:g}, clip {clip:g}, seed {seed}) diverged: {failure}")
+            return method, None, ledger
 
     def finetuned(self, task: Task, params: dict, ft: dict) -> FedAvgFT:
         return FedAvgFT(task.make_module, loss=task.loss, **params, **ft)
@@ -215,9 +226,9 @@ class _Runner:
             ledgers = []
 
             def clip_score(c, key=key, epsilon=epsilon):
-                method, result = self.train(key, self.chosen[key], task, task.train, seed, epsilon=epsilon, delta=delta, clip=c["clip"])
-                ledgers.append(list(result.ledger.events))
-                return validation_metric(method, result.shared, result.personal)
+                method, result, ledger = self.train(key, self.chosen[key], task, task.train, seed, epsilon=epsilon, delta=delta, clip=c["clip"])
+                ledgers.append(list(ledger.events))
+                return math.nan if result is None else validation_metric(method, result.shared, result.personal)
 
             self.clips[(key, epsilon)] = choose(key, epsilon, {"clip": self.config["private"]["clip"]}, clip_score)["clip"]
             self.tuning_events[(key, epsilon)] = [e for events in ledgers for e in events]
@@ -227,8 +238,8 @@ class _Runner:
         """A non-private tuning run on ``task.train`` (cached: FedAvg+FT's tuning reuses FedAvg's)."""
         cache_key = (key, json.dumps(params, sort_keys=True))
         if cache_key not in self._cache:
-            self._cache[cache_key] = self.train(key, params, task, task.train, seed)
-        method, result = self._cache[cache_key]
+            self._cache[cache_key] = self.train(key, params, task, task.train, seed)[:2]
+        method, result = self._cache[cache_key]  # non-private runs never stop early: NaN predictions score NaN
         return method, result.shared, result.personal
 
     # -- reported runs
@@ -258,41 +269,41 @@ class _Runner:
         def track(method, shared, personal):
             return {"test": test_metric(method, shared, method.personalize(shared, personal, data, torch.Generator().manual_seed(seed)))}
 
-        def add(key: str, epsilon: float, value: float, method, shared: State, result: FederatedResult | None, **extra) -> None:
+        def add(key: str, epsilon: float, value: float, method, shared: State, **extra) -> None:
             self.records.append({
                 "method": LABELS[key], "epsilon": epsilon, "seed": seed, "test": value, "storage": method.personal_size(shared),
-                "server_size": state_size(shared), "upload": sum(math.prod(s) for s in contribution_shapes(method, shared).values()),
-                "epsilon_spent": None if result is None else result.epsilon(), **extra,
+                "server_size": state_size(shared), "upload": sum(math.prod(s) for s in contribution_shapes(method, shared).values()), **extra,
             })
 
         for epsilon in _epsilons(self.config):
             private = math.isfinite(epsilon)
             for key in self.config["methods"]:
                 started = time.perf_counter()
-                extra, ledger, directory = {}, None, None
+                extra, ledger, directory = {"epsilon_spent": None}, None, None
                 if private:
                     directory = (self.out / "privacy" / f"{key}-eps{epsilon:g}") if first else Path(tempfile.mkdtemp(prefix="fedlrs-nn-"))
                     directory.mkdir(parents=True, exist_ok=True)
                     (directory / "ledger.jsonl").unlink(missing_ok=True)
                     ledger = Ledger(directory / "ledger.jsonl")
                 tracked = first and not private
-                method, result = self.train(key, self.chosen[key], task, data, seed, epsilon=epsilon, delta=delta, clip=self.clips.get((key, epsilon), 1.0),
-                                            ledger=ledger, evaluate=track if tracked else None, evaluate_every=every if tracked else 0)
+                method, result, ledger = self.train(key, self.chosen[key], task, data, seed, epsilon=epsilon, delta=delta, clip=self.clips.get((key, epsilon), 1.0),
+                                                    ledger=ledger, evaluate=track if tracked else None, evaluate_every=every if tracked else 0)
                 if tracked:
                     self.histories[LABELS[key]] = [{"round": h["round"], "test": h["test"]} for h in result.history]
                 if private:
-                    extra["audit"] = self.audited(result, directory)
-                    extra["epsilon_with_tuning"] = compute_epsilon(self.tuning_events[(key, epsilon)] + list(result.ledger.events), delta=delta).epsilon
+                    extra["epsilon_spent"] = compute_epsilon(list(ledger.events), delta=delta).epsilon
+                    extra["epsilon_with_tuning"] = compute_epsilon(self.tuning_events[(key, epsilon)] + list(ledger.events), delta=delta).epsilon
                     extra["clip"] = self.clips[(key, epsilon)]
+                    if result is not None:
+                        extra["audit"] = self.audited(result, directory)
                     if not first:
-                        for file in directory.iterdir():
-                            file.unlink()
-                        directory.rmdir()
-                add(key, epsilon, test_metric(method, result.shared, result.personal), method, result.shared, result, **extra)
+                        shutil.rmtree(directory)
+                shared = result.shared if result is not None else method.init_shared(gen)
+                add(key, epsilon, math.nan if result is None else test_metric(method, shared, result.personal), method, shared, **extra)
                 if key == "fedavg":
                     ft = self.finetuned(task, self.chosen["fedavg"], self.chosen["fedavg+ft"])
-                    personal = ft.personalize(result.shared, {}, data, gen)
-                    add("fedavg+ft", epsilon, test_metric(ft, result.shared, personal), ft, result.shared, result, **extra)
+                    value = math.nan if result is None else test_metric(ft, shared, ft.personalize(shared, {}, data, gen))
+                    add("fedavg+ft", epsilon, value, ft, shared, **extra)
                 done = ", ".join(f"{r['method']} {r['test']:.4f}" for r in self.records[-(2 if key == "fedavg" else 1):])
                 self.echo(f"seed {seed} eps {epsilon:g}: test {done} ({time.perf_counter() - started:.1f} s)")
         local = FedAvgFT(task.make_module, loss=loss, **self.chosen["local"])
@@ -319,18 +330,23 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
         raise ValueError(f"seeds == {n_seeds!r}, must be an integer >= 1.")
     out = Path(out if out is not None else Path("results") / name)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
+    threads_before = torch.get_num_threads()
+    threads = int(config.get("threads", threads_before))
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     runner = _Runner(config, list(range(n_seeds)), out, echo)
     info = {}
-    for seed in runner.seeds:
-        task = runner.task(seed)
-        delta = _delta(config, task.num_users)
-        if seed == runner.seeds[0]:
-            info = {**task.info, "delta": delta}
-            runner.tune(task, delta)
-        runner.report(task, seed, delta)
-        echo(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
+    try:
+        for seed in runner.seeds:
+            task = runner.task(seed)
+            delta = _delta(config, task.num_users)
+            if seed == runner.seeds[0]:
+                info = {**task.info, "delta": delta}
+                runner.tune(task, delta)
+            runner.report(task, seed, delta)
+            echo(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
+    finally:
+        torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - started
 
     loss = "cross_entropy" if info.get("classes") else "mse"
@@ -347,7 +363,14 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     headers = {"test": f"per-user test {metric}", "epsilon_spent": "epsilon spent (RDP, reported run)", "epsilon_with_tuning": "epsilon incl. clip tuning",
                "storage": "numbers stored/user", "server_size": "server model size", "upload": "upload/user/round"}
     table = markdown_table(rows, columns, headers)
-    note = _notes(config, info, n_seeds, seconds, quick, len(runner.audits))
+    note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits)) + "\n" + compare_lrs_fedrep(rows, loss)
+    failed = [r for r in runner.records if isinstance(r["test"], float) and math.isnan(r["test"])]
+    if runner.diverged or failed:
+        note += (f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions stop a run; tuning scores them as worst); "
+                 f"{len(failed)} reported result(s) are NaN and left out of the means: "
+                 + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + ".")
+    if config.get("notes"):
+        note += "\n" + config["notes"].strip()
     (out / "table.md").write_text(f"### {name}\n\n{table}\n\n{note}\n")
     ylabel = "per-user test error (1 - accuracy)" if loss == "cross_entropy" else "per-user test RMSE"
     plot_privacy(rows, y="error", group="method", path=out / "privacy_utility.png", ylabel=ylabel, title=f"{name}: privacy-utility (delta={info['delta']:.2g})")
@@ -355,7 +378,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     plot_rounds(histories, y="error", path=out / "rounds.png", ylabel=ylabel, title=f"{name}: non-private, after each round (seed 0)", logy=loss == "cross_entropy")
     payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "task": info, "rows": rows, "records": runner.records,
                "tuning": runner.tuning, "chosen": runner.chosen, "clips": {f"{k} eps={e:g}": c for (k, e), c in runner.clips.items()},
-               "audits": runner.audits, "histories": runner.histories}
+               "audits": runner.audits, "diverged": runner.diverged, "histories": runner.histories}
     (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
     echo(table)
     echo(note)
@@ -363,17 +386,28 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     return {"rows": rows, "records": runner.records, "table": table, "paths": paths, "seconds": seconds, "tuning": runner.tuning, "audits": runner.audits}
 
 
-def _notes(config: dict, info: dict, n_seeds: int, seconds: float, quick: bool, audits: int) -> str:
+def compare_lrs_fedrep(rows: list[dict], loss: str) -> str:
+    """One line: LRS-NN against FedRep at each epsilon (mean over seeds; better = higher accuracy or lower RMSE)."""
+    by = {(r["method"], r["epsilon"]): r["test"] for r in rows}
+    parts = []
+    for epsilon in sorted({e for m, e in by if m == "LRS-NN" and ("FedRep", e) in by}, reverse=True):
+        lrs, rep = by[("LRS-NN", epsilon)], by[("FedRep", epsilon)]
+        verdict = "matches" if abs(lrs - rep) < 1e-3 else ("beats" if error(lrs, loss) < error(rep, loss) else "is behind")
+        parts.append(f"epsilon {'inf' if epsilon == INF else f'{epsilon:g}'}: {lrs:.4g} vs {rep:.4g} (LRS-NN {verdict} FedRep)")
+    return "LRS-NN vs FedRep at equal epsilon: " + "; ".join(parts) + "." if parts else ""
+
+
+def _notes(config: dict, info: dict, n_seeds: int, seconds: float, threads: int, quick: bool, audits: int) -> str:
     loop = config["loop"]
     lines = [
         f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s CPU wall time "
-        f"({torch.get_num_threads()} threads).",
+        f"({threads} torch thread{'s' if threads > 1 else ''}).",
         f"Task: {info.get('users')} users; {info.get('split')}; {info.get('network')} ({info.get('parameters')} parameters). "
         f"Loop: {loop.get('rounds')} rounds, Poisson sampling q = {loop.get('sample_rate')}, user-level clipping of the whole contribution, "
         f"delta = {info['delta']:.2g}.",
         "Hyperparameters were chosen on validation rows only (first seed); private runs choose the clip bound C privately and "
         "'epsilon incl. clip tuning' composes those runs' ledgers with the reported one. FedAvg+FT fine-tunes the FedAvg run's "
         "network (same ledger); local only trains alone and releases nothing. "
-        f"All {audits} reported private runs pass the privacy audit (`fedlrs privacy audit`).",
+        f"All {audits} completed reported private runs pass the privacy audit (`fedlrs privacy audit`).",
     ]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ from fedlrs.nn.baselines import FedAvg, FedAvgFT, FedRep, descend, local_only, p
 from fedlrs.nn.method import FederatedMethod
 from fedlrs.nn.tasks import load_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/nn/conftest.py
+
 
 @pytest.fixture(scope="module")
 def task():

@@ -8,23 +8,29 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from fedlrs.nn.experiment import load_nn_experiment, make_method, user_metric
+from fedlrs.nn.experiment import INF, compare_lrs_fedrep, load_nn_experiment, make_method, user_metric
 from fedlrs.nn.method import UserExamples
 from fedlrs.nn.tasks import load_task
 from fedlrs.privacy import audit_report
 from fedlrs.simulations.experiments_cli import experiment_commands
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/nn/conftest.py
+
 METHODS = {"LRS-NN", "FedAvg", "FedAvg+FT", "FedRep"}
+
+
+def _quick(tmp_path_factory, name):
+    app = typer.Typer()
+    experiment_commands(app)
+    out = tmp_path_factory.mktemp("nn") / name
+    result = CliRunner().invoke(app, [name, "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output, json.loads((out / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def quick_digits(tmp_path_factory):
-    app = typer.Typer()
-    experiment_commands(app)
-    out = tmp_path_factory.mktemp("nn") / "nn-digits"
-    result = CliRunner().invoke(app, ["nn-digits", "--quick", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out, result.output, json.loads((out / "results.json").read_text())
+    return _quick(tmp_path_factory, "nn-digits")
 
 
 def test_quick_run_writes_its_table_plots_and_results(quick_digits):
@@ -54,6 +60,26 @@ def test_quick_run_writes_its_table_plots_and_results(quick_digits):
     assert all("validation" in c for t in payload["tuning"] for c in t["candidates"])
     scored = [t for t in payload["tuning"] if len(t["candidates"]) > 1]
     assert scored and all(c["validation"] is not None for t in scored for c in t["candidates"])
+
+
+def test_quick_movielens_reports_rmse_for_every_method(tmp_path_factory):
+    out, _, payload = _quick(tmp_path_factory, "nn-movielens")
+    table = (out / "table.md").read_text()
+    assert "per-user test RMSE" in table and "LRS-NN vs FedRep at equal epsilon: epsilon inf:" in table
+    rows = {(r["method"], r["epsilon"]): r for r in payload["rows"]}
+    assert {m for m, _ in rows} == METHODS | {"local only"}
+    for method in ("LRS-NN", "FedAvg", "FedAvg+FT", "local only"):
+        assert 0.5 < rows[(method, "inf")]["test"] < 1.5  # ratings 0.5-5: an RMSE near 1
+    assert rows[("LRS-NN", "inf")]["storage"] == payload["chosen"]["lrs"]["rank"] + 2 * payload["chosen"]["lrs"]["sparsity"]
+    assert all(a["ok"] for a in payload["audits"])
+
+
+def test_comparison_line_says_where_lrs_is_behind():
+    rows = [{"method": "LRS-NN", "epsilon": INF, "test": 0.9}, {"method": "FedRep", "epsilon": INF, "test": 0.8},
+            {"method": "LRS-NN", "epsilon": 1.0, "test": 0.5}, {"method": "FedRep", "epsilon": 1.0, "test": 0.6}]
+    line = compare_lrs_fedrep(rows, "cross_entropy")
+    assert line == "LRS-NN vs FedRep at equal epsilon: epsilon inf: 0.9 vs 0.8 (LRS-NN beats FedRep); epsilon 1: 0.5 vs 0.6 (LRS-NN is behind FedRep)."
+    assert "(LRS-NN is behind FedRep)" in compare_lrs_fedrep(rows[:2], "mse")
 
 
 def test_quick_run_reports_pass_the_audit_with_pld(quick_digits):

@@ -7,6 +7,8 @@ import torch
 from fedlrs.nn.network import per_user_loss
 from fedlrs.nn.tasks import TASKS, Task, concat_examples, load_task, mlp
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/nn/conftest.py
+
 
 def _label_histograms(y: torch.Tensor, classes: int) -> np.ndarray:
     counts = torch.nn.functional.one_hot(y, classes).sum(dim=1).double()
