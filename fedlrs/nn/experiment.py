@@ -365,10 +365,11 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     table = markdown_table(rows, columns, headers)
     note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits)) + "\n" + compare_lrs_fedrep(rows, loss)
     failed = [r for r in runner.records if isinstance(r["test"], float) and math.isnan(r["test"])]
-    if runner.diverged or failed:
-        note += (f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions stop a run; tuning scores them as worst); "
-                 f"{len(failed)} reported result(s) are NaN and left out of the means: "
-                 + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + ".")
+    if runner.diverged:
+        where = "; ".join(f"{d['method']} at epsilon {d['epsilon']:g}, clip {d['clip']:g}, seed {d['seed']}" for d in runner.diverged)
+        note += f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions; their ledgers still count): {where}."
+    if failed:
+        note += f"\n{len(failed)} reported result(s) are NaN and left out of the means: " + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + "."
     if config.get("notes"):
         note += "\n" + config["notes"].strip()
     (out / "table.md").write_text(f"### {name}\n\n{table}\n\n{note}\n")
