@@ -175,8 +175,9 @@ class _Runner:
         return load_task(self.config["task_name"], seed=seed, quick=self.config["quick"], **self.config["task"])
 
     def train(self, key: str, params: dict, task: Task, data: UserExamples, seed: int, *, epsilon: float = INF, delta: float = 1e-5, clip: float = 1.0,
-              ledger: Ledger | None = None, evaluate=None, evaluate_every: int = 0) -> tuple[FederatedMethod, FederatedResult | None, Ledger | None]:
-        """One run of ``key``; a run whose contributions stop being finite (diverged) gives ``None`` and its ledger so far."""
+              ledger: Ledger | None = None, evaluate=None, evaluate_every: int = 0, stage: str = "tuning") -> tuple[FederatedMethod, FederatedResult | None, Ledger | None]:
+        """One run of ``key`` (``stage``: "tuning" or "reported"); a run whose contributions stop being finite (diverged)
+        gives ``None`` and its ledger so far."""
         method = make_method(key, task, params)
         config = loop_config(self.config, seed, epsilon=epsilon, delta=delta, clip=clip, evaluate_every=evaluate_every)
         ledger = ledger if ledger is not None or not config.private else Ledger()
@@ -186,7 +187,7 @@ class _Runner:
         except ValueError as failure:  # clipping refuses non-finite contributions: the run diverged
             if "finite" not in str(failure):
                 raise
-            self.diverged.append({"method": LABELS[key], "epsilon": epsilon, "seed": seed, "params": params, "clip": clip, "error": str(failure)})
+            self.diverged.append({"stage": stage, "method": LABELS[key], "epsilon": epsilon, "seed": seed, "params": params, "clip": clip, "error": str(failure)})
             self.echo(f"{LABELS[key]} (epsilon {epsilon:g}, clip {clip:g}, seed {seed}) diverged: {failure}")
             return method, None, ledger
 
@@ -287,7 +288,7 @@ class _Runner:
                     ledger = Ledger(directory / "ledger.jsonl")
                 tracked = first and not private
                 method, result, ledger = self.train(key, self.chosen[key], task, data, seed, epsilon=epsilon, delta=delta, clip=self.clips.get((key, epsilon), 1.0),
-                                                    ledger=ledger, evaluate=track if tracked else None, evaluate_every=every if tracked else 0)
+                                                    ledger=ledger, evaluate=track if tracked else None, evaluate_every=every if tracked else 0, stage="reported")
                 if tracked:
                     self.histories[LABELS[key]] = [{"round": h["round"], "test": h["test"]} for h in result.history]
                 if private:
@@ -366,7 +367,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits)) + "\n" + compare_lrs_fedrep(rows, loss)
     failed = [r for r in runner.records if isinstance(r["test"], float) and math.isnan(r["test"])]
     if runner.diverged:
-        where = "; ".join(f"{d['method']} at epsilon {d['epsilon']:g}, clip {d['clip']:g}, seed {d['seed']}" for d in runner.diverged)
+        where = "; ".join(f"{d['stage']} run of {d['method']} at epsilon {d['epsilon']:g}, clip {d['clip']:g}, seed {d['seed']}" for d in runner.diverged)
         note += f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions; their ledgers still count): {where}."
     if failed:
         note += f"\n{len(failed)} reported result(s) are NaN and left out of the means: " + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + "."

@@ -8,7 +8,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from fedlrs.nn.experiment import INF, compare_lrs_fedrep, load_nn_experiment, make_method, user_metric
+from fedlrs.nn.baselines import FedAvg
+from fedlrs.nn.experiment import INF, _Runner, compare_lrs_fedrep, load_nn_experiment, make_method, user_metric
 from fedlrs.nn.method import UserExamples
 from fedlrs.nn.tasks import load_task
 from fedlrs.privacy import audit_report
@@ -121,3 +122,13 @@ def test_config_errors_name_the_file_and_rule(tmp_path):
         make_method("fedavg", task, {"rank": 2})
     config = load_nn_experiment("nn-digits", quick=True)
     assert config["quick"] and config["task"]["users"] == 60 and config["epsilons"] == [4, "inf"]
+
+
+def test_a_diverging_private_run_is_recorded_with_its_ledger_not_raised(tmp_path):
+    config = load_nn_experiment("nn-digits", quick=True)
+    runner = _Runner(config, [0], tmp_path, echo=lambda line: None)
+    task = load_task("nn-synthetic", seed=0, users=10)
+    method, result, ledger = runner.train("fedavg", {"lr": 1e30}, task, task.train, 0, epsilon=4.0, delta=1e-3)
+    assert result is None and isinstance(method, FedAvg)
+    assert len(ledger.events) < config["loop"]["rounds"]  # stopped at the round it diverged; earlier releases stay in the ledger
+    assert runner.diverged[0]["stage"] == "tuning" and runner.diverged[0]["method"] == "FedAvg" and "finite" in runner.diverged[0]["error"]
