@@ -172,6 +172,7 @@ class _Runner:
 
     # -- helpers
     def task(self, seed: int) -> Task:
+        """The config's task for ``seed`` (``[task]`` knobs, quick sizes in a quick run)."""
         return load_task(self.config["task_name"], seed=seed, quick=self.config["quick"], **self.config["task"])
 
     def train(self, key: str, params: dict, task: Task, data: UserExamples, seed: int, *, epsilon: float = INF, delta: float = 1e-5, clip: float = 1.0,
@@ -192,10 +193,13 @@ class _Runner:
             return method, None, ledger
 
     def finetuned(self, task: Task, params: dict, ft: dict) -> FedAvgFT:
+        """FedAvg+FT with FedAvg's chosen knobs ``params`` and the fine-tuning knobs ``ft``."""
         return FedAvgFT(task.make_module, loss=task.loss, **params, **ft)
 
     # -- tuning (first seed, validation rows)
     def tune(self, task: Task, delta: float) -> None:
+        """Choose every method's knobs on ``task.validation`` (fit on ``task.train``): non-private grids first, then
+        the clip bound C of each private method and epsilon with private runs whose ledgers are kept for the tuning cost."""
         loss, seed = task.loss, self.seeds[0]
 
         def validation_metric(method, shared: State, personal: State) -> float:
@@ -258,6 +262,7 @@ class _Runner:
         return audit.ok
 
     def report(self, task: Task, seed: int, delta: float) -> None:
+        """The reported runs of ``seed``: every method at every epsilon on ``train + validation``, scored on ``test``."""
         loss = task.loss
         data = task.train_full
         gen = torch.Generator().manual_seed(seed)

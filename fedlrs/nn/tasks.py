@@ -93,6 +93,7 @@ class Task:
 
     @property
     def num_users(self) -> int:
+        """``n``: the users of the task (the same in train, validation and test)."""
         return self.train.num_users
 
     @property
