@@ -16,23 +16,31 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class UserData:
-    """Examples of ``n`` users, padded to a common length.
+class PaddedUsers:
+    """Examples of ``n`` users, padded to a common length ``m_max``.
 
     Attributes
     ----------
-    X : Tensor (n, m_max, d)
+    X : Tensor (n, m_max, *input_shape)
     y : Tensor (n, m_max)
     mask : Tensor (n, m_max), bool; ``mask[i, j]`` is True when example j of user i is real.
+
+    Subclasses fix the input shape (:class:`UserData`: ``(d,)`` features of a linear model).
     """
 
     X: Tensor
     y: Tensor
     mask: Tensor
 
+    #: what ``X.shape`` must be, for the error message; ``_check_X`` enforces it
+    X_SHAPE = "(users, examples, *input_shape)"
+
+    def _check_X(self) -> bool:
+        return self.X.ndim >= 3
+
     def __post_init__(self) -> None:
-        if self.X.ndim != 3:
-            raise ValueError(f"X has shape {tuple(self.X.shape)}, must be (users, examples, dim).")
+        if not self._check_X():
+            raise ValueError(f"X has shape {tuple(self.X.shape)}, must be {self.X_SHAPE}.")
         if self.y.shape != self.X.shape[:2]:
             raise ValueError(f"y has shape {tuple(self.y.shape)}, must be {tuple(self.X.shape[:2])} to match X.")
         if self.mask.shape != self.X.shape[:2] or self.mask.dtype != torch.bool:
@@ -43,17 +51,27 @@ class UserData:
         return self.X.shape[0]
 
     @property
-    def dim(self) -> int:
-        return self.X.shape[2]
-
-    @property
     def counts(self) -> Tensor:
         """Number of real examples per user, ``m_i = sum_j mask_ij``."""
         return self.mask.sum(dim=1)
 
-    def select(self, index: Tensor) -> "UserData":
-        """The users at ``index`` (an index or bool tensor over users)."""
-        return UserData(self.X[index], self.y[index], self.mask[index])
+    def select(self, index: Tensor):
+        """The users at ``index`` (an index or bool tensor over users), as the same class."""
+        return type(self)(self.X[index], self.y[index], self.mask[index])
+
+
+@dataclass(frozen=True)
+class UserData(PaddedUsers):
+    """Examples of ``n`` users of a linear model: ``X (n, m_max, d)``, ``y (n, m_max)``, ``mask (n, m_max)``."""
+
+    X_SHAPE = "(users, examples, dim)"
+
+    def _check_X(self) -> bool:
+        return self.X.ndim == 3
+
+    @property
+    def dim(self) -> int:
+        return self.X.shape[2]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "UserData":
         return UserData(self.X.to(device=device, dtype=dtype), self.y.to(device=device, dtype=dtype), self.mask.to(device))

@@ -19,13 +19,15 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from fedlrs.core.stats import PaddedUsers
+
 Tensor = torch.Tensor
 State = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
-class UserExamples:
-    """Examples of ``n`` users, padded to a common length ``m_max``.
+class UserExamples(PaddedUsers):
+    """Examples of ``n`` users, padded to a common length ``m_max`` (:class:`fedlrs.core.stats.PaddedUsers`).
 
     Attributes
     ----------
@@ -33,31 +35,6 @@ class UserExamples:
     y : Tensor (n, m_max): class labels (int64) or targets (float)
     mask : Tensor (n, m_max), bool; True for a real example, padded rows never enter a loss.
     """
-
-    X: Tensor
-    y: Tensor
-    mask: Tensor
-
-    def __post_init__(self) -> None:
-        if self.X.ndim < 3:
-            raise ValueError(f"X has shape {tuple(self.X.shape)}, must be (users, examples, *input_shape).")
-        if self.y.shape != self.X.shape[:2]:
-            raise ValueError(f"y has shape {tuple(self.y.shape)}, must be {tuple(self.X.shape[:2])} to match X.")
-        if self.mask.shape != self.X.shape[:2] or self.mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor of shape {tuple(self.X.shape[:2])}.")
-
-    @property
-    def num_users(self) -> int:
-        return self.X.shape[0]
-
-    @property
-    def counts(self) -> Tensor:
-        """Real examples per user, ``m_i = sum_j mask_ij``."""
-        return self.mask.sum(dim=1)
-
-    def select(self, index: Tensor) -> "UserExamples":
-        """The users at ``index`` (an index or bool tensor over users)."""
-        return UserExamples(self.X[index], self.y[index], self.mask[index])
 
     def to(self, device: torch.device | str | None = None) -> "UserExamples":
         return UserExamples(self.X.to(device), self.y.to(device), self.mask.to(device))
