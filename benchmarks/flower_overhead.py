@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, list[float]] = {"engine": [], "engine rounds": [], "client app": []}
     for window in windows:
         rows.update({f"total {window}": [], f"run {window}": [], f"rounds {window}": []})
+    load_before = os.getloadavg()[0]
     for repeat in range(args.repeats):
         engine, engine_rounds = time_engine(overrides, args.users)
         rows["engine"].append(engine)
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{args.users} users x {args.rounds} rounds = {client_rounds} client-rounds, q = 1, "
           f"d = {overrides['dim']}, r = {overrides['rank']}, k = {overrides['sparsity']}, "
           f"{overrides['data-examples']} examples per user; median of {args.repeats} run(s); "
-          f"{os.cpu_count()} cores; Ray, {args.cpus_per_client} CPU per ClientApp actor\n")
+          f"{os.cpu_count()} cores; Ray, {args.cpus_per_client} CPU per ClientApp actor; "
+          f"1-minute load average {load_before:.2f} before the runs (other work on the machine slows every row)\n")
     print("| what | seconds | ms per client-round | overhead vs engine, ms per client-round | ratio to engine |")
     print("| --- | ---: | ---: | ---: | ---: |")
     table = [("engine: init + rounds", "engine", "engine"), ("engine: rounds only", "engine rounds", "engine rounds"),
