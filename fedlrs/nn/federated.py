@@ -31,7 +31,7 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
 from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, clip
-from fedlrs.privacy.accountants import validate_accountant
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
 from fedlrs.simulations.engine import DTYPES, PrivateServer, sample_users
 
 Tensor = torch.Tensor
@@ -43,16 +43,15 @@ Evaluator = Callable[[State, State], dict]
 
 
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(PrivacySettings):
     """Every knob of the federated loop (not of the method), validated once.
 
     rounds: T. sample_rate: q, each user takes part in a round with probability q
     (Poisson sampling). clip: C, the user-level L2 bound of a user's whole flattened
-    contribution (applied when ``private``). private: clip, noise and account every round.
-    target_epsilon, delta, accountant ("rdp", "prv", "pld"): the budget; noise_multiplier:
-    the accounted z of a round (0: calibrated to (target_epsilon, delta) for ``rounds``
-    rounds before round 1). noise_seed >= 0 makes the noise reproducible (tests), -1
-    draws it from the OS. seed: the sampler's and the initialisation's generator (and,
+    contribution (applied when ``private``). The privacy knobs (private, target_epsilon,
+    delta, accountant, noise_multiplier, noise_seed; keyword-only) are
+    :class:`~fedlrs.privacy.settings.PrivacySettings`'; noise_multiplier 0 calibrates z
+    for ``rounds`` rounds before round 1. seed: the sampler's and the initialisation's generator (and,
     plus one, the local updates'). device, dtype: where and in what precision the loop
     runs. evaluate_every: ``evaluate`` runs at round 0, every this many rounds and after
     the last one (0: only at round 0 and after the last).
@@ -68,19 +67,14 @@ class NetworkConfig:
     rounds: int = 10
     sample_rate: float = 1.0
     clip: float = 1.0
-    private: bool = False
-    target_epsilon: float = 2.0
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    noise_multiplier: float = 0.0
-    noise_seed: int = -1
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     evaluate_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "noise_seed", "seed", "evaluate_every"):
+        super().__post_init__()
+        for name in ("rounds", "seed", "evaluate_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} == {value!r}, must be an integer.")
@@ -88,17 +82,8 @@ class NetworkConfig:
             raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
         if self.evaluate_every < 0:
             raise ValueError(f"evaluate_every == {self.evaluate_every}, must be >= 0 (0: first and last round only).")
-        if self.noise_seed < -1:
-            raise ValueError(f"noise_seed == {self.noise_seed}, must be >= 0 (reproducible) or -1 (OS entropy).")
-        _require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
-        _require_number("clip", self.clip, "must be a finite number > 0", lambda v: 0 < v < math.inf)
-        _require_number("target_epsilon", self.target_epsilon, "must be a finite number > 0", lambda v: 0 < v < math.inf)
-        _require_number("delta", self.delta, "must be in (0, 1)", lambda v: 0 < v < 1)
-        _require_number("noise_multiplier", self.noise_multiplier, "must be a finite number >= 0 (0: calibrate to target_epsilon)",
-                        lambda v: 0 <= v < math.inf)
-        if not isinstance(self.private, bool):
-            raise ValueError(f"private == {self.private!r}, must be True or False.")
-        validate_accountant(self.accountant)
+        require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
+        require_number("clip", self.clip, "must be a finite number > 0", lambda v: 0 < v < math.inf)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         try:
@@ -114,13 +99,8 @@ class NetworkConfig:
         return asdict(self)
 
 
-def _require_number(name: str, value, rule: str, ok: Callable[[float], bool]) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
-        raise ValueError(f"{name} == {value!r}, {rule}.")
-
-
 @dataclass
-class FederatedResult:
+class FederatedResult(SpentEpsilon):
     """The final shared state, every user's personal state after ``personalize``, and the run's record.
 
     ``history[j]`` holds ``{"round": t, "seconds": ...}`` plus ``evaluate``'s metrics,
@@ -138,11 +118,8 @@ class FederatedResult:
     noise_multiplier: float | None = None
     _private: PrivateServer | None = field(default=None, repr=False)
 
-    def epsilon(self, accountant: str = "rdp") -> float | None:
-        """Epsilon spent at the configured delta, recomputed from the ledger (None when not private)."""
-        if self.ledger is None:
-            return None
-        return self.ledger.account(delta=self.config["delta"], accountant=accountant).epsilon
+    def ledger_delta(self) -> float:
+        return self.config["delta"]
 
     def write_privacy_report(self, out_dir: str | Path) -> dict:
         """``privacy_report.json/.md`` and ``epsilon.png`` that ``fedlrs privacy audit`` checks (planned rounds, calibrated z, budget)."""

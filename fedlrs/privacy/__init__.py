@@ -22,6 +22,7 @@ from fedlrs.privacy.mechanism import GaussianSumRelease, method_of_moments_relea
 from fedlrs.privacy.noise import GaussianNoise
 from fedlrs.privacy.report import build_privacy_report, write_privacy_report
 from fedlrs.privacy.sampling import poisson_sample
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
 __all__ = [
     "ACCOUNTANTS",
@@ -39,6 +40,8 @@ __all__ = [
     "LedgerCorruptError",
     "LedgerError",
     "PrivacyBudget",
+    "PrivacySettings",
+    "SpentEpsilon",
     "accounted_noise_multiplier",
     "audit_report",
     "build_privacy_report",

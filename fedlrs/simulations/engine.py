@@ -51,6 +51,7 @@ from fedlrs.privacy import (
     poisson_sample,
     write_privacy_report,
 )
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
 Tensor = torch.Tensor
 
@@ -58,7 +59,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(PrivacySettings):
     """Every knob of an AMHT-LRS run, validated once.
 
     rank, sparsity: r and k of ``theta_i = U w_i + b_i``. rounds: T. mode: "ls" or "gd".
@@ -69,12 +70,11 @@ class EngineConfig:
 
     Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
     user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
-    the ledger first. noise_multiplier: the accounted z of a round (0: calibrated to
-    (target_epsilon, delta) for ``rounds`` rounds after the init);
+    the ledger first. The budget knobs are :class:`~fedlrs.privacy.settings.PrivacySettings`'
+    (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
     init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
     one z for the init and the rounds together;
-    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part;
-    noise_seed >= 0 makes the noise reproducible (tests), -1 draws it from the OS.
+    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part.
     """
 
     rank: int
@@ -94,19 +94,14 @@ class EngineConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
-    private: bool = False
-    target_epsilon: float = 2.0
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    noise_multiplier: float = 0.0
     init_noise_multiplier: float = 4.0
     clip_a: float = 10.0
     clip_c: float = 10.0
     clip_g: float = 10.0
     clip_moments: float = 100.0
-    noise_seed: int = -1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rank < 1:
             raise ValueError(f"rank == {self.rank}, must be >= 1.")
         if self.sparsity < 0:
@@ -134,14 +129,6 @@ class EngineConfig:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         if self.private and self.loss != "squared":
             raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta == {self.delta}, must be in (0, 1).")
-        if not self.target_epsilon > 0:
-            raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
-        if self.accountant not in ("rdp", "prv", "pld"):
-            raise ValueError(f"accountant == {self.accountant!r}, must be 'rdp', 'prv' or 'pld'.")
-        if self.noise_multiplier < 0:
-            raise ValueError(f"noise_multiplier == {self.noise_multiplier}, must be >= 0 (0: calibrate to target_epsilon).")
         if self.init_noise_multiplier < 0:
             raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
         for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
@@ -161,7 +148,7 @@ class EngineConfig:
 
 
 @dataclass
-class EngineResult:
+class EngineResult(SpentEpsilon):
     """The learned ``U``, every user's ``w_i`` and ``b_i`` for the final ``U``, and per-round metrics.
 
     ``history[t]`` describes ``U`` after t updates (t = 0 is the initialization).
@@ -180,11 +167,8 @@ class EngineResult:
         """``theta_i = U w_i + b_i`` (n, d)."""
         return user_parameters(self.U, self.fit)
 
-    def epsilon(self, accountant: str = "rdp") -> float | None:
-        """Epsilon spent by this run at the configured delta, recomputed from its ledger (None when not private)."""
-        if self.ledger is None:
-            return None
-        return self.ledger.account(delta=self.config["delta"], accountant=accountant).epsilon
+    def ledger_delta(self) -> float:
+        return self.config["delta"]
 
     def write_privacy_report(self, out_dir: str | Path) -> dict:
         """``privacy_report.json``, ``privacy_report.md`` and ``epsilon.png`` of this private run (:func:`fedlrs.privacy.write_privacy_report`)."""
@@ -276,7 +260,7 @@ class PrivateServer:
         self.config, self.ledger, self.retry_ids = config, ledger, retry_ids
         seed = config.noise_seed
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
-        self.budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
+        self.budget = config.budget
         self.noise_multiplier: float | None = None
 
     def release_id(self, base: str) -> str:

@@ -28,7 +28,8 @@ from fedlrs.privacy import (
     GaussianNoise,
     GaussianSumRelease,
     Ledger,
-    PrivacyBudget,
+    PrivacySettings,
+    SpentEpsilon,
     calibrate_noise_multiplier,
     clip_scales,
     poisson_sample,
@@ -38,13 +39,14 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class FedAvgConfig:
+class FedAvgConfig(PrivacySettings):
     """Knobs of :func:`dp_fedavg_global`.
 
     rounds: T; sample_rate: q; prox: mu of the local proximal solve; server_lr: step on the
-    mean update; private: clip and noise each round; target_epsilon, delta, accountant:
-    the budget the noise multiplier is calibrated to (``noise_multiplier > 0`` fixes z);
-    clip: L2 bound of ``delta_i``; noise_seed >= 0 for reproducible noise (-1: OS entropy).
+    mean update; clip: L2 bound of ``delta_i``. The privacy knobs (keyword-only) are
+    :class:`~fedlrs.privacy.settings.PrivacySettings`': with ``private`` every round is
+    clipped, noised and accounted, z calibrated to (target_epsilon, delta) unless
+    ``noise_multiplier > 0`` fixes it.
     """
 
     rounds: int = 20
@@ -52,16 +54,11 @@ class FedAvgConfig:
     prox: float = 1.0
     server_lr: float = 1.0
     ridge: float = 1e-6
-    private: bool = False
-    target_epsilon: float = 2.0
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    noise_multiplier: float = 0.0
     clip: float = 1.0
     seed: int = 0
-    noise_seed: int = -1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds < 1:
             raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
         if not 0 < self.sample_rate <= 1:
@@ -69,12 +66,10 @@ class FedAvgConfig:
         for name in ("prox", "server_lr", "clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} == {getattr(self, name)}, must be > 0.")
-        if self.private and not self.target_epsilon > 0 and not self.noise_multiplier > 0:
-            raise ValueError(f"target_epsilon == {self.target_epsilon}, must be > 0.")
 
 
 @dataclass
-class FedAvgResult:
+class FedAvgResult(SpentEpsilon):
     """The global ``theta`` (d,), per-round history, the ledger (private runs) and z."""
 
     theta: Tensor
@@ -87,11 +82,8 @@ class FedAvgResult:
         """The same ``theta`` for every user, (n, d)."""
         return self.theta.unsqueeze(0).expand(num_users, -1).clone()
 
-    def epsilon(self, accountant: str = "rdp") -> float | None:
-        """Epsilon spent, recomputed from the ledger (None when not private)."""
-        if self.ledger is None:
-            return None
-        return self.ledger.account(delta=self.delta, accountant=accountant).epsilon
+    def ledger_delta(self) -> float:
+        return self.delta
 
 
 def local_prox_updates(data: UserData, theta: Tensor, *, prox: float, ridge: float = 1e-6) -> Tensor:
@@ -126,7 +118,7 @@ def dp_fedavg_global(data: UserData, config: FedAvgConfig, *, ledger: Ledger | N
         )
         noise = GaussianNoise(secure=config.noise_seed < 0, seed=None if config.noise_seed < 0 else config.noise_seed)
         release = GaussianSumRelease(noise_multiplier=z, bounds={"delta": config.clip}, expected_count=config.sample_rate * n, noise=noise)
-        budget = PrivacyBudget(epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant)
+        budget = config.budget
         result.ledger, result.noise_multiplier, result.delta = ledger, z, config.delta
     for round_number in range(1, config.rounds + 1):
         if config.sample_rate < 1:
