@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, calibrate_noise_multiplier, compute_epsilon, write_privacy_report
-from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, _delta, _epsilons, _grid, _json_safe, _merge, aggregate,
+from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_delta, config_grid, epsilon_sweep, json_safe, merge_config,
                                             markdown_table, plot_privacy, plot_rounds)
 
 from .baselines import FedAvg, FedAvgFT, FedRep, local_only
@@ -71,7 +71,7 @@ def load_nn_experiment(name: str, *, quick: bool = False, directory: Path | None
     config = tomllib.loads(path.read_text())
     quick_part = config.pop("quick", {})
     if quick:
-        config = _merge(config, quick_part)
+        config = merge_config(config, quick_part)
     if config.get("kind") != "nn":
         raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'nn'.")
     missing = [s for s in SECTIONS if not isinstance(config.get(s), dict)]
@@ -206,7 +206,7 @@ class _Runner:
             return user_metric(method.predict(shared, personal, task.validation.X), task.validation, loss)
 
         def choose(key: str, epsilon: float, grid: dict, score: Callable[[dict], float]) -> dict:
-            best, scored = _choose(_grid(grid), score, loss)
+            best, scored = _choose(config_grid(grid), score, loss)
             self.tuning.append({"method": LABELS[key] + (" (private)" if math.isfinite(epsilon) else ""), "epsilon": epsilon, "chosen": best, "candidates": scored})
             return best
 
@@ -227,7 +227,7 @@ class _Runner:
         self.chosen["local"] = choose("local", INF, self.config["local"], local_score)
         self.echo(f"tuned on validation (seed {seed}): " + "; ".join(f"{LABELS[k]} {v}" for k, v in self.chosen.items()))
 
-        for epsilon, key in itertools.product([e for e in _epsilons(self.config) if e != INF], self.config["methods"]):
+        for epsilon, key in itertools.product([e for e in epsilon_sweep(self.config) if e != INF], self.config["methods"]):
             ledgers = []
 
             def clip_score(c, key=key, epsilon=epsilon):
@@ -281,7 +281,7 @@ class _Runner:
                 "server_size": state_size(shared), "upload": sum(math.prod(s) for s in contribution_shapes(method, shared).values()), **extra,
             })
 
-        for epsilon in _epsilons(self.config):
+        for epsilon in epsilon_sweep(self.config):
             private = math.isfinite(epsilon)
             for key in self.config["methods"]:
                 started = time.perf_counter()
@@ -345,7 +345,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     try:
         for seed in runner.seeds:
             task = runner.task(seed)
-            delta = _delta(config, task.num_users)
+            delta = config_delta(config, task.num_users)
             if seed == runner.seeds[0]:
                 info = {**task.info, "delta": delta}
                 runner.tune(task, delta)
@@ -386,7 +386,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "task": info, "rows": rows, "records": runner.records,
                "tuning": runner.tuning, "chosen": runner.chosen, "clips": {f"{k} eps={e:g}": c for (k, e), c in runner.clips.items()},
                "audits": runner.audits, "diverged": runner.diverged, "histories": runner.histories}
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
     echo(table)
     echo(note)
     paths = [out / "table.md", out / "privacy_utility.png", out / "rounds.png", out / "results.json"]

@@ -51,10 +51,11 @@ INF = float("inf")
 # ---------------------------------------------------------------- configuration
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_config(base: dict, override: dict) -> dict:
+    """A deep copy of ``base`` with ``override`` merged in: nested tables merge key by key, any other value replaces."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -67,7 +68,7 @@ def load_experiment(name: str, *, quick: bool = False, directory: Path | None = 
     config = tomllib.loads(path.read_text())
     quick_part = config.pop("quick", {})
     if quick:
-        config = _merge(config, quick_part)
+        config = merge_config(config, quick_part)
     config.setdefault("name", name)
     if config.get("kind") not in ("sample-complexity", "privacy", "real"):
         raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'sample-complexity', 'privacy' or 'real'.")
@@ -75,12 +76,12 @@ def load_experiment(name: str, *, quick: bool = False, directory: Path | None = 
     return config
 
 
-def _epsilons(config: dict) -> list[float]:
+def epsilon_sweep(config: dict) -> list[float]:
     """The epsilon sweep; ``"inf"`` (or inf) means the non-private run."""
     return [INF if str(e).lower() in ("inf", "infinity") else float(e) for e in config.get("epsilons", [])]
 
 
-def _delta(config: dict, num_users: int) -> float:
+def config_delta(config: dict, num_users: int) -> float:
     """``delta`` from the config: a number, or ``"1/N^1.1"`` (N = users)."""
     value = config.get("delta", 1e-6)
     if isinstance(value, str):
@@ -141,13 +142,14 @@ def markdown_table(rows: list[dict], columns: list[str], headers: dict[str, str]
     return "\n".join(lines)
 
 
-def _json_safe(value):
+def json_safe(value):
+    """``value`` with inf and nan floats as strings and numpy scalars as Python numbers, nested through dicts and lists (strict JSON)."""
     if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return value
@@ -264,9 +266,9 @@ def run_privacy(config: dict, seeds: list[int], echo: Callable[[str], None]) -> 
         data = make_lrs_data(users=data_cfg["users"], examples=data_cfg["examples"], dim=data_cfg["dim"], rank=data_cfg["rank"], sparsity=k, noise=data_cfg["noise"], seed=seed, dtype=torch.float32)
         evaluate = synthetic_evaluator(data)
         methods = [("lrs", k)] + ([("low-rank only", 0)] if k > 0 else [])
-        for (method, sparsity), epsilon in itertools.product(methods, _epsilons(config)):
+        for (method, sparsity), epsilon in itertools.product(methods, epsilon_sweep(config)):
             private = epsilon != INF
-            cfg = _engine_config(engine, rank=data_cfg["rank"], sparsity=sparsity, seed=seed, private=private, target_epsilon=epsilon if private else 1.0, delta=_delta(config, data_cfg["users"]), noise_seed=seed)
+            cfg = _engine_config(engine, rank=data_cfg["rank"], sparsity=sparsity, seed=seed, private=private, target_epsilon=epsilon if private else 1.0, delta=config_delta(config, data_cfg["users"]), noise_seed=seed)
             started = time.perf_counter()
             track = seed == seeds[0] and config.get("track_rounds", True)
             result = run_engine(data.train, cfg, evaluate=evaluate if track else None)
@@ -304,7 +306,7 @@ def load_real(config: dict, seed: int) -> RealFederation:
     raise ValueError(f"dataset == {dataset!r}, must be 'hsb' or 'movielens'.")
 
 
-def _grid(section: dict) -> list[dict]:
+def config_grid(section: dict) -> list[dict]:
     """Every combination of the list-valued entries of ``section`` (scalars fixed)."""
     keys = [k for k, v in section.items() if isinstance(v, list)]
     fixed = {k: v for k, v in section.items() if not isinstance(v, list)}
@@ -330,11 +332,11 @@ def _lrs_config(params: dict, seed: int, **extra) -> EngineConfig:
 def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dict:
     """All baselines on a real federation, every hyperparameter chosen on validation, scored on test."""
     records, histories, tuning = [], {}, []
-    epsilons = [e for e in _epsilons(config) if e != INF]
+    epsilons = [e for e in epsilon_sweep(config) if e != INF]
     for seed in seeds:
         fed = load_real(config, seed)
         n, d = fed.num_users, fed.dim
-        delta = _delta(config, n)
+        delta = config_delta(config, n)
         started = time.perf_counter()
 
         def add(method, epsilon, theta, storage, **extra):
@@ -345,12 +347,12 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
 
         # non-private ---------------------------------------------------------------
         add("global", INF, baselines.global_model(fed.train_full), storage_per_user("global", dim=d, rank=1, sparsity=0))
-        best, scored = _select(_grid({"ridge": config["grid"]["local_ridge"]}), lambda c: user_rmse(fed.validation, baselines.local_only(fed.train, ridge=c["ridge"])))
+        best, scored = _select(config_grid({"ridge": config["grid"]["local_ridge"]}), lambda c: user_rmse(fed.validation, baselines.local_only(fed.train, ridge=c["ridge"])))
         note("local only", INF, best, scored)
         add("local only", INF, baselines.local_only(fed.train_full, ridge=best["ridge"]), storage_per_user("local only", dim=d, rank=1, sparsity=0))
         chosen = {}
         for method, section in (("low-rank only", config["grid"]["lowrank"]), ("lrs", config["grid"]["lrs"])):
-            candidates = [c for c in _grid(section) if c["rank"] <= d and c.get("sparsity", 0) < d]
+            candidates = [c for c in config_grid(section) if c["rank"] <= d and c.get("sparsity", 0) < d]
             best, scored = _select(candidates, lambda c: user_rmse(fed.validation, run_engine(fed.train, _lrs_config(c, seed)).theta))
             note(method, INF, best, scored)
             chosen[method] = best
@@ -381,7 +383,7 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
                 ledgers.append(run.ledger.events)
                 return user_rmse(fed.validation, run.thetas(n))
 
-            best, scored = _select(_grid(fedavg), fedavg_score)
+            best, scored = _select(config_grid(fedavg), fedavg_score)
             final = fedavg_run(best, fed.train_full)
             spent = compute_epsilon([e for events in ledgers for e in events] + list(final.ledger.events), delta=delta).epsilon
             note("global (DP-FedAvg)", epsilon, best, scored, spent)
@@ -400,7 +402,7 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
                     ledgers.append(run.ledger.events)
                     return user_rmse(fed.validation, run.theta)
 
-                best, scored = _select(_grid(private["grid"]), lrs_score)
+                best, scored = _select(config_grid(private["grid"]), lrs_score)
                 final = lrs_run(best, fed.train_full)
                 spent = compute_epsilon([e for events in ledgers for e in events] + list(final.ledger.events), delta=delta).epsilon
                 note(f"{method} (private)", epsilon, best, scored, spent)
@@ -454,7 +456,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, 
     for key in ("tuning", "data", "histories"):
         if key in result:
             payload[key] = result[key]
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
     written.append(out / "results.json")
     echo(table)
     echo(note)
