@@ -44,10 +44,10 @@ class LocalState:
         return cls(record["w"].numpy(), record["b"].numpy(), int(record["round"].numpy()[0]))
 
 
-def state_path(node_config: Mapping[str, Any]) -> Path | None:
-    """``<state-dir>/fedlrs-local-state.npz`` when the node config names a ``state-dir``."""
+def state_path(node_config: Mapping[str, Any], file_name: str = STATE_FILE) -> Path | None:
+    """``<state-dir>/<file_name>`` when the node config names a ``state-dir`` (default file: the linear task's)."""
     directory = node_config.get("state-dir")
-    return Path(str(directory)) / STATE_FILE if directory else None
+    return Path(str(directory)) / file_name if directory else None
 
 
 def atomic_write(path: Path, write) -> None:
@@ -73,14 +73,25 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as one ``.npz`` to ``path`` atomically: the file holds the old arrays or the new ones, never half."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by :func:`save_arrays` (no pickled objects)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name].copy() for name in archive.files}
+
+
 def save_state(path: Path, state: LocalState) -> None:
-    """Write ``state`` to ``path`` atomically: the file holds the old state or the new one, never half."""
-    atomic_write(path, lambda handle: np.savez(handle, w=state.w, b=state.b, round=np.array(state.round, dtype=np.int64)))
+    """Write ``state`` to ``path`` atomically (:func:`save_arrays`)."""
+    save_arrays(path, {"w": state.w, "b": state.b, "round": np.array(state.round, dtype=np.int64)})
 
 
 def read_state(path: Path) -> LocalState:
-    with np.load(path) as archive:
-        return LocalState(archive["w"].copy(), archive["b"].copy(), int(archive["round"]))
+    arrays = read_arrays(path)
+    return LocalState(arrays["w"], arrays["b"], int(arrays["round"]))
 
 
 def load_state(context: Context) -> LocalState | None:

@@ -19,14 +19,19 @@ Round t, as in the in-process loop (same seed, same sampler, same release):
   (:func:`fedlrs.nn.federated.release_mean`), and steps with ``method.apply``.
 
 At the end (``personalize-at-end``) every node personalizes (``query.nn_personalize``) and keeps it.
-Not done here: checkpoints and resume (a network run refuses a ledger that already holds
-events), secure aggregation, and the node's ``state-dir``.
+
+As on the linear billboard, ``checkpoint-dir`` holds the shared state, the round, the sampler's
+state and z after every round (atomically) beside the append-only ledger, and a restarted server
+goes on from there (:meth:`~fedlrs.server.billboard.Billboard._resume`); a node with a
+``state-dir`` keeps its personal state there too, so a restarted SuperNode goes on with its own
+``w_i, b_i``. Not done here: secure aggregation (the linear billboard only).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import zipfile
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -35,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid
 
 from fedlrs.client.data import DataError
+from fedlrs.client.state import read_arrays, save_arrays, state_path
 from fedlrs.federation_config import FederationConfig
 from fedlrs.nn.federated import (
     PART,
@@ -55,6 +61,7 @@ from fedlrs.nn.tasks import TASKS, Task, load_task
 from fedlrs.privacy import BudgetExceededError
 from fedlrs.server.billboard import ROUND_CONFIG, Billboard, BillboardResult
 from fedlrs.server.sampling import poisson_sample
+from fedlrs.simulations.engine import PrivateServer
 
 LINEAR = "linear"
 #: values of the run config's ``task``
@@ -64,6 +71,7 @@ PERSONALIZE_NN = "query.nn_personalize"
 SHARED = "shared"
 CONTRIBUTION = "contribution"
 PERSONAL_STATE = "fedlrs.nn-personal"
+PERSONAL_STATE_FILE = "fedlrs-nn-personal-state.npz"
 
 #: NetworkConfig field -> the run-config key it comes from
 _NETWORK_KEYS = {"rounds": "num-server-rounds", "sample_rate": "sample-rate", "clip": "nn-clip", "private": "private",
@@ -169,9 +177,33 @@ def _node_generator(config: FederationConfig, node_config, round_number: int) ->
 
 
 def _personal(context: Context, method: FederatedMethod, shared: State, dtype: torch.dtype) -> State:
+    """This user's personal state: from ``context.state``, else from the node's ``state-dir``, else a fresh one.
+
+    A file whose arrays do not have the shapes this run's method gives (another ``nn-rank``,
+    another task) is not used: the user starts afresh and the run goes on.
+    """
     if PERSONAL_STATE in context.state.array_records:
         return record_to_state(context.state.array_records[PERSONAL_STATE], dtype)
-    return method.init_personal(shared, 1)
+    fresh = method.init_personal(shared, 1)
+    path = state_path(context.node_config, PERSONAL_STATE_FILE)
+    if path is not None and path.is_file():
+        try:
+            stored = {k: torch.from_numpy(v) for k, v in read_arrays(path).items()}
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            _log(WARNING, "%s unreadable (%s); the personal state starts afresh", path, error)
+            return fresh
+        if {k: tuple(v.shape) for k, v in stored.items()} == {k: tuple(v.shape) for k, v in fresh.items()}:
+            return {k: v.to(fresh[k].dtype) for k, v in stored.items()}
+        _log(WARNING, "%s holds a personal state of other shapes (another task or nn-rank); it starts afresh", path)
+    return fresh
+
+
+def _keep_personal(context: Context, personal: State) -> None:
+    """Keep the personal state in ``context.state`` and, when the node has a ``state-dir``, on disk (atomically)."""
+    context.state.array_records[PERSONAL_STATE] = state_to_record(personal)
+    path = state_path(context.node_config, PERSONAL_STATE_FILE)
+    if path is not None:
+        save_arrays(path, {k: v.detach().cpu().numpy() for k, v in personal.items()})
 
 
 def _received(message: Message, dtype: torch.dtype) -> tuple[State, int]:
@@ -191,7 +223,7 @@ def train_nn(message: Message, context: Context, config: FederationConfig) -> Me
     personal = method.local_update(shared, _personal(context, method, shared, net.torch_dtype), data, generator)
     contribution = method.contribution(shared, personal, data, generator)
     vector = clipped_sum(flat_contributions(contribution, contribution_shapes(method, shared)), net)
-    context.state.array_records[PERSONAL_STATE] = state_to_record(personal)
+    _keep_personal(context, personal)
     return Message(RecordDict({CONTRIBUTION: ArrayRecord({PART: Array(vector.detach().cpu().numpy())})}), reply_to=message)
 
 
@@ -201,7 +233,7 @@ def personalize_nn(message: Message, context: Context, config: FederationConfig)
     shared, round_number = _received(message, net.torch_dtype)
     personal = method.personalize(shared, _personal(context, method, shared, net.torch_dtype), data,
                                   _node_generator(config, context.node_config, round_number))
-    context.state.array_records[PERSONAL_STATE] = state_to_record(personal)
+    _keep_personal(context, personal)
     return Message(RecordDict(), reply_to=message)
 
 
@@ -242,18 +274,24 @@ class NetworkBillboard(Billboard):
         c, net = self.config, self.network
         generator = torch.Generator().manual_seed(c.seed)
         ledger = self._open_ledger()
-        if ledger is not None and len(ledger):
-            raise RuntimeError(f"{ledger.path} holds events; a network run does not resume, start it on a fresh ledger.")
         nodes = self._wait_for_nodes(grid)
-        if not nodes:
-            raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
         _log(INFO, "%d nodes connected (task %s)", len(nodes), c.task)
-        shared = initial_state(self.method, net, generator)
+        checkpoint = self._resume(ledger, generator)
+        if checkpoint is not None:
+            shared = {k: v.to(device=net.device, dtype=net.torch_dtype) for k, v in checkpoint.shared.items()}
+            start = checkpoint.round
+            self.private = None if ledger is None else PrivateServer(net, ledger, retry_ids=True)
+            self._restore_noise_multiplier(checkpoint)
+        else:
+            if not nodes:
+                raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
+            shared, start = initial_state(self.method, net, generator), 0
+            self.private = private_server(net, ledger, retry_ids=True)
+            self._checkpoint(0, shared, generator)
         shapes = contribution_shapes(self.method, shared)
         self.dimension = flat_size(shapes)
-        self.private = private_server(net, ledger, retry_ids=True)
-        stopped, completed = "rounds done", 0
-        for round_number in range(1, net.rounds + 1):
+        stopped, completed = "rounds done", start
+        for round_number in range(start + 1, net.rounds + 1):
             try:
                 event = round_event(self.private, round_number)
                 nodes = sorted(int(n) for n in grid.get_node_ids())
@@ -266,6 +304,7 @@ class NetworkBillboard(Billboard):
                 _log(WARNING, "round %d not released: %s", round_number, error)
                 break
             shared = self.method.apply(shared, unflatten(mean, shapes))
+            self._checkpoint(round_number, shared, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, shared state published", round_number, len(sampled),
                  self.counted.get(round_number, 0))

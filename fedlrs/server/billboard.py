@@ -223,15 +223,41 @@ class Billboard:
             M = self.private.release_init(M, max(len(nodes), 1))
         return top_eigenvectors(M, c.rank)
 
-    def _checkpoint(self, round_number: int, U: torch.Tensor, generator: torch.Generator) -> None:
+    def _checkpoint(self, round_number: int, shared: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+        """Save the shared state after ``round_number`` updates, the sampler's state, z and the ledger's length."""
         if self.checkpoint_dir is None:
             return
         private = self.private
         z = None if private is None else private.noise_multiplier
-        save_checkpoint(self.checkpoint_dir, Checkpoint(round_number, U, generator.get_state(),
+        save_checkpoint(self.checkpoint_dir, Checkpoint(round_number, shared, generator.get_state(),
                                                         -1.0 if z is None else z,
                                                         0 if private is None else len(private.ledger),
                                                         self.fingerprint))
+
+    def _resume(self, ledger: Ledger | None, generator: torch.Generator) -> Checkpoint | None:
+        """The checkpoint to go on from, with the sampler's state restored into ``generator``; None: a fresh start.
+
+        Refuses a ledger with fewer events than the checkpoint saw (it lost some) and, on a
+        fresh start, a ledger that already holds events (a used budget cannot start over).
+        Call :meth:`_restore_noise_multiplier` once ``self.private`` exists.
+        """
+        checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint) if self.checkpoint_dir else None
+        if checkpoint is None:
+            if ledger is not None and len(ledger):
+                raise RuntimeError(f"{ledger.path} holds events but there is no checkpoint beside it; "
+                                   f"refusing to start over on a used ledger.")
+            return None
+        if ledger is not None and len(ledger) < checkpoint.ledger_events:
+            raise RuntimeError(f"the ledger has {len(ledger)} events, the checkpoint saw {checkpoint.ledger_events}: "
+                               f"the ledger lost events; refusing to resume.")
+        generator.set_state(checkpoint.generator_state)
+        _log(INFO, "resumed from %s after round %d", self.checkpoint_dir, checkpoint.round)
+        return checkpoint
+
+    def _restore_noise_multiplier(self, checkpoint: Checkpoint) -> None:
+        """The z calibrated before round 1 of the interrupted run (not calibrated again)."""
+        if self.private is not None:
+            self.private.noise_multiplier = None if checkpoint.noise_multiplier < 0 else checkpoint.noise_multiplier
 
     def run(self, grid: Grid) -> BillboardResult:
         """Run (or resume) the rounds; returns the final ``U`` and what happened."""
@@ -242,26 +268,17 @@ class Billboard:
         _log(INFO, "%d nodes connected", len(nodes))
         # the engine's private server step: events, calibration, budget, release (one implementation)
         self.private = None if ledger is None else PrivateServer(self.engine_config, ledger, retry_ids=True)
-        checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint) if self.checkpoint_dir else None
+        checkpoint = self._resume(ledger, generator)
         if checkpoint is not None:
-            U, start = checkpoint.U.to(c.torch_dtype), checkpoint.round
-            generator.set_state(checkpoint.generator_state)
-            if self.private is not None:
-                self.private.noise_multiplier = None if checkpoint.noise_multiplier < 0 else checkpoint.noise_multiplier
-            if ledger is not None and len(ledger) < checkpoint.ledger_events:
-                raise RuntimeError(f"the ledger has {len(ledger)} events, the checkpoint saw {checkpoint.ledger_events}: "
-                                   f"the ledger lost events; refusing to resume.")
-            _log(INFO, "resumed from %s after round %d", self.checkpoint_dir, start)
+            U, start = checkpoint.shared["U"].to(c.torch_dtype), checkpoint.round
+            self._restore_noise_multiplier(checkpoint)
         else:
             if not nodes:
                 raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
-            if ledger is not None and len(ledger):
-                raise RuntimeError(f"{ledger.path} holds events but there is no checkpoint beside it; "
-                                   f"refusing to start over on a used ledger.")
             U, start = self._initial_subspace(grid, nodes, generator), 0
             if self.private is not None:
                 self.private.calibrate()
-            self._checkpoint(0, U, generator)
+            self._checkpoint(0, {"U": U}, generator)
         stopped = "rounds done"
         completed = start
         for round_number in range(start + 1, c.num_server_rounds + 1):
@@ -290,7 +307,7 @@ class Billboard:
                     break
                 normalizer = 1.0
             U = server_step(self.engine_config, U, sums, normalizer)
-            self._checkpoint(round_number, U, generator)
+            self._checkpoint(round_number, {"U": U}, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),
                  len(sampled) - sum(1 for r, _ in self.dropped if r == round_number)

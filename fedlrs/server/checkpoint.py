@@ -1,4 +1,4 @@
-"""The billboard's checkpoint: U, the round, the sampler's random state, the noise multiplier.
+"""The billboard's checkpoint: the shared state (U, or a network's), the round, the sampler's random state, z.
 
 Written atomically (temporary file, ``fsync``, ``os.replace``, directory ``fsync``)
 after every round, so a crash leaves the previous checkpoint or the new one. The
@@ -20,7 +20,7 @@ from fedlrs.client.state import atomic_write
 CHECKPOINT_FILE = "billboard.pt"
 LEDGER_FILE = "ledger.jsonl"
 FORMAT = "fedlrs-billboard-checkpoint"
-VERSION = 1
+VERSION = 2  # 1: the shared state was U alone (still read)
 
 
 class CheckpointError(RuntimeError):
@@ -29,10 +29,14 @@ class CheckpointError(RuntimeError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a resumed billboard needs: ``U`` after ``round`` updates and the state to go on exactly."""
+    """What a resumed billboard needs: the shared state after ``round`` updates and the state to go on exactly.
+
+    shared: ``{"U": U}`` for AMHT-LRS, the network method's shared state for a network run.
+    noise_multiplier: the calibrated z (-1 when the run is not private).
+    """
 
     round: int
-    U: torch.Tensor
+    shared: dict[str, torch.Tensor]
     generator_state: torch.Tensor
     noise_multiplier: float
     ledger_events: int
@@ -40,10 +44,12 @@ class Checkpoint:
 
 
 def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write ``directory/billboard.pt`` atomically: a crash leaves the previous checkpoint or this one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    payload = {"format": FORMAT, "version": VERSION, "round": checkpoint.round, "U": checkpoint.U.detach().cpu(),
+    shared = {name: value.detach().cpu() for name, value in checkpoint.shared.items()}
+    payload = {"format": FORMAT, "version": VERSION, "round": checkpoint.round, "shared": shared,
                "generator_state": checkpoint.generator_state, "noise_multiplier": checkpoint.noise_multiplier,
                "ledger_events": checkpoint.ledger_events, "fingerprint": checkpoint.fingerprint}
     atomic_write(path, lambda handle: torch.save(payload, handle))
@@ -56,12 +62,14 @@ def load_checkpoint(directory: str | Path, fingerprint: dict[str, Any]) -> Check
     if not path.is_file():
         return None
     payload = torch.load(path, weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} is not a fedlrs billboard checkpoint (format {payload.get('format')!r}).")
+    if payload.get("format") != FORMAT or payload.get("version") not in (1, VERSION):
+        raise CheckpointError(f"{path} is not a fedlrs billboard checkpoint (format {payload.get('format')!r}, "
+                              f"version {payload.get('version')!r}).")
     if payload["fingerprint"] != fingerprint:
         changed = sorted(k for k in set(fingerprint) | set(payload["fingerprint"])
                          if fingerprint.get(k) != payload["fingerprint"].get(k))
         raise CheckpointError(f"{path} was written by a run with other settings ({changed}); "
                               f"use a new checkpoint-dir or the same settings.")
-    return Checkpoint(int(payload["round"]), payload["U"], payload["generator_state"], float(payload["noise_multiplier"]),
+    shared = {"U": payload["U"]} if payload["version"] == 1 else dict(payload["shared"])
+    return Checkpoint(int(payload["round"]), shared, payload["generator_state"], float(payload["noise_multiplier"]),
                       int(payload["ledger_events"]), payload["fingerprint"])

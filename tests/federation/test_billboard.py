@@ -218,3 +218,17 @@ def test_a_checkpoint_of_other_settings_is_refused(small, tmp_path):
     _run({**small, "checkpoint-dir": str(tmp_path)})
     with pytest.raises(CheckpointError, match="rank"):
         _run({**small, "rank": 3, "checkpoint-dir": str(tmp_path)})
+
+
+def test_a_version_1_checkpoint_of_U_alone_still_loads(tmp_path):
+    from fedlrs.server.checkpoint import CHECKPOINT_FILE, FORMAT, CheckpointError, load_checkpoint
+
+    U = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))[0]
+    payload = {"format": FORMAT, "version": 1, "round": 2, "U": U, "generator_state": torch.Generator().get_state(),
+               "noise_multiplier": 1.5, "ledger_events": 3, "fingerprint": {"rank": 2}}
+    torch.save(payload, tmp_path / CHECKPOINT_FILE)
+    checkpoint = load_checkpoint(tmp_path, {"rank": 2})
+    assert checkpoint.round == 2 and list(checkpoint.shared) == ["U"] and torch.equal(checkpoint.shared["U"], U)
+    torch.save({**payload, "version": 7}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="version 7"):
+        load_checkpoint(tmp_path, {"rank": 2})

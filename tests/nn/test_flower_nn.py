@@ -126,6 +126,83 @@ def test_server_app_runs_the_network_task_named_in_the_run_config():
     assert all(PERSONAL_STATE in c.state.array_records for c in grid.contexts.values())
 
 
+def _state_dirs(root):
+    return {node: {"state-dir": str(root / f"node-{node}")} for node in range(1, USERS + 1)}
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["non-private", "private"])
+def test_a_killed_server_and_restarted_nodes_resume_the_network_run(tmp_path, private):
+    """Server killed before round 3's messages, every node restarted (new contexts): the run goes on from its
+    checkpoint and the nodes from their state-dir. Non-private: the same shared and personal state as an
+    uninterrupted run; private: the same ledger (the noise after a restart is fresh, so not the same state)."""
+    base = {**BASE, "num-server-rounds": 4}
+    if private:
+        base.update({"private": True, "noise-multiplier": 1.5, "target-epsilon": 50.0, "noise-seed": 5})
+    full, full_grid = _flower(base)
+
+    crashed = {**base, "checkpoint-dir": str(tmp_path / "server")}
+    billboard = NetworkBillboard(parse_run_config(crashed))
+    collect = billboard._collect
+
+    def killed_in_round_3(grid, nodes, phase, shared, round_number):
+        if round_number == 3:
+            raise KeyboardInterrupt("server killed")
+        return collect(grid, nodes, phase, shared, round_number)
+
+    billboard._collect = killed_in_round_3
+    with pytest.raises(KeyboardInterrupt):
+        billboard.run(FakeGrid(make_client_app(crashed), USERS, node_configs=_state_dirs(tmp_path)))
+    restarted = FakeGrid(make_client_app(crashed), USERS, node_configs=_state_dirs(tmp_path))
+    resumed = NetworkBillboard(parse_run_config(crashed)).run(restarted)
+
+    assert resumed.rounds_completed == 4 and [m.metadata.group_id for m in restarted.sent] == \
+        ["3"] * len(full.sampled[3]) + ["4"] * len(full.sampled[4])
+    assert resumed.sampled == {r: s for r, s in full.sampled.items() if r >= 3}
+    if private:
+        assert _strip(resumed.ledger) == _strip(full.ledger)
+        assert [e.release_id for e in resumed.ledger.events] == ["round-1", "round-2", "round-3", "round-4"]
+        return
+    for key, value in full.shared.items():
+        assert torch.allclose(resumed.shared[key], value, atol=1e-12, rtol=0), key
+    node = full.sampled[4][0]
+    for key in ("w", "b"):
+        assert (restarted.contexts[node].state.array_records[PERSONAL_STATE][key].numpy()
+                == full_grid.contexts[node].state.array_records[PERSONAL_STATE][key].numpy()).all()
+
+
+def test_a_restarted_node_without_its_state_dir_would_diverge():
+    """The resume test above is not vacuous: nodes that lose w_i, b_i change the next round's shared state."""
+    kept, _ = _flower({**BASE, "num-server-rounds": 2, "sample-rate": 1.0})
+    billboard = NetworkBillboard(parse_run_config({**BASE, "num-server-rounds": 2, "sample-rate": 1.0}))
+    grid = FakeGrid(make_client_app(BASE), USERS)
+    collect = billboard._collect
+
+    def forget_in_round_2(grid_, nodes, phase, shared, round_number):
+        if round_number == 2:
+            for context in grid.contexts.values():
+                del context.state.array_records[PERSONAL_STATE]
+        return collect(grid_, nodes, phase, shared, round_number)
+
+    billboard._collect = forget_in_round_2
+    forgot = billboard.run(grid)
+    assert any(not torch.allclose(forgot.shared[k], kept.shared[k], atol=1e-6) for k in kept.shared)
+
+
+def test_a_personal_state_file_of_other_shapes_is_not_used(tmp_path):
+    from fedlrs.client.state import save_arrays
+    from fedlrs.nn.flower import PERSONAL_STATE_FILE
+
+    node_configs = {1: {"state-dir": str(tmp_path)}}
+    save_arrays(tmp_path / PERSONAL_STATE_FILE, {"w": torch.ones(1, 7).numpy(), "b": torch.ones(1, 3).numpy()})
+    grid = FakeGrid(make_client_app(BASE), USERS, node_configs=node_configs)
+    result = NetworkBillboard(parse_run_config({**BASE, "num-server-rounds": 1, "sample-rate": 1.0})).run(grid)
+    assert result.rounds_completed == 1 and not result.refusals
+    state = grid.contexts[1].state.array_records[PERSONAL_STATE]
+    assert state["w"].shape == (1, 2)  # nn-rank 2: a fresh state, now written over the stale file
+    from fedlrs.client.state import read_arrays
+    assert read_arrays(tmp_path / PERSONAL_STATE_FILE)["w"].shape == (1, 2)
+
+
 @pytest.mark.parametrize("key,value,rule", [
     ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
     ("num-server-rounds", 0, "must be >= 1"), ("secure-aggregation", "server-noise", "must be 'off'"),
