@@ -114,7 +114,14 @@ class WirePart:
 
 
 def wire_parts(config: FederationConfig, phase: Phase) -> list[WirePart]:
-    """The parts of ``phase`` with their clipping bounds (``clip-*``, finite even outside private mode)."""
+    """The parts of ``phase`` with their clipping bounds (``clip-*``, finite even outside private mode).
+
+    A network task (``task = nn-*``) has one part, ``contribution`` (D,), bounded by ``nn-clip``.
+    """
+    if config.task != "linear":
+        from fedlrs.nn.flower import PART, contribution_dimension  # imported here: fedlrs.nn.flower imports the server
+
+        return [WirePart(PART, (contribution_dimension(config),), float(config.nn_clip), False)]
     bounded = config if config.private else replace(config, private=True)
     return [WirePart(name, tuple(shape), float(bound), name in SYMMETRIC_PARTS)
             for name, (shape, bound) in expected_parts(bounded, phase).items()]
@@ -214,10 +221,21 @@ def secure_train(message: Message, context: Context, config: FederationConfig) -
     """The masked-vector stage's inner call: the contribution in the wire format, as the FitRes the mod masks.
 
     Called by the SecAgg+ mod only (its message is the server's FitIns: ``U`` as parameters, the
-    :class:`WireSettings` as config). Keeps ``w_i, b_i`` on the device as :func:`fedlrs.client.app.train` does.
+    :class:`WireSettings` as config). Keeps ``w_i, b_i`` on the device as :func:`fedlrs.client.app.train` does;
+    for a network task the parameters are the shared state and the step is :func:`fedlrs.nn.flower.train_nn`'s.
     """
     fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
     settings = WireSettings.from_config(dict(fitins.config), config)
+    if config.task != "linear":
+        from fedlrs.nn.flower import secure_contribution_nn
+
+        if settings.phase != "round":
+            raise SecureAggregationError(f"phase == {settings.phase!r}: a network task has rounds only.")
+        try:
+            parts = secure_contribution_nn(parameters_to_ndarrays(fitins.parameters), settings.round, context, config)
+        except ValueError as error:
+            raise SecureAggregationError(str(error)) from error
+        return _masked_reply(message, context, config, settings, parts)
     data = load_user_data(config, context.node_config)
     if settings.phase == "moments":
         parts = moments_contribution(data, config)
@@ -228,6 +246,12 @@ def secure_train(message: Message, context: Context, config: FederationConfig) -
         U = torch.from_numpy(np.array(arrays[0])).to(config.torch_dtype)
         parts, fit = round_contribution(U, sufficient_statistics(data), config)
         store_state(context, LocalState.from_fit(fit, settings.round))
+    return _masked_reply(message, context, config, settings, parts)
+
+
+def _masked_reply(message: Message, context: Context, config: FederationConfig, settings: WireSettings,
+                  parts: dict[str, torch.Tensor]) -> Message:
+    """The contribution in the wire format as the FitRes the SecAgg+ mod masks (nothing else in it)."""
     arrays = encode(parts, wire_parts(config, settings.phase), bits=settings.bits,
                     share_variance=settings.share_variance, rng=share_rng(config, context.node_id, settings))
     fitres = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters(arrays), num_examples=NUM_EXAMPLES,

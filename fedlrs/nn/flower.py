@@ -24,7 +24,13 @@ As on the linear billboard, ``checkpoint-dir`` holds the shared state, the round
 state and z after every round (atomically) beside the append-only ledger, and a restarted server
 goes on from there (:meth:`~fedlrs.server.billboard.Billboard._resume`); a node with a
 ``state-dir`` keeps its personal state there too, so a restarted SuperNode goes on with its own
-``w_i, b_i``. Not done here: secure aggregation (the linear billboard only).
+``w_i, b_i``.
+
+Secure aggregation (``secure-aggregation = server-noise | distributed-noise``) works as on the
+linear billboard (:mod:`fedlrs.server.secure_aggregation`): the shared state goes out as the
+SecAgg+ request's arrays, each device answers with its clipped vector in the integer wire format
+(one part, ``contribution`` (D,), bound ``nn-clip``), masked, and the server unmasks only the
+cohort's sum and releases it through the ledger.
 """
 
 from __future__ import annotations
@@ -113,9 +119,6 @@ def check_network_knobs(config: FederationConfig) -> None:
     if config.task == LINEAR:
         return
     network_config(config)
-    if config.secure_aggregation != "off":
-        raise ValueError(f"secure-aggregation == {config.secure_aggregation!r} with task == {config.task!r}, must be 'off' "
-                         f"(secure aggregation covers the linear billboard only).")
 
 
 @functools.lru_cache(maxsize=2)
@@ -137,6 +140,19 @@ def network_method(config: FederationConfig, task: Task) -> FederatedMethod:
 def _setup(config: FederationConfig) -> tuple[Task, FederatedMethod, NetworkConfig]:
     task = node_task(config.task, config.data_seed, config.nn_quick)
     return task, network_method(config, task), network_config(config)
+
+
+@functools.lru_cache(maxsize=4)
+def network_shapes(config: FederationConfig) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
+    """``(shared shapes, contribution shapes)`` of the run's method, both in their order (no data needed)."""
+    _, method, net = _setup(config)
+    shared = initial_state(method, net, torch.Generator().manual_seed(0))
+    return {k: v.shape for k, v in shared.items()}, contribution_shapes(method, shared)
+
+
+def contribution_dimension(config: FederationConfig) -> int:
+    """D, the length of one user's flattened contribution (the one part sent, ``contribution``)."""
+    return flat_size(network_shapes(config)[1])
 
 
 # ---------------------------------------------------------------------- records
@@ -219,12 +235,34 @@ def train_nn(message: Message, context: Context, config: FederationConfig) -> Me
     """
     method, net, data = node_examples(config, context.node_config)
     shared, round_number = _received(message, net.torch_dtype)
+    vector = _local_round(method, net, data, shared, round_number, context, config)
+    return Message(RecordDict({CONTRIBUTION: ArrayRecord({PART: Array(vector.detach().cpu().numpy())})}), reply_to=message)
+
+
+def _local_round(method: FederatedMethod, net: NetworkConfig, data: UserExamples, shared: State, round_number: int,
+                 context: Context, config: FederationConfig) -> torch.Tensor:
+    """``local_update`` of the kept personal state (kept again), then the contribution flattened and clipped."""
     generator = _node_generator(config, context.node_config, round_number)
     personal = method.local_update(shared, _personal(context, method, shared, net.torch_dtype), data, generator)
     contribution = method.contribution(shared, personal, data, generator)
     vector = clipped_sum(flat_contributions(contribution, contribution_shapes(method, shared)), net)
     _keep_personal(context, personal)
-    return Message(RecordDict({CONTRIBUTION: ArrayRecord({PART: Array(vector.detach().cpu().numpy())})}), reply_to=message)
+    return vector
+
+
+def secure_contribution_nn(published: list, round_number: int, context: Context, config: FederationConfig) -> dict[str, torch.Tensor]:
+    """Under secure aggregation: :func:`train_nn`'s step for the shared state received as the FitIns arrays
+    (in the shared state's order), returning ``{"contribution": vector}`` for the wire format.
+
+    Raises ValueError when the arrays are not the run's shared state (count or shapes).
+    """
+    method, net, data = node_examples(config, context.node_config)
+    shapes = network_shapes(config)[0]
+    if len(published) != len(shapes) or any(tuple(a.shape) != tuple(s) for a, s in zip(published, shapes.values())):
+        raise ValueError(f"the shared state must be {len(shapes)} arrays of shapes {[tuple(s) for s in shapes.values()]}, "
+                         f"got {[tuple(a.shape) for a in published]}.")
+    shared = {k: torch.from_numpy(a.copy()).to(net.torch_dtype) for k, a in zip(shapes, published)}
+    return {PART: _local_round(method, net, data, shared, round_number, context, config)}
 
 
 def personalize_nn(message: Message, context: Context, config: FederationConfig) -> Message:
@@ -263,6 +301,16 @@ class NetworkBillboard(Billboard):
     def _message_type(self, phase) -> str:
         return TRAIN_NN
 
+    def _published_arrays(self, shared: State | None) -> list:
+        """Under secure aggregation the shared state goes out as the SecAgg+ request's arrays, in its order."""
+        return [] if shared is None else [v.detach().cpu().numpy() for v in shared.values()]
+
+    def _mean(self, sums: dict[str, torch.Tensor], expected_count: float, event) -> torch.Tensor:
+        """The released mean of the round: through SecAgg+'s release (its ledger note names the mode) or :func:`release_mean`."""
+        if self.secure is not None and self.private is not None:
+            return self.secure.release(self.private, sums, event, max(expected_count, 1e-12))[PART]
+        return release_mean(sums[PART], self.network, expected_count, self.private, event)
+
     def _content(self, shared: State | None, round_number: int) -> RecordDict:
         content = RecordDict({ROUND_CONFIG: ConfigRecord({"round": round_number})})
         if shared is not None:
@@ -290,6 +338,9 @@ class NetworkBillboard(Billboard):
             self._checkpoint(0, shared, generator)
         shapes = contribution_shapes(self.method, shared)
         self.dimension = flat_size(shapes)
+        if self.secure is not None and self.dimension != contribution_dimension(c):
+            raise ValueError(f"the method's contribution has {self.dimension} numbers, the devices' wire format "
+                             f"{contribution_dimension(c)}: secure aggregation needs the run config's own method.")
         stopped, completed = "rounds done", start
         for round_number in range(start + 1, net.rounds + 1):
             try:
@@ -297,8 +348,8 @@ class NetworkBillboard(Billboard):
                 nodes = sorted(int(n) for n in grid.get_node_ids())
                 sampled = poisson_sample(nodes, c.sample_rate, generator)
                 self.sampled[round_number] = sampled
-                total = self._collect(grid, sampled, "round", shared, round_number)[PART]
-                mean = release_mean(total, net, c.sample_rate * len(nodes), self.private, event)
+                sums = self._collect(grid, sampled, "round", shared, round_number)
+                mean = self._mean(sums, c.sample_rate * len(nodes), event)
             except BudgetExceededError as error:
                 stopped = f"budget: {error}"
                 _log(WARNING, "round %d not released: %s", round_number, error)

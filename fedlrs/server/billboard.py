@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -146,6 +147,10 @@ class Billboard:
                 time.sleep(PULL_INTERVAL)
         return replies, sent
 
+    def _published_arrays(self, U: torch.Tensor | None) -> list[np.ndarray]:
+        """What a SecAgg+ request carries for the devices: ``[U]`` (nothing for the moments init)."""
+        return [] if U is None else [U.detach().cpu().numpy()]
+
     def _parts(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
         """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.client.contribution.expected_parts`)."""
         return expected_parts(self.config, phase)
@@ -192,7 +197,7 @@ class Billboard:
         z = None
         if self.private is not None:
             z = self.private.init_noise_multiplier if phase == "moments" else self.private.noise_multiplier
-        outcome = self.secure.collect(grid, nodes, phase, U, round_number, noise_multiplier=z)
+        outcome = self.secure.collect(grid, nodes, phase, self._published_arrays(U), round_number, noise_multiplier=z)
         refused = {node for node, _ in outcome.refusals}
         self.refusals += [Refusal(round_number, node, reason) for node, reason in outcome.refusals]
         self.dropped += [(round_number, node) for node in outcome.missing if node not in refused]

@@ -5,8 +5,8 @@ The billboard samples (Poisson) and accounts itself; Flower 1.41's
 stage (a ``LegacyContext`` with a ``Strategy``). :class:`SecureAggregation` calls the
 workflow's four stages (setup, share keys, collect masked vectors, unmask) once per
 release with an adapter strategy, :class:`_CohortStrategy`, whose ``configure_fit``
-returns the sampled nodes (``U`` and the :class:`~fedlrs.client.secure_aggregation.WireSettings`
-as FitIns) and whose ``aggregate_fit`` receives the unmasked aggregate. Between the share-keys
+returns the sampled nodes (``U``, or a network's shared state, and the
+:class:`~fedlrs.client.secure_aggregation.WireSettings` as FitIns) and whose ``aggregate_fit`` receives the unmasked aggregate. Between the share-keys
 and the masked-vector stages it forgets the nodes that left before sharing their keys
 (:meth:`SecureAggregation._run_stages`: Flower's unmask stage would otherwise abort on them).
 The workflow talks to the nodes through :class:`_ProtocolGrid`, a view of the billboard's Grid
@@ -149,11 +149,11 @@ class _Proxy(ClientProxy):
 
 
 class _CohortStrategy(Strategy):
-    """``configure_fit``: the billboard's cohort with ``U`` and the wire settings; ``aggregate_fit``: keeps the results."""
+    """``configure_fit``: the billboard's cohort with the published arrays and the wire settings; ``aggregate_fit``: keeps the results."""
 
-    def __init__(self, nodes: list[int], U: torch.Tensor | None, settings: WireSettings):
+    def __init__(self, nodes: list[int], published: list[np.ndarray], settings: WireSettings):
         self.nodes, self.settings = nodes, settings
-        self.parameters = ndarrays_to_parameters([] if U is None else [U.detach().cpu().numpy()])
+        self.parameters = ndarrays_to_parameters(list(published))
         self.results: list | None = None
 
     def configure_fit(self, server_round, parameters, client_manager):
@@ -324,9 +324,13 @@ class SecureAggregation:
             raise ValueError(f"noise_multiplier == {noise_multiplier!r}: distributed noise needs the accounted z > 0.")
         return per_part_noise_multiplier(accounted=noise_multiplier, parts=len(wire_parts(self.config, phase)))
 
-    def collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int, *,
+    def collect(self, grid: Grid, nodes: list[int], phase: Phase, published: list[np.ndarray], round_number: int, *,
                 noise_multiplier: float | None = None) -> SecureRound:
-        """SecAgg+ over ``nodes``: the sum of the contributions of those that stayed to the masked-vector stage."""
+        """SecAgg+ over ``nodes``: the sum of the contributions of those that stayed to the masked-vector stage.
+
+        ``published``: what the devices need to compute their contribution (``[U]``, ``[]`` for the
+        moments init, a network's shared state in its order), sent as the FitIns parameters.
+        """
         parts = wire_parts(self.config, phase)
         release = "init" if phase == "moments" else f"round-{round_number}"
         outcome = SecureRound(release, phase, sorted(nodes))
@@ -342,7 +346,7 @@ class SecureAggregation:
         outcome.num_shares, outcome.threshold = protocol_sizes(len(nodes), shares=self.config.secagg_shares,
                                                                threshold=self.config.secagg_threshold)
         settings = WireSettings(phase, round_number, outcome.bits, outcome.share_variance)
-        strategy = _CohortStrategy(sorted(nodes), U, settings)
+        strategy = _CohortStrategy(sorted(nodes), published, settings)
         view = _ProtocolGrid(grid, cohort=nodes, parts=parts, timeout=self.config.round_timeout, label=release)
         workflow = SecAggPlusWorkflow(
             num_shares=1.0 if outcome.num_shares == len(nodes) else outcome.num_shares,

@@ -203,9 +203,88 @@ def test_a_personal_state_file_of_other_shapes_is_not_used(tmp_path):
     assert read_arrays(tmp_path / PERSONAL_STATE_FILE)["w"].shape == (1, 2)
 
 
+def _masked_stage(message):
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    records = message.content.config_records
+    return RECORD_KEY_CONFIGS in records and records[RECORD_KEY_CONFIGS][Key.STAGE] == Stage.COLLECT_MASKED_VECTORS
+
+
+def test_secure_network_run_hides_every_contribution_and_matches_the_clear_run(monkeypatch, tmp_path):
+    """SecAgg+ (server noise) on the network task, one node silent at round 2's masked-vector stage: the run
+    completes, no reply the server pulls holds any device's vector in any clear form, and the shared state is
+    the clear run's (same dropout, same noise seed) up to the wire format's quantization; same ledger."""
+    import fedlrs.nn.flower as nn_flower
+    from federation.test_secure_aggregation import RecordingGrid, _close, _forms, _payloads
+    from fedlrs.client.secure_aggregation import wire_parts
+
+    base = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 7, "round-timeout": 0.3}
+    drop = _flower(base)[0].sampled[2][0]
+    vectors = []
+    inner = nn_flower.secure_contribution_nn
+
+    def recorded(*args):
+        parts = inner(*args)
+        vectors.append(parts)
+        return parts
+
+    monkeypatch.setattr(nn_flower, "secure_contribution_nn", recorded)
+
+    def silent(node, message, reply):
+        return None if node == drop and message.metadata.group_id == "2" and _masked_stage(message) else reply
+
+    secure_overrides = {**base, "secure-aggregation": "server-noise", "checkpoint-dir": str(tmp_path)}
+    grid = RecordingGrid(make_client_app(secure_overrides), USERS, tamper=silent)
+    billboard = NetworkBillboard(parse_run_config(secure_overrides))
+    secure = billboard.run(grid)
+    assert secure.rounds_completed == 3 and (2, drop) in secure.dropped and not secure.refusals
+    assert [len(r.counted) for r in billboard.secure.rounds] == [len(secure.sampled[1]), len(secure.sampled[2]) - 1,
+                                                                 len(secure.sampled[3])]
+    assert len(vectors) == sum(len(s) for s in secure.sampled.values())  # every sampled device made one
+    spec = wire_parts(parse_run_config(secure_overrides), "round")
+    forms, start = [], 0
+    for outcome, round_number in zip(billboard.secure.rounds, sorted(secure.sampled)):
+        for parts in vectors[start:start + len(secure.sampled[round_number])]:
+            forms += _forms(parts, spec, outcome.bits)
+        start += len(secure.sampled[round_number])
+    assert len(forms) == 4 * len(vectors) and _close(forms[0], vectors[0]["contribution"].double().numpy())
+    assert len(grid.received) == 4 * sum(len(s) for s in secure.sampled.values()) - 2  # the silent node: no masked vector, no unmask
+    for reply in grid.received:
+        assert not any(_close(p, f) for p in _payloads(reply) for f in forms)
+
+    def silent_in_the_clear(node, message, reply):
+        return None if node == drop and message.metadata.group_id == "2" else reply
+
+    clear, _ = _flower(base, tamper=silent_in_the_clear)
+    assert _strip(secure.ledger) == [{**e, "note": secure.ledger.events[0].note} for e in _strip(clear.ledger)]
+    assert secure.ledger.events[0].note.startswith("secure aggregation (SecAgg+)")
+    for key, value in clear.shared.items():
+        assert torch.allclose(secure.shared[key], value, atol=1e-5, rtol=0), key
+    audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
+    assert audit.ok, audit.reasons
+
+
+def test_secure_network_device_refuses_a_shared_state_of_other_shapes():
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedlrs.client.secure_aggregation import SecureAggregationError, WireSettings, secure_train
+
+    overrides = {**BASE, "secure-aggregation": "server-noise"}
+    config = parse_run_config(overrides)
+    settings = WireSettings("round", 1, 20, 0)
+    fitins = FitIns(ndarrays_to_parameters([torch.zeros(3, 3).numpy()]), settings.to_config())
+    message = Message(compat.fitins_to_recorddict(fitins, keep_input=True), dst_node_id=1, message_type="train", group_id="1")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": USERS}, state=RecordDict(),
+                      run_config={})
+    with pytest.raises(SecureAggregationError, match="the shared state must be"):
+        secure_train(message, context, config)
+    assert PERSONAL_STATE not in context.state.array_records
+
+
 @pytest.mark.parametrize("key,value,rule", [
     ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
-    ("num-server-rounds", 0, "must be >= 1"), ("secure-aggregation", "server-noise", "must be 'off'"),
+    ("num-server-rounds", 0, "must be >= 1"),
 ])
 def test_network_knobs_are_checked_in_kebab_case(key, value, rule):
     with pytest.raises(ConfigError) as error:
@@ -222,12 +301,15 @@ def test_a_federation_of_the_wrong_size_is_refused():
 
 
 @pytest.mark.slow
-def test_runs_in_the_flower_simulation(tmp_path):
-    """``flwr.simulation.run_simulation`` (Ray backend), one SuperNode per user of the quick task, private."""
+@pytest.mark.parametrize("secure", ["off", "distributed-noise"])
+def test_runs_in_the_flower_simulation(tmp_path, secure):
+    """``flwr.simulation.run_simulation`` (Ray backend), one SuperNode per user of the quick task, private;
+    in the clear and under SecAgg+ with the devices' discrete Gaussian shares."""
     from flwr.simulation import run_simulation
 
     overrides = {**BASE, "num-server-rounds": 2, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0,
-                 "checkpoint-dir": str(tmp_path), "personalize-at-end": True}
+                 "checkpoint-dir": str(tmp_path), "personalize-at-end": True, "secure-aggregation": secure,
+                 "round-timeout": 120.0}
     run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides), num_supernodes=USERS,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})
@@ -236,3 +318,6 @@ def test_runs_in_the_flower_simulation(tmp_path):
     assert [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events] == ["round-1", "round-2"]
     audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
     assert audit.ok, audit.reasons
+    if secure != "off":
+        releases = json.loads((tmp_path / "secure_aggregation.json").read_text())["releases"]
+        assert [len(r["counted"]) for r in releases] == [len(r["sampled"]) for r in releases] and releases[0]["counted"]
