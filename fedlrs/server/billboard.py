@@ -34,7 +34,7 @@ from fedlrs.privacy import BudgetExceededError, Ledger
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.sampling import poisson_sample
 from fedlrs.server.secure_aggregation import SecureAggregation
-from fedlrs.server.validation import RefusedReply, validate_reply
+from fedlrs.server.validation import RefusedReply, unavailable_notice, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
@@ -137,9 +137,14 @@ class Billboard:
                 for message_id, node in zip(grid.push_messages(messages), batch):
                     sent[message_id], pending[message_id] = node, deadline
             pulled = list(grid.pull_messages(list(pending)))
-            replies.extend(pulled)
             for reply in pulled:
-                pending.pop(reply.metadata.reply_to_message_id, None)
+                message_id = reply.metadata.reply_to_message_id
+                notice = unavailable_notice(reply) if message_id in pending else None
+                pending.pop(message_id, None)
+                if notice is None:
+                    replies.append(reply)
+                else:
+                    _log(INFO, "round %d: node %d is unavailable (SuperLink: %s)", round_number, sent[message_id], notice)
             now = time.monotonic()
             for message_id in [m for m, deadline in pending.items() if deadline <= now]:
                 del pending[message_id]
@@ -184,8 +189,8 @@ class Billboard:
                 _log(WARNING, "round %d: refused the reply of node %d: %s", round_number, node, error)
         for node in sorted(asked - seen):
             self.dropped.append((round_number, node))
-            _log(WARNING, "round %d: node %d did not reply within %.1f s; the round goes on without it",
-                 round_number, node, self.config.round_timeout)
+            _log(WARNING, "round %d: node %d did not reply (gone, or silent for round-timeout == %.1f s); "
+                          "the round goes on without it", round_number, node, self.config.round_timeout)
         self.counted[round_number] = len(accepted)
         for node in sorted(accepted):  # a fixed order: the sum does not depend on arrival order
             for name, value in accepted[node].items():

@@ -61,7 +61,7 @@ from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import DpEvent, GaussianSumRelease, per_part_noise_multiplier
 from fedlrs.privacy.distributed import (ShareRelease, ToppedUpGaussianSumRelease, grid_bits, server_view_epsilon,
                                         share_variance)
-from fedlrs.server.validation import RefusedReply
+from fedlrs.server.validation import RefusedReply, unavailable_notice
 
 #: seconds between two pulls of a stage's replies
 PULL_INTERVAL = 0.1
@@ -218,6 +218,10 @@ class _ProtocolGrid(Grid):
                     continue
                 pending.discard(message_id)
                 node, stage = sent[message_id]
+                notice = unavailable_notice(reply)
+                if notice is not None:  # the node dropped out; nothing to refuse
+                    _log(INFO, "%s: node %d is unavailable at stage %s (SuperLink: %s)", self.label, node, stage, notice)
+                    continue
                 try:
                     if int(reply.metadata.src_node_id) != node:
                         raise RefusedReply(f"node {reply.metadata.src_node_id} answered the message sent to node {node}.")

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 CONTRIBUTION = "contribution"
 #: relative slack on the clipping bound for the rounding of the client's scaling
@@ -21,6 +22,19 @@ NORM_SLACK = 1e-9
 
 class RefusedReply(ValueError):
     """A reply that does not meet the protocol; the message says why."""
+
+
+def unavailable_notice(reply: Message) -> str | None:
+    """The SuperLink's reason when ``reply`` is its notice that a message's node is offline or gone, else None.
+
+    The SuperLink answers a message whose node stopped sending heartbeats with an error
+    reply of its own (from and to ``SUPERLINK_NODE_ID``, a node id no SuperNode gets): the
+    node dropped out, it did not send a bad reply.
+    """
+    metadata = reply.metadata
+    if metadata.src_node_id == SUPERLINK_NODE_ID and metadata.dst_node_id == SUPERLINK_NODE_ID and reply.has_error():
+        return reply.error.reason or "node unavailable"
+    return None
 
 
 def validate_reply(reply: Message, parts: dict[str, tuple[tuple[int, ...], float]], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -151,19 +151,23 @@ def _corrupt(kind):
             content = RecordDict({"contribution": ArrayRecord({n: Array(v.astype(np.float32)) for n, v in arrays.items()})})
         elif kind == "drop":
             return None
+        elif kind == "unavailable":  # what the SuperLink answers for a node that stopped sending heartbeats
+            from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+            return create_message_error_unavailable_res_message(message.metadata, "node_unavail")
         return Message(content, reply_to=message)
 
     return tamper
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape", "extra-key", "extra-record", "unclipped", "dtype", "drop"])
+@pytest.mark.parametrize("kind", ["nan", "shape", "extra-key", "extra-record", "unclipped", "dtype", "drop", "unavailable"])
 def test_a_bad_reply_is_refused_without_harming_the_round(small, kind):
     overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "clip-c": 5.0, "target-epsilon": 100.0,
                  "round-timeout": 0.3}
     result, _ = _run(overrides, tamper=_corrupt(kind))
     assert result.rounds_completed == 3
     assert torch.isfinite(result.U).all()
-    if kind == "drop":
+    if kind in ("drop", "unavailable"):  # a node gone, not a bad reply: dropped, nothing refused
         assert [node for _, node in result.dropped] == [2, 2, 2] and not result.refusals
     else:
         assert [(r.round, r.node_id) for r in result.refusals] == [(1, 2), (2, 2), (3, 2)]

@@ -1,12 +1,15 @@
 """A real deployment on loopback (tests/federation/deployment.py): SuperLink + 5 SuperNodes, TLS, SuperNode auth.
 
-One deployment, three checks:
+One deployment, four checks:
 1. a SuperNode whose key was never registered is refused;
 2. run A: one SuperNode is SIGKILLed (by PID) after round 1; the run still completes
    (``flwr list --format json`` says ``finished:completed``, the report says which replies were missing);
 3. run B, the same config: the SuperLink (and its ServerApp) is SIGKILLed once round 2 is
    checkpointed, restarted on the same database and port, the run submitted again with the same
-   checkpoint-dir: it resumes after round 2, completes, and its ledger equals run A's (time aside).
+   checkpoint-dir: it resumes after round 2, completes, and its ledger equals run A's (time aside);
+4. run C, 2 rounds under secure aggregation (SecAgg+, server noise) on the 4 nodes left: one more
+   SuperNode is SIGKILLed once round 1 is checkpointed, so during round 2's protocol; the run
+   completes, round 2 is unmasked from the 3 devices that stayed, and the report passes the audit.
 Every process started is stopped by its PID (``LocalDeployment.stop_all`` in a finally block).
 """
 
@@ -24,8 +27,8 @@ NODES = 5
 ROUNDS = 3
 
 
-def _config(checkpoint):
-    return (f"num-server-rounds={ROUNDS} dim=10 rank=2 sparsity=1 starts=2 dataset='node' min-nodes={NODES - 1} "
+def _config(checkpoint, rounds=ROUNDS):
+    return (f"num-server-rounds={rounds} dim=10 rank=2 sparsity=1 starts=2 dataset='node' min-nodes={NODES - 1} "
             f"wait-for-nodes=60.0 round-timeout=120.0 init='random' personalize-at-end=false private=true "
             f"target-epsilon=10.0 accountant='rdp' checkpoint-dir='{checkpoint}'")
 
@@ -78,6 +81,7 @@ def test_deployment_survives_a_killed_supernode_and_a_restarted_superlink(tmp_pa
         assert deployment.wait_run(run_a, 300) == "finished:completed"
         facts = json.loads((tmp_path / "a" / "run.json").read_text())["run"]
         assert facts["rounds_completed"] == ROUNDS and facts["stopped"] == "rounds done"
+        assert facts["refused_replies"] == 0  # the SuperLink's "node unavailable" answers are dropouts, not refusals
         assert facts["counted_replies"]["1"] == NODES  # before the kill, every node's contribution was counted
         assert facts["counted_replies"][str(ROUNDS)] <= NODES - 1
         audit = audit_report(tmp_path / "a" / "privacy_report.json", ledger_path=tmp_path / "a" / "ledger.jsonl")
@@ -97,6 +101,21 @@ def test_deployment_survives_a_killed_supernode_and_a_restarted_superlink(tmp_pa
         assert [e["release_id"] for e in _strip(tmp_path / "b" / "ledger.jsonl")] == [f"round-{r}" for r in range(1, ROUNDS + 1)]
         for i in range(1, NODES):  # each device kept its w_i, b_i on disk
             assert (tmp_path / "state" / f"node-{i}" / "fedlrs-local-state.npz").is_file()
+
+        # run C, under SecAgg+: SuperNode 4 is SIGKILLed once round 1 is checkpointed, in round 2's protocol
+        run_c = deployment.submit(_config(tmp_path / "c", rounds=2) + " secure-aggregation='server-noise'")
+        _wait_checkpoint(tmp_path / "c", 1, 240)
+        deployment.kill(f"supernode-{NODES - 1}")
+        assert deployment.wait_run(run_c, 300) == "finished:completed"
+        releases = json.loads((tmp_path / "c" / "secure_aggregation.json").read_text())["releases"]
+        assert [r["release"] for r in releases] == ["round-1", "round-2"]
+        assert not any(r["aborted"] or r["refusals"] for r in releases)
+        assert len(releases[0]["counted"]) == NODES - 1 and len(releases[-1]["counted"]) == NODES - 2
+        events = Ledger.load(tmp_path / "c" / "ledger.jsonl").events
+        assert [e.release_id for e in events] == ["round-1", "round-2"]
+        assert all(e.note.startswith("secure aggregation (SecAgg+)") for e in events)
+        audit = audit_report(tmp_path / "c" / "privacy_report.json", ledger_path=tmp_path / "c" / "ledger.jsonl")
+        assert audit.ok, audit.reasons
     finally:
         deployment.stop_all()
     assert not any(alive(pid) for pid in deployment.started_pids)

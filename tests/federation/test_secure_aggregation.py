@@ -230,6 +230,23 @@ def test_a_dropout_at_any_stage_leaves_the_exact_sum_of_those_that_sent_a_masked
     assert all(np.array_equal(s, e) for s, e in zip(outcome.signed, expected))
 
 
+@pytest.mark.parametrize("stage,counted", [(Stage.SETUP, [1, 2, 4, 5]), (Stage.COLLECT_MASKED_VECTORS, [1, 2, 4, 5])])
+def test_the_superlinks_node_unavailable_notice_is_a_dropout_not_a_refusal(small, stage, counted):
+    """A killed SuperNode's messages are answered by the SuperLink (an error from node SUPERLINK_NODE_ID):
+    the node counts as dropped out at once (round-timeout is long here), nothing is refused."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    def offline(dst, message, reply):
+        if dst == 3 and _stage(message) == stage:
+            return create_message_error_unavailable_res_message(message.metadata, "node_unavail")
+        return reply
+
+    overrides = {**small, "secure-aggregation": "server-noise", "private": True, "round-timeout": 600.0}
+    outcome, expected, _ = _aggregate(overrides, tamper=offline)
+    assert not outcome.aborted and outcome.counted == counted and outcome.refusals == [] and 3 in outcome.missing
+    assert all(np.array_equal(s, e) for s, e in zip(outcome.signed, expected))
+
+
 def test_too_many_dropouts_abort_and_count_nothing(small):
     overrides = {**small, "secure-aggregation": "server-noise", "round-timeout": 0.3}
 
