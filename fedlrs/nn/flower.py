@@ -209,7 +209,7 @@ def _personal(context: Context, method: FederatedMethod, shared: State, dtype: t
             _log(WARNING, "%s unreadable (%s); the personal state starts afresh", path, error)
             return fresh
         if {k: tuple(v.shape) for k, v in stored.items()} == {k: tuple(v.shape) for k, v in fresh.items()}:
-            return {k: v.to(fresh[k].dtype) for k, v in stored.items()}
+            return {k: stored[k].to(fresh[k].dtype) for k in fresh}
         _log(WARNING, "%s holds a personal state of other shapes (another task or nn-rank); it starts afresh", path)
     return fresh
 
