@@ -6,8 +6,9 @@ stage (a ``LegacyContext`` with a ``Strategy``). :class:`SecureAggregation` call
 workflow's four stages (setup, share keys, collect masked vectors, unmask) once per
 release with an adapter strategy, :class:`_CohortStrategy`, whose ``configure_fit``
 returns the sampled nodes (``U``, or a network's shared state, and the
-:class:`~fedlrs.client.secure_aggregation.WireSettings` as FitIns) and whose ``aggregate_fit`` receives the unmasked aggregate. Between the share-keys
-and the masked-vector stages it forgets the nodes that left before sharing their keys
+:class:`~fedlrs.client.secure_aggregation.WireSettings` as FitIns) and whose ``aggregate_fit``
+receives the unmasked aggregate. Between the share-keys and the masked-vector stages it
+forgets the nodes that left before sharing their keys
 (:meth:`SecureAggregation._run_stages`: Flower's unmask stage would otherwise abort on them).
 The workflow talks to the nodes through :class:`_ProtocolGrid`, a view of the billboard's Grid
 that pulls every 0.1 s and refuses (logs, drops: the node counts as dropped out) any reply that
