@@ -52,10 +52,10 @@ def rdp_prefix_epsilons(events: Sequence[DpEvent], *, delta: float) -> list[floa
 
 
 def _tight_subset(n: int, *, max_points: int) -> list[int]:
-    """Indices 0..n-1 where PRV / PLD are computed: all if n <= max_points, else evenly spaced + last."""
+    """Indices 0..n-1 where PRV / PLD are computed: all if n <= max_points, else max_points evenly spaced, first and last included."""
     if n <= max_points:
         return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, num=max(2, min(max_points, 20))).round().astype(int)))
+    return sorted(set(np.linspace(0, n - 1, num=max(2, max_points)).round().astype(int)))
 
 
 def _guarantee(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
@@ -71,7 +71,7 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
                          accountants: Sequence[str] = ("rdp", "prv", "pld"),
                          budget: PrivacyBudget | None = None, planned_rounds: int | None = None,
                          calibrated_noise_multiplier: float | None = None,
-                         max_tight_points: int = 50) -> dict[str, Any]:
+                         max_tight_points: int = 20) -> dict[str, Any]:
     """The report as a JSON-ready dict (see :func:`write_privacy_report`)."""
     delta = validate_delta(delta)
     accountants = tuple(dict.fromkeys(validate_accountant(a) for a in accountants))
@@ -180,7 +180,7 @@ def write_privacy_report(ledger: Ledger, *, out_dir: str | Path, delta: float,
                          config: Mapping[str, Any], accountants: Sequence[str] = ("rdp", "prv", "pld"),
                          budget: PrivacyBudget | None = None, planned_rounds: int | None = None,
                          calibrated_noise_multiplier: float | None = None,
-                         max_tight_points: int = 50) -> dict[str, Any]:
+                         max_tight_points: int = 20) -> dict[str, Any]:
     """Write ``privacy_report.json``, ``privacy_report.md`` and ``epsilon.png`` to ``out_dir``.
 
     The JSON holds the configuration, every event, the final epsilon and the
@@ -190,7 +190,8 @@ def write_privacy_report(ledger: Ledger, *, out_dir: str | Path, delta: float,
     (user-level)"), the sampling scheme ("Poisson, rate q") and the guarantee in
     one sentence, stated with the budget's accountant (else the first one).
     PRV/PLD per-round values are computed at every round when there are at
-    most ``max_tight_points`` rounds, else at about 20 (the report says so).
+    most ``max_tight_points`` rounds, else at that many evenly spaced rounds, the
+    last included (each is a full PRV / PLD composition; the report says where).
     ``planned_rounds`` and ``calibrated_noise_multiplier`` are what
     :mod:`.audit` checks the run against. Returns the report dict.
     """

@@ -59,8 +59,8 @@ def _sub(ledger, k):
 
 def test_tight_subset_bounded():
     assert _tight_subset(10, max_points=50) == list(range(10))
-    subset = _tight_subset(500, max_points=50)
-    assert len(subset) <= 20 and subset[0] == 0 and subset[-1] == 499
+    subset = _tight_subset(500, max_points=20)
+    assert len(subset) == 20 and subset[0] == 0 and subset[-1] == 499
 
 
 def test_report_refuses_delta_above_budget(tmp_path):
