@@ -1,15 +1,14 @@
 """A real deployment on loopback (tests/federation/deployment.py): SuperLink + 5 SuperNodes, TLS, SuperNode auth.
 
-One deployment, four checks:
+One deployment, three checks:
 1. a SuperNode whose key was never registered is refused;
 2. run A: one SuperNode is SIGKILLed (by PID) after round 1; the run still completes
    (``flwr list --format json`` says ``finished:completed``, the report says which replies were missing);
-3. run B, the same config: the SuperLink (and its ServerApp) is SIGKILLed once round 2 is
-   checkpointed, restarted on the same database and port, the run submitted again with the same
-   checkpoint-dir: it resumes after round 2, completes, and its ledger equals run A's (time aside);
-4. run C, 2 rounds under secure aggregation (SecAgg+, server noise) on the 4 nodes left: one more
-   SuperNode is SIGKILLed once round 1 is checkpointed, so during round 2's protocol; the run
-   completes, round 2 is unmasked from the 3 devices that stayed, and the report passes the audit.
+3. run B, the same rounds under secure aggregation (SecAgg+, server noise) on the 4 nodes left: one more
+   SuperNode is SIGKILLed once round 1 is checkpointed (so during round 2's protocol), then the SuperLink
+   (and its ServerApp) once round 2 is checkpointed; restarted on the same database and port, the run
+   submitted again with the same checkpoint-dir resumes after round 2, completes with the 3 devices left,
+   and its ledger equals run A's (time and note aside); its report passes the audit.
 Every process started is stopped by its PID (``LocalDeployment.stop_all`` in a finally block).
 """
 
@@ -27,8 +26,9 @@ NODES = 5
 ROUNDS = 3
 
 
-def _config(checkpoint, rounds=ROUNDS):
-    return (f"num-server-rounds={rounds} dim=10 rank=2 sparsity=1 starts=2 dataset='node' min-nodes={NODES - 1} "
+def _config(checkpoint, *, min_nodes=NODES - 1, secure="off"):
+    return (f"num-server-rounds={ROUNDS} dim=10 rank=2 sparsity=1 starts=2 dataset='node' min-nodes={min_nodes} "
+            f"secure-aggregation='{secure}' "
             f"wait-for-nodes=60.0 round-timeout=120.0 init='random' personalize-at-end=false private=true "
             f"target-epsilon=10.0 accountant='rdp' checkpoint-dir='{checkpoint}'")
 
@@ -52,7 +52,8 @@ def _wait_checkpoint(folder, round_number, seconds):
 
 
 def _strip(path):
-    return [{k: v for k, v in e.to_dict().items() if k != "time"} for e in Ledger.load(path).events]
+    """The ledger's events without their time and note (the note names the secure aggregation mode)."""
+    return [{k: v for k, v in e.to_dict().items() if k not in ("time", "note")} for e in Ledger.load(path).events]
 
 
 @pytest.mark.slow
@@ -87,35 +88,32 @@ def test_deployment_survives_a_killed_supernode_and_a_restarted_superlink(tmp_pa
         audit = audit_report(tmp_path / "a" / "privacy_report.json", ledger_path=tmp_path / "a" / "ledger.jsonl")
         assert audit.ok, audit.reasons
 
-        # run B: the SuperLink and its ServerApp are killed once round 2 is checkpointed, then restarted
-        run_b = deployment.submit(_config(tmp_path / "b"))
-        _wait_checkpoint(tmp_path / "b", 2, 240)
+        # run B, under SecAgg+ (server noise) on the 4 nodes left: SuperNode 4 is SIGKILLed once round 1 is
+        # checkpointed (so in round 2's protocol), then the SuperLink and its ServerApp once round 2 is
+        # checkpointed; restarted on the same database and port, the run submitted again resumes after round 2
+        secure = {"min_nodes": NODES - 2, "secure": "server-noise"}
+        run_b = deployment.submit(_config(tmp_path / "b", **secure))
+        _wait_checkpoint(tmp_path / "b", 1, 240)
+        deployment.kill(f"supernode-{NODES - 1}")
+        _wait_checkpoint(tmp_path / "b", 2, 240)  # round 2 completed without the killed device
         deployment.kill("superlink")
         assert _checkpointed_round(tmp_path / "b") == 2
         deployment.start_superlink()  # the SuperNodes reconnect by themselves; the billboard waits for min-nodes
-        resumed = deployment.submit(_config(tmp_path / "b"))
+        resumed = deployment.submit(_config(tmp_path / "b", **secure))
         assert deployment.wait_run(resumed, 300) == "finished:completed"
         assert deployment.runs()[run_b]["status"] != "finished:completed"
         assert _checkpointed_round(tmp_path / "b") == ROUNDS
         assert _strip(tmp_path / "b" / "ledger.jsonl") == _strip(tmp_path / "a" / "ledger.jsonl")
-        assert [e["release_id"] for e in _strip(tmp_path / "b" / "ledger.jsonl")] == [f"round-{r}" for r in range(1, ROUNDS + 1)]
+        events = Ledger.load(tmp_path / "b" / "ledger.jsonl").events
+        assert [e.release_id for e in events] == [f"round-{r}" for r in range(1, ROUNDS + 1)]
+        assert all(e.note.startswith("secure aggregation (SecAgg+)") for e in events)
+        releases = json.loads((tmp_path / "b" / "secure_aggregation.json").read_text())["releases"]
+        assert [r["release"] for r in releases] == [f"round-{ROUNDS}"]  # the facts of the resumed process
+        assert not releases[0]["aborted"] and not releases[0]["refusals"] and len(releases[0]["counted"]) == NODES - 2
+        audit = audit_report(tmp_path / "b" / "privacy_report.json", ledger_path=tmp_path / "b" / "ledger.jsonl")
+        assert audit.ok, audit.reasons
         for i in range(1, NODES):  # each device kept its w_i, b_i on disk
             assert (tmp_path / "state" / f"node-{i}" / "fedlrs-local-state.npz").is_file()
-
-        # run C, under SecAgg+: SuperNode 4 is SIGKILLed once round 1 is checkpointed, in round 2's protocol
-        run_c = deployment.submit(_config(tmp_path / "c", rounds=2) + " secure-aggregation='server-noise'")
-        _wait_checkpoint(tmp_path / "c", 1, 240)
-        deployment.kill(f"supernode-{NODES - 1}")
-        assert deployment.wait_run(run_c, 300) == "finished:completed"
-        releases = json.loads((tmp_path / "c" / "secure_aggregation.json").read_text())["releases"]
-        assert [r["release"] for r in releases] == ["round-1", "round-2"]
-        assert not any(r["aborted"] or r["refusals"] for r in releases)
-        assert len(releases[0]["counted"]) == NODES - 1 and len(releases[-1]["counted"]) == NODES - 2
-        events = Ledger.load(tmp_path / "c" / "ledger.jsonl").events
-        assert [e.release_id for e in events] == ["round-1", "round-2"]
-        assert all(e.note.startswith("secure aggregation (SecAgg+)") for e in events)
-        audit = audit_report(tmp_path / "c" / "privacy_report.json", ledger_path=tmp_path / "c" / "ledger.jsonl")
-        assert audit.ok, audit.reasons
     finally:
         deployment.stop_all()
     assert not any(alive(pid) for pid in deployment.started_pids)
