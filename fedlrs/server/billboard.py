@@ -203,6 +203,10 @@ class Billboard:
         if self.private is not None:
             z = self.private.init_noise_multiplier if phase == "moments" else self.private.noise_multiplier
         outcome = self.secure.collect(grid, nodes, phase, self._published_arrays(U), round_number, noise_multiplier=z)
+        folder = self._report_folder()
+        if folder is not None:  # what the server has now seen is on disk before anything else happens
+            folder.mkdir(parents=True, exist_ok=True)
+            self.secure.write_facts(folder, self.config.delta)
         refused = {node for node, _ in outcome.refusals}
         self.refusals += [Refusal(round_number, node, reason) for node, reason in outcome.refusals]
         self.dropped += [(round_number, node) for node in outcome.missing if node not in refused]
@@ -249,6 +253,8 @@ class Billboard:
 
         Refuses a ledger with fewer events than the checkpoint saw (it lost some) and, on a
         fresh start, a ledger that already holds events (a used budget cannot start over).
+        Under secure aggregation the facts of the earlier process's releases are kept (the
+        epsilon against the server counts every sum the server has seen).
         Call :meth:`_restore_noise_multiplier` once ``self.private`` exists.
         """
         checkpoint = load_checkpoint(self.checkpoint_dir, self.fingerprint) if self.checkpoint_dir else None
@@ -261,6 +267,8 @@ class Billboard:
             raise RuntimeError(f"the ledger has {len(ledger)} events, the checkpoint saw {checkpoint.ledger_events}: "
                                f"the ledger lost events; refusing to resume.")
         generator.set_state(checkpoint.generator_state)
+        if self.secure is not None and self._report_folder() is not None:
+            self.secure.load_earlier(self._report_folder())
         _log(INFO, "resumed from %s after round %d", self.checkpoint_dir, checkpoint.round)
         return checkpoint
 
@@ -338,6 +346,10 @@ class Billboard:
                 "refusals": [asdict(r) for r in result.refusals],
                 "missing": [{"round": r, "node_id": n} for r, n in result.dropped]}
 
+    def _report_folder(self) -> Path | None:
+        """``report-dir``, else ``checkpoint-dir``, else None (nothing is written)."""
+        return Path(self.config.report_dir) if self.config.report_dir else self.checkpoint_dir
+
     def write_report(self, result: BillboardResult) -> Path | None:
         """``run.json`` (the run's facts) and, for a private run, the privacy report of :mod:`fedlrs.privacy.report`.
 
@@ -348,7 +360,7 @@ class Billboard:
         and, in the report's ``config``, the mode and what protects against whom.
         """
         c = self.config
-        folder = Path(c.report_dir) if c.report_dir else self.checkpoint_dir
+        folder = self._report_folder()
         if folder is None:
             return None
         folder.mkdir(parents=True, exist_ok=True)

@@ -319,7 +319,18 @@ class SecureAggregation:
         self.config = config
         self.mode = config.secure_aggregation
         self.rounds: list[SecureRound] = []
+        self.earlier: list[dict] = []  # facts of the releases of an interrupted process of this run
         self.note = NOTES[self.mode]
+
+    def load_earlier(self, folder: Path) -> None:
+        """Keep the releases in ``folder/secure_aggregation.json`` (an interrupted process of this run wrote them)."""
+        path = Path(folder) / FACTS_FILE
+        if not path.is_file():
+            return
+        facts = json.loads(path.read_text())
+        if facts.get("mode") != self.mode:
+            raise ValueError(f"{path} is of mode {facts.get('mode')!r}, this run is {self.mode!r}.")
+        self.earlier = list(facts["releases"])
 
     def noise_std_units(self, phase: Phase, noise_multiplier: float | None) -> float:
         """Std of the devices' summed shares per coordinate, in clipping bounds: ``z sqrt(P)`` (0 unless distributed)."""
@@ -443,10 +454,9 @@ class SecureAggregation:
         if self.mode != "distributed-noise":
             return {"epsilon": None, "protection": "none beyond SecAgg+: the server sees the exact sum of the cohort's "
                                                    "clipped contributions (at least `threshold` of them)"}
-        releases = [ShareRelease(shares=len(r.counted), sigma2=r.share_variance,
-                                 l2=2.0 ** r.bits * math.sqrt(len(wire_parts(self.config, r.phase))),
-                                 dim=sum(p.size for p in wire_parts(self.config, r.phase)))
-                    for r in self.rounds if r.counted]
+        facts = self.earlier + [r.facts(wire_parts(self.config, r.phase)) for r in self.rounds]
+        releases = [ShareRelease(shares=len(f["counted"]), sigma2=f["share_variance"], l2=f["l2_grid_units"], dim=f["dim"])
+                    for f in facts if f["counted"]]
         epsilon = server_view_epsilon(releases, delta=delta) if releases else 0.0
         return {"epsilon": epsilon, "delta": delta, "releases": len(releases),
                 "protection": "the devices' discrete Gaussian shares present in each unmasked sum (those that dropped "
@@ -467,9 +477,10 @@ class SecureAggregation:
                 "against_whoever_reads_U": public, "against_the_server": server}
 
     def write_facts(self, folder: Path, delta: float) -> Path:
-        """``secure_aggregation.json``: the mode, every release's facts and the epsilon against the server."""
+        """``secure_aggregation.json``: the mode, every release's facts (an interrupted process's first) and the
+        epsilon against the server; the billboard rewrites it (atomically) after every SecAgg+ run."""
         facts = {"mode": self.mode, "server_view": self.server_view(delta),
-                 "releases": [r.facts(wire_parts(self.config, r.phase)) for r in self.rounds]}
+                 "releases": self.earlier + [r.facts(wire_parts(self.config, r.phase)) for r in self.rounds]}
         path = folder / FACTS_FILE
         tmp = folder / (FACTS_FILE + ".tmp")
         tmp.write_text(json.dumps(facts, indent=2, default=float))

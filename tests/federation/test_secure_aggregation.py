@@ -384,3 +384,29 @@ def test_distributed_noise_run_accounts_the_noise_present_against_the_server(sma
     assert billboard.secure.noise_present(billboard.secure.rounds[2], 2.0) == pytest.approx(2.0 * math.sqrt(4 / 5))
     audit = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
     assert audit.ok, audit.reasons
+
+
+def test_a_resumed_run_keeps_the_earlier_releases_in_the_epsilon_against_the_server(small, tmp_path):
+    """The facts are written after every SecAgg+ run; a server killed in round 3 and resumed reports every
+    sum the server has seen (init, rounds 1-3), so its epsilon against the server is the uninterrupted run's."""
+    base = {**small, "private": True, "noise-multiplier": 1.0, "init-noise-multiplier": 1.0, "target-epsilon": 1e9,
+            "secure-aggregation": "distributed-noise"}
+    full, _, _ = _run({**base, "checkpoint-dir": str(tmp_path / "full")})
+    crashed = {**base, "checkpoint-dir": str(tmp_path / "crash")}
+
+    def killed_in_round_3(dst, message, reply):
+        if message.metadata.group_id == "3" and _stage(message) == Stage.SHARE_KEYS:
+            raise KeyboardInterrupt("server killed")
+        return reply
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(crashed, tamper=killed_in_round_3)
+    before = json.loads((tmp_path / "crash" / FACTS_FILE).read_text())
+    assert [r["release"] for r in before["releases"]] == ["init", "round-1", "round-2"]  # on disk before the kill
+    resumed, _, _ = _run(crashed)
+    assert resumed.rounds_completed == 3
+    after = json.loads((tmp_path / "crash" / FACTS_FILE).read_text())
+    expected = json.loads((tmp_path / "full" / FACTS_FILE).read_text())
+    assert [r["release"] for r in after["releases"]] == ["init", "round-1", "round-2", "round-3"]
+    assert after["server_view"]["releases"] == expected["server_view"]["releases"] == 4
+    assert after["server_view"]["epsilon"] == pytest.approx(expected["server_view"]["epsilon"], rel=1e-12)
