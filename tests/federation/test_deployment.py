@@ -108,8 +108,9 @@ def test_deployment_survives_a_killed_supernode_and_a_restarted_superlink(tmp_pa
         assert [e.release_id for e in events] == [f"round-{r}" for r in range(1, ROUNDS + 1)]
         assert all(e.note.startswith("secure aggregation (SecAgg+)") for e in events)
         releases = json.loads((tmp_path / "b" / "secure_aggregation.json").read_text())["releases"]
-        assert [r["release"] for r in releases] == [f"round-{ROUNDS}"]  # the facts of the resumed process
-        assert not releases[0]["aborted"] and not releases[0]["refusals"] and len(releases[0]["counted"]) == NODES - 2
+        assert [r["release"] for r in releases] == [f"round-{r}" for r in range(1, ROUNDS + 1)]  # kept across the resume
+        assert not any(r["aborted"] or r["refusals"] for r in releases)
+        assert [len(r["counted"]) for r in releases] == [NODES - 1] + [NODES - 2] * (ROUNDS - 1)
         audit = audit_report(tmp_path / "b" / "privacy_report.json", ledger_path=tmp_path / "b" / "ledger.jsonl")
         assert audit.ok, audit.reasons
         for i in range(1, NODES):  # each device kept its w_i, b_i on disk
