@@ -291,7 +291,8 @@ def test_a_hostile_reply_is_refused_and_never_reaches_flower(small, kind, counte
 
 
 def test_distributed_shares_carry_the_accounted_noise(small):
-    overrides = {**small, "secure-aggregation": "distributed-noise", "private": True, "clip-a": 1.0, "clip-c": 1.0}
+    overrides = {**small, "secure-aggregation": "distributed-noise", "private": True, "clip-a": 1.0, "clip-c": 1.0,
+                 "noise-seed": 0}  # seeded shares: a 3-sigma statistical check that cannot flake in CI
     outcome, expected, _ = _aggregate(overrides, noise_multiplier=1.5)
     assert outcome.share_variance * NODES >= (1.5 * math.sqrt(2) * 2 ** outcome.bits) ** 2
     noise = np.concatenate([(s - e).astype(np.float64) for s, e in zip(outcome.signed, expected)])
@@ -370,7 +371,9 @@ def test_non_private_secure_run_matches_the_clear_run_up_to_quantization(small):
 def test_distributed_noise_run_accounts_the_noise_present_against_the_server(small, tmp_path):
     base = {**small, "private": True, "noise-multiplier": 1e-4, "init-noise-multiplier": 1e-4,
             "target-epsilon": 1e9, "round-timeout": 0.3}
-    overrides = {**base, "secure-aggregation": "distributed-noise", "checkpoint-dir": str(tmp_path)}
+    # seeded shares and top-up: this small LS problem moves U by 3e-3 to 6e-3 for z = 1e-4 from the noise
+    # alone (two clear runs with other seeds differ by 4e-3), so OS noise made the check below flaky
+    overrides = {**base, "secure-aggregation": "distributed-noise", "checkpoint-dir": str(tmp_path), "noise-seed": 0}
     result, billboard, _ = _run(overrides, tamper=silent(3, Stage.COLLECT_MASKED_VECTORS))
     assert result.rounds_completed == 3
     clear, _, _ = _run({**base, "noise-seed": 1}, tamper=silent_in_the_clear(3))
