@@ -49,8 +49,8 @@ class NetworkConfig(PrivacySettings):
     rounds: T. sample_rate: q, each user takes part in a round with probability q
     (Poisson sampling). clip: C, the user-level L2 bound of a user's whole flattened
     contribution (applied when ``private``). The privacy knobs (private, target_epsilon,
-    delta, accountant, noise_multiplier, noise_seed; keyword-only) are
-    :class:`~fedlrs.privacy.settings.PrivacySettings`'; noise_multiplier 0 calibrates z
+    delta, accountant, noise_multiplier, noise_seed; keyword-only) are those of
+    :class:`~fedlrs.privacy.settings.PrivacySettings`; noise_multiplier 0 calibrates z
     for ``rounds`` rounds before round 1. seed: the sampler's and the initialisation's generator (and,
     plus one, the local updates'). device, dtype: where and in what precision the loop
     runs. evaluate_every: ``evaluate`` runs at round 0, every this many rounds and after

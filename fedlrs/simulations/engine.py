@@ -70,7 +70,7 @@ class EngineConfig(PrivacySettings):
 
     Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
     user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
-    the ledger first. The budget knobs are :class:`~fedlrs.privacy.settings.PrivacySettings`'
+    the ledger first. The budget knobs are those of :class:`~fedlrs.privacy.settings.PrivacySettings`
     (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
     init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
     one z for the init and the rounds together;

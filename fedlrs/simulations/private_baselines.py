@@ -43,8 +43,8 @@ class FedAvgConfig(PrivacySettings):
     """Knobs of :func:`dp_fedavg_global`.
 
     rounds: T; sample_rate: q; prox: mu of the local proximal solve; server_lr: step on the
-    mean update; clip: L2 bound of ``delta_i``. The privacy knobs (keyword-only) are
-    :class:`~fedlrs.privacy.settings.PrivacySettings`': with ``private`` every round is
+    mean update; clip: L2 bound of ``delta_i``. The privacy knobs (keyword-only) are those of
+    :class:`~fedlrs.privacy.settings.PrivacySettings`: with ``private`` every round is
     clipped, noised and accounted, z calibrated to (target_epsilon, delta) unless
     ``noise_multiplier > 0`` fixes it.
     """
