@@ -12,42 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import accuracy_score, r2_score
 
 from fedlrs.core import LocalFit, UserData, solve_local, solve_local_logistic, sufficient_statistics, user_parameters
 from fedlrs.core.stats import pad_by_group
+from fedlrs.estimator_parameters import ATTRIBUTES_DOC, PARAMETERS_DOC, engine_config, init_with_defaults
+from fedlrs.input_validation import as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions
 from fedlrs.simulations.engine import DTYPES, EngineConfig, run_engine
 
-
-class NotFittedError(RuntimeError):
-    """``predict`` or ``personalize`` called before ``fit``."""
-
-
-def _as_matrix(X, name: str = "X") -> np.ndarray:
-    array = np.asarray(X, dtype=np.float64) if not hasattr(X, "to_numpy") else X.to_numpy(dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"{name} has {array.ndim} dimensions, must be 2 (rows, features).")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} has no rows.")
-    if not np.isfinite(array).all():
-        row = int(np.argwhere(~np.isfinite(array))[0, 0])
-        raise ValueError(f"{name} has a NaN or infinite value (first in row {row}).")
-    return array
-
-
-def _as_vector(y, rows: int, name: str) -> np.ndarray:
-    array = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-    if array.ndim != 1:
-        raise ValueError(f"{name} has {array.ndim} dimensions, must be 1.")
-    if array.shape[0] != rows:
-        raise ValueError(f"{name} has {array.shape[0]} rows, must match X's {rows} rows.")
-    return array
-
-
-def _as_target(y, rows: int) -> np.ndarray:
-    array = _as_vector(y, rows, "y").astype(np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"y has a NaN or infinite value (first in row {int(np.argwhere(~np.isfinite(array))[0, 0])}).")
-    return array
+__all__ = ["LRSRegressor", "LRSClassifier", "PersonalModel", "NotFittedError"]
 
 
 @dataclass(frozen=True)
@@ -60,14 +35,24 @@ class PersonalModel:
 
     def decision_function(self, X) -> np.ndarray:
         """``x . theta`` per row."""
-        return _as_matrix(X) @ self.theta
+        return as_matrix(X) @ self.theta
 
     def predict(self, X) -> np.ndarray:
         """``x . theta`` per row (for a classifier's user, a score; use ``predict_proba`` of the estimator)."""
         return self.decision_function(X)
 
 
-class _LRSBase:
+
+def _groups_given(groups, method: str):
+    if groups is None:
+        raise ValueError(
+            f"groups is None: {method} needs the user of each row (groups=...). In a Pipeline, route it with "
+            f"sklearn.set_config(enable_metadata_routing=True) and set_{method}_request(groups=True)."
+        )
+    return groups
+
+
+class _LRSBase(BaseEstimator):
     _loss = "squared"
 
     def __init__(
@@ -76,7 +61,7 @@ class _LRSBase:
         sparsity: int = 0,
         rounds: int = 10,
         *,
-        mode: str | None = None,
+        mode: str = "auto",
         init: str = "moments",
         sample_rate: float = 1.0,
         ridge_w: float = 1e-6,
@@ -122,52 +107,46 @@ class _LRSBase:
         self.noise_seed = noise_seed
 
     def _engine_config(self) -> EngineConfig:
-        private = self.epsilon is not None or self.delta is not None
-        if private and (self.epsilon is None or self.delta is None):
-            raise ValueError(f"epsilon == {self.epsilon} and delta == {self.delta}: give both for a private fit, or neither.")
-        privacy = {}
-        if private:
-            privacy = dict(
-                private=True, target_epsilon=self.epsilon, delta=self.delta, accountant=self.accountant, clip_g=self.clip_g, clip_a=self.clip_a,
-                clip_c=self.clip_c, clip_moments=self.clip_moments, init_noise_multiplier=self.init_noise_multiplier, noise_seed=self.noise_seed,
-            )
-        return EngineConfig(
-            **privacy,
-            rank=self.rank,
-            sparsity=self.sparsity,
-            rounds=self.rounds,
-            mode=self.mode or ("gd" if private or self._loss == "logistic" else "ls"),
-            loss=self._loss,
-            init=self.init,
-            sample_rate=self.sample_rate,
-            ridge_w=self.ridge_w,
-            ridge_b=self.ridge_b,
-            ridge_u=self.ridge_u,
-            gd_learning_rate=self.gd_learning_rate,
-            seed=self.random_state,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        return engine_config(self.get_params(), loss=self._loss)
 
-    def _prepare_target(self, y, rows: int) -> np.ndarray:
-        return _as_target(y, rows)
+    def _fit_target(self, y, rows: int) -> tuple[np.ndarray, dict]:
+        """The fit's numeric target and the attributes it fixes (the classifier's ``classes_``)."""
+        return as_finite_vector(y, rows), {}
 
-    def fit(self, X, y, groups):
-        """Learn ``U`` over all users and each user's ``w_i, b_i``; returns ``self``.
+    def _target(self, y, rows: int) -> np.ndarray:
+        return as_finite_vector(y, rows)
 
-        Sets ``U_`` (d, r), ``W_`` (users, r), ``B_`` (users, d), ``groups_`` (the user labels,
-        row i of ``W_``/``B_`` belongs to ``groups_[i]``), ``history_`` and ``n_features_in_``.
-        With ``epsilon`` and ``delta`` the fit is user-level (epsilon, delta)-DP (DESIGN.md
-        section 3): ``ledger_`` holds every release and ``epsilon_`` is recomputed from it.
+    def fit(self, X, y, groups=None):
+        """Learn ``U`` over all users and each user's ``w_i, b_i``.
+
+        With ``epsilon`` and ``delta`` the fit is user-level (epsilon, delta)-DP
+        (DESIGN.md section 3): ``ledger_`` holds every release and ``epsilon_`` is
+        recomputed from it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+            One example per row, of any user.
+        y : array-like of shape (n_rows,)
+            The targets (two classes for the classifier).
+        groups : array-like of shape (n_rows,)
+            The user of each row: labels of any hashable type (None and NaN are refused).
+
+        Returns
+        -------
+        self
         """
         config = self._engine_config()
-        Xa = _as_matrix(X)
-        ya = self._prepare_target(y, Xa.shape[0])
-        ga = _as_vector(groups, Xa.shape[0], "groups")
+        Xa = as_matrix(X)
+        ya, target_attributes = self._fit_target(y, Xa.shape[0])
+        labels, group_index = encode_groups(_groups_given(groups, "fit"), Xa.shape[0])
         config.check_data(Xa.shape[1])
-        labels, group_index = np.unique(ga, return_inverse=True)
+        check_magnitude({"X": Xa, "y": ya}, dtype=self.dtype, rows=int(np.bincount(group_index).max()),
+                        row_owner=lambda row: f"user {labels[group_index[row]]!r}")
         data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
         result = run_engine(data, config, progress=self.progress)
+        for name, value in target_attributes.items():
+            setattr(self, name, value)
         self.U_ = result.U.cpu().numpy()
         self.W_ = result.fit.w.cpu().numpy()
         self.B_ = result.fit.b.cpu().numpy()
@@ -184,8 +163,11 @@ class _LRSBase:
         self._check_fitted()
         return self.result_.write_privacy_report(out_dir)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "U_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "U_"):
+        if not self.__sklearn_is_fitted__():
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y, groups) first.")
 
     def _check_features(self, Xa: np.ndarray) -> None:
@@ -198,20 +180,12 @@ class _LRSBase:
         self._check_fitted()
         return self.W_ @ self.U_.T + self.B_
 
-    def decision_function(self, X, groups) -> np.ndarray:
-        """``x_j . theta_{g_j}`` for every row j, with ``g_j`` its user; an unknown user is an error."""
+    def decision_function(self, X, groups=None) -> np.ndarray:
+        """``x_j . theta_{g_j}`` for every row j, with ``g_j`` its user (in ``groups``); an unknown user is an error."""
         self._check_fitted()
-        Xa = _as_matrix(X)
+        Xa = as_matrix(X)
         self._check_features(Xa)
-        ga = _as_vector(groups, Xa.shape[0], "groups")
-        position = np.searchsorted(self.groups_, ga)
-        position = np.clip(position, 0, len(self.groups_) - 1)
-        unknown = self.groups_[position] != ga
-        if unknown.any():
-            raise ValueError(
-                f"groups has a user not seen in fit: {ga[unknown][0].item()!r} (row {int(np.argmax(unknown))}); "
-                "call personalize(X_new, y_new) for a new user."
-            )
+        position = group_positions(self.groups_, _groups_given(groups, "predict"), Xa.shape[0])
         return np.einsum("nd,nd->n", Xa, self.thetas_[position])
 
     def _personal_fit(self, U: torch.Tensor, data: UserData) -> LocalFit:
@@ -221,9 +195,10 @@ class _LRSBase:
     def personalize(self, X_new, y_new) -> PersonalModel:
         """Fit a new user's ``w, b`` from the learned ``U`` and its own examples; nothing else changes."""
         self._check_fitted()
-        Xa = _as_matrix(X_new, "X_new")
+        Xa = as_matrix(X_new, "X_new")
         self._check_features(Xa)
-        ya = self._prepare_target(y_new, Xa.shape[0])
+        ya = self._target(y_new, Xa.shape[0])
+        check_magnitude({"X_new": Xa, "y_new": ya}, dtype=np.float64, rows=Xa.shape[0])
         t = dict(dtype=torch.float64)
         data = UserData(torch.as_tensor(Xa, **t)[None], torch.as_tensor(ya, **t)[None], torch.ones(1, Xa.shape[0], dtype=torch.bool))
         U = torch.as_tensor(self.U_, **t)
@@ -232,9 +207,13 @@ class _LRSBase:
         return PersonalModel(fit.w[0].numpy(), fit.b[0].numpy(), theta)
 
 
-class LRSRegressor(_LRSBase):
-    """Low rank plus sparse personalized linear regression, learned by AMHT-LRS.
+class LRSRegressor(RegressorMixin, _LRSBase):
+    __doc__ = """Low rank plus sparse personalized linear regression, learned by AMHT-LRS.
 
+    Each user i (a label of ``groups``) gets ``theta_i = U w_i + b_i`` and
+    ``y_hat = x . theta_i``; ``groups`` is passed to ``fit``, ``predict`` and ``score``
+    (in a Pipeline, routed with ``set_fit_request(groups=True)`` and friends).
+""" + PARAMETERS_DOC.format(ridge_w="1e-6", ridge_b="1e-6") + ATTRIBUTES_DOC + """
     Examples
     --------
     >>> from fedlrs import LRSRegressor
@@ -248,46 +227,54 @@ class LRSRegressor(_LRSBase):
     (3,)
     """
 
-    def predict(self, X, groups) -> np.ndarray:
+    def predict(self, X, groups=None) -> np.ndarray:
         """``y_hat_j = x_j . theta_{g_j}``."""
         return self.decision_function(X, groups)
 
+    def score(self, X, y, groups=None, sample_weight=None) -> float:
+        """R^2 of ``predict(X, groups)`` against ``y``."""
+        return float(r2_score(y, self.predict(X, groups), sample_weight=sample_weight))
 
-class LRSClassifier(_LRSBase):
-    """Low rank plus sparse personalized logistic regression: ``P(y = 1 | x) = sigmoid(x . theta_i)``.
+
+class LRSClassifier(ClassifierMixin, _LRSBase):
+    __doc__ = """Low rank plus sparse personalized logistic regression: ``P(y = 1 | x) = sigmoid(x . theta_i)``.
 
     The U update runs in "gd" mode (the exact "ls" update is for the squared loss).
+    The parameters are those of :class:`LRSRegressor`, with larger default ridges.
+""" + PARAMETERS_DOC.format(ridge_w="1e-2", ridge_b="1e-2") + ATTRIBUTES_DOC + """    classes_ : ndarray of shape (2,)
+        The two labels of y; ``classes_[1]`` is the positive class.
     """
 
     _loss = "logistic"
+    __init__ = init_with_defaults(_LRSBase.__init__, ridge_w=1e-2, ridge_b=1e-2)
 
-    def __init__(self, rank: int = 2, sparsity: int = 0, rounds: int = 10, *, mode: str = "gd", ridge_w: float = 1e-2, ridge_b: float = 1e-2, **kwargs):
-        super().__init__(rank, sparsity, rounds, mode=mode, ridge_w=ridge_w, ridge_b=ridge_b, **kwargs)
-
-    def _prepare_target(self, y, rows: int) -> np.ndarray:
-        labels = _as_vector(y, rows, "y")
+    def _fit_target(self, y, rows: int) -> tuple[np.ndarray, dict]:
+        labels = as_vector(y, rows, "y")
         classes = np.unique(labels)
-        if hasattr(self, "classes_") and not set(classes) <= set(self.classes_):
-            raise ValueError(f"y has labels {sorted(set(classes) - set(self.classes_))} not seen in fit; classes are {list(self.classes_)}.")
-        if not hasattr(self, "classes_"):
-            if len(classes) != 2:
-                raise ValueError(f"y has {len(classes)} distinct labels {list(classes)[:5]}, must have exactly 2.")
-            self.classes_ = classes
-        return (labels == self.classes_[1]).astype(np.float64)
+        if len(classes) != 2:
+            raise ValueError(f"y has {len(classes)} distinct labels {list(classes)[:5]}, must have exactly 2.")
+        return (labels == classes[1]).astype(np.float64), {"classes_": classes}
 
-    def fit(self, X, y, groups):
-        if hasattr(self, "classes_"):
-            del self.classes_
-        return super().fit(X, y, groups)
+    def _target(self, y, rows: int) -> np.ndarray:
+        labels = as_vector(y, rows, "y")
+        unseen = set(np.unique(labels)) - set(self.classes_)
+        if unseen:
+            raise ValueError(f"y has labels {sorted(unseen)} not seen in fit; classes are {list(self.classes_)}.")
+        return (labels == self.classes_[1]).astype(np.float64)
 
     def _personal_fit(self, U: torch.Tensor, data: UserData) -> LocalFit:
         return solve_local_logistic(U, data, sparsity=self.sparsity, ridge_w=self.ridge_w, ridge_b=self.ridge_b)
 
-    def predict_proba(self, X, groups) -> np.ndarray:
+    def predict_proba(self, X, groups=None) -> np.ndarray:
         """``[1 - p, p]`` per row with ``p = sigmoid(x_j . theta_{g_j})``."""
         p = 1 / (1 + np.exp(-self.decision_function(X, groups)))
         return np.stack([1 - p, p], axis=1)
 
-    def predict(self, X, groups) -> np.ndarray:
+    def predict(self, X, groups=None) -> np.ndarray:
         """The class with the larger probability."""
-        return self.classes_[(self.decision_function(X, groups) > 0).astype(int)]
+        scores = self.decision_function(X, groups)
+        return self.classes_[(scores > 0).astype(int)]
+
+    def score(self, X, y, groups=None, sample_weight=None) -> float:
+        """Accuracy of ``predict(X, groups)`` against ``y``."""
+        return float(accuracy_score(y, self.predict(X, groups), sample_weight=sample_weight))
