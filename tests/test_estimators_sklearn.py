@@ -1,4 +1,4 @@
-"""The LRS estimators as scikit-learn estimators: parameters, clone, Pipeline with routed groups."""
+"""The estimators as scikit-learn estimators: parameters, clone, Pipeline with routed groups or covariates."""
 
 import inspect
 
@@ -7,6 +7,7 @@ import pytest
 import sklearn
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -20,6 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 
 import fedlrs
 from fedlrs import LRSClassifier, LRSRegressor
+from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
+from fedlrs.personalized.simulation import simulate
 from fedlrs.simulations.synthetic import make_lrs_data
 
 
@@ -111,3 +114,31 @@ def test_grid_search_with_routed_groups(table, routing):
     half = np.tile(np.arange(20) % 2, 120)  # every user has rows in both folds: a test user was seen in fit
     search = GridSearchCV(model, {"rank": [1, 2]}, cv=PredefinedSplit(half)).fit(X, y, groups=groups)
     assert search.best_params_ == {"rank": 2}
+
+
+@pytest.mark.parametrize("Estimator", [PersonalizedRegressor, PersonalizedClassifier])
+def test_personalized_parameter_checks(Estimator):
+    name = Estimator.__name__
+    check_parameters_default_constructible(name, Estimator())
+    check_no_attributes_set_in_init(name, Estimator())
+    check_get_params_invariance(name, Estimator())
+    check_set_params(name, Estimator())
+    for parameter in inspect.signature(Estimator).parameters:
+        assert f"\n    {parameter} : " in Estimator.__doc__, (name, parameter)
+
+
+def test_personalized_pipeline_with_routed_covariates(routing):
+    train, test = simulate(300, seed=0), simulate(100, seed=1)
+    X, Xt = train.X * 5.0 + 2.0, test.X * 5.0 + 2.0
+    settings = dict(rank=2, max_iter=40, random_state=0)
+    model = PersonalizedRegressor(**settings).set_fit_request(covariates=True).set_predict_request(covariates=True)
+    pipe = Pipeline([("scale", StandardScaler()), ("pr", model)]).fit(X, train.y, covariates=train.U)
+    scaler = StandardScaler().fit(X)
+    alone = clone(PersonalizedRegressor(**settings)).fit(scaler.transform(X), train.y, train.U)
+    np.testing.assert_allclose(pipe.predict(Xt, covariates=test.U), alone.predict(scaler.transform(Xt), test.U))
+    with pytest.raises(NotFittedError):
+        clone(alone).predict(Xt, test.U)
+    with pytest.raises(ValueError, match="covariates is None: predict needs the side covariates"):
+        alone.predict(Xt)
+    assert alone.score(scaler.transform(Xt), test.y, test.U) == pytest.approx(
+        r2_score(test.y, alone.predict(scaler.transform(Xt), test.U)))

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
 from fedlrs.personalized.simulation import simulate
@@ -39,8 +40,9 @@ def test_predict_averages_k_nearest_training_models(fitted):
     d, m = fitted
     Uq = np.array([[0.3], [0.9]])
     idx = m.kneighbors(Uq)
-    assert idx.shape == (2, 3)
-    brute = np.argsort(np.abs(d.U[:, 0][None, :] - Uq) * m.phi_[0], axis=1)[:, :3]
+    k = m.n_neighbors_
+    assert k == round(np.sqrt(800) / 2) and idx.shape == (2, k)
+    brute = np.argsort(np.abs(d.U[:, 0][None, :] - Uq) * m.phi_[0], axis=1)[:, :k]
     np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(brute, axis=1))
     np.testing.assert_allclose(m.predict_params(Uq), m.thetas_[brute].mean(axis=1))
     Xq = np.array([[1.0, 2.0], [0.5, -1.0]])
@@ -56,8 +58,10 @@ def test_neighbour_structure_is_sparse(fitted):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(rank=3), r"rank == 3, must be <= p == 2"),
+        (dict(rank=4), r"rank == 4, must be <= 3 \(p == 2 predictors \+ the intercept\)"),
+        (dict(rank=3, fit_intercept=False), r"rank == 3, must be <= 2 \(p == 2 predictors\)"),
         (dict(rank=0), r"rank == 0, must be >= 1"),
+        (dict(rank=2.5), r"rank == 2.5, must be an integer >= 1\."),
         (dict(n_neighbors=51), r"n_neighbors == 51, must be <= n == 50"),
         (dict(covariate_kinds=["ordinal"]), r"covariate_kinds\[0\] == 'ordinal'"),
         (dict(learning_rate=0.0), r"learning_rate == 0.0, must be > 0"),
@@ -80,7 +84,7 @@ def test_nan_covariates_and_shapes():
         PersonalizedRegressor(max_iter=1).fit(d.X, d.y, U)
     with pytest.raises(ValueError, match="covariates.shape\\[0\\] == 49"):
         PersonalizedRegressor(max_iter=1).fit(d.X, d.y, d.U[:49])
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         PersonalizedRegressor().predict(d.X, d.U)
 
 
@@ -157,5 +161,5 @@ def test_float32_work_arrays_match_float64():
     b = PersonalizedRegressor(**kw).fit(d.X, d.y, d.U)
     assert a.thetas_.dtype == np.float64
     np.testing.assert_allclose(a.thetas_, b.thetas_, atol=1e-2)
-    with pytest.raises(ValueError, match="dtype == 'float16', must be 'float64' or 'float32'"):
+    with pytest.raises(ValueError, match="dtype == 'float16', must be one of 'float64', 'float32'"):
         PersonalizedRegressor(dtype="float16").fit(d.X, d.y, d.U)
