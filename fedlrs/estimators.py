@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from fedlrs.core import LocalFit, UserData, solve_local, solve_local_logistic, sufficient_statistics, user_parameters
 from fedlrs.core.stats import pad_by_group
 from fedlrs.estimator_parameters import ATTRIBUTES_DOC, PARAMETERS_DOC, engine_config, init_with_defaults
-from fedlrs.input_validation import as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions
+from fedlrs.input_validation import as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions, label_repr
 from fedlrs.simulations.engine import DTYPES, EngineConfig, run_engine
 
 __all__ = ["LRSRegressor", "LRSClassifier", "PersonalModel", "NotFittedError"]
@@ -141,8 +141,8 @@ class _LRSBase(BaseEstimator):
         ya, target_attributes = self._fit_target(y, Xa.shape[0])
         labels, group_index = encode_groups(_groups_given(groups, "fit"), Xa.shape[0])
         config.check_data(Xa.shape[1])
-        check_magnitude({"X": Xa, "y": ya}, dtype=self.dtype, rows=int(np.bincount(group_index).max()),
-                        row_owner=lambda row: f"user {labels[group_index[row]]!r}")
+        check_magnitude({"X": Xa, "y": ya}, dtype=self.dtype, rows=int(np.bincount(group_index).max()), degree=8 if config.private else 4,
+                        row_owner=lambda row: f"user {label_repr(labels[group_index[row]])}")
         data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
         result = run_engine(data, config, progress=self.progress)
         for name, value in target_attributes.items():

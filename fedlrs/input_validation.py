@@ -22,6 +22,7 @@ __all__ = [
     "check_magnitude",
     "encode_groups",
     "group_positions",
+    "label_repr",
 ]
 
 
@@ -94,25 +95,27 @@ def as_finite_vector(y, rows: int, name: str = "y") -> np.ndarray:
     return array
 
 
-def magnitude_limit(dtype, rows: int, features: int) -> float:
-    """``(max(dtype) / (rows * (features + 1))) ** (1/4)``: the largest value whose statistics cannot overflow.
+def magnitude_limit(dtype, rows: int, features: int, degree: int = 4) -> float:
+    """``(max(dtype) / (rows * (features + 1)) ** (degree / 2)) ** (1 / degree)``: the largest value whose statistics stay finite.
 
-    The fits form sums over ``rows`` of products of up to four values (``X^T X``, and
-    the squared norms of ``(w w^T) kron (X^T X)`` or of ``x x^T theta theta^T`` when
-    they are clipped), each with up to ``features + 1`` terms, so values below this limit
-    keep every such sum finite in ``dtype``.
+    A fit forms sums over ``rows`` rows of products of up to ``degree`` values with up
+    to ``features + 1`` terms each: degree 4 for ``X^T X`` and its products (the "ls"
+    system ``(w w^T) kron (X^T X)``, the curvature bounds of Personalized Regression),
+    degree 8 for the squared Frobenius norm of a user's moments ``sum_j y_j^2 x_j x_j^T``,
+    which a private fit clips. Values below the limit keep every such sum finite in ``dtype``.
     """
-    return float((float(np.finfo(dtype).max) / (max(rows, 1) * (features + 1))) ** 0.25)
+    terms = float(max(rows, 1) * (features + 1))
+    return float((float(np.finfo(dtype).max) / terms ** (degree / 2)) ** (1.0 / degree))
 
 
-def check_magnitude(arrays: dict[str, np.ndarray], *, dtype, rows: int, row_owner=None) -> None:
+def check_magnitude(arrays: dict[str, np.ndarray], *, dtype, rows: int, degree: int = 4, row_owner=None) -> None:
     """Refuse any row of the named arrays with a value above :func:`magnitude_limit`, naming the first such row.
 
     ``arrays`` maps a name to a (rows, ...) float array; ``rows`` is the largest number
     of rows one sum runs over (a user's rows); ``row_owner(row)`` may add who owns it.
     """
     features = sum(int(np.prod(a.shape[1:], dtype=int)) for a in arrays.values())
-    limit = magnitude_limit(dtype, rows, features)
+    limit = magnitude_limit(dtype, rows, features, degree)
     for name, array in arrays.items():
         size = np.abs(array).reshape(array.shape[0], -1).max(axis=1)
         if (size > limit).any():
@@ -124,14 +127,23 @@ def check_magnitude(arrays: dict[str, np.ndarray], *, dtype, rows: int, row_owne
             )
 
 
+def label_repr(label) -> str:
+    """``repr`` of a user label, with a NumPy scalar shown as the Python value it holds (``3``, not ``np.int64(3)``)."""
+    return repr(label.item() if isinstance(label, np.generic) else label)
+
+
 def _group_values(groups, rows: int, name: str) -> np.ndarray:
     """``groups`` as a 1-D array; a list of mixed labels becomes an object array, never strings."""
     if isinstance(groups, np.ndarray) or hasattr(groups, "to_numpy"):
         values = np.asarray(groups.to_numpy() if hasattr(groups, "to_numpy") else groups)
     else:
-        values = np.asarray(groups)
-        if values.ndim != 1 or values.dtype.kind not in "biuf":  # strings, tuples, mixed labels: keep each as is
-            values = np.fromiter(groups, dtype=object)
+        groups = list(groups)
+        try:
+            values = np.asarray(groups)
+        except ValueError:  # ragged: lists or tuples of different lengths among the labels
+            values = None
+        if values is None or values.ndim != 1 or values.dtype.kind not in "biuf":  # strings, tuples, mixed: keep each as is
+            values = np.fromiter(groups, dtype=object, count=len(groups))
     if values.ndim != 1:
         raise ValueError(f"{name} has {values.ndim} dimensions, must be 1 (one user label per row).")
     if values.shape[0] != rows:
@@ -177,7 +189,7 @@ def encode_groups(groups, rows: int, name: str = "groups") -> tuple[np.ndarray, 
         ) from None
     if (codes < 0).any():
         row = int(np.argmax(codes < 0))
-        raise ValueError(f"{name} row {row} is missing ({values[row]!r}): every row must name its user.")
+        raise ValueError(f"{name} row {row} is missing ({label_repr(values[row])}): every row must name its user.")
     return np.asarray(labels), np.asarray(codes, dtype=np.intp)
 
 
@@ -195,9 +207,9 @@ def group_positions(labels: np.ndarray, groups, rows: int, name: str = "groups")
         row = int(np.argmax(positions < 0))
         value = values[row]
         if pd.isna(value) if np.ndim(value) == 0 else False:
-            raise ValueError(f"{name} row {row} is missing ({value!r}): every row must name its user.")
+            raise ValueError(f"{name} row {row} is missing ({label_repr(value)}): every row must name its user.")
         raise ValueError(
-            f"groups has a user not seen in fit: {value.item() if hasattr(value, 'item') else value!r} (row {row}); "
+            f"{name} has a user not seen in fit: {label_repr(value)} (row {row}); "
             "call personalize(X_new, y_new) for a new user."
         )
     return positions
