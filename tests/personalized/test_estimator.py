@@ -163,3 +163,16 @@ def test_float32_work_arrays_match_float64():
     np.testing.assert_allclose(a.thetas_, b.thetas_, atol=1e-2)
     with pytest.raises(ValueError, match="dtype == 'float16', must be one of 'float64', 'float32'"):
         PersonalizedRegressor(dtype="float16").fit(d.X, d.y, d.U)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [500, 2000])
+def test_defaults_reach_r2_092_on_the_papers_simulation(n):
+    """``PersonalizedRegressor()`` with no arguments: test R^2 >= 0.92 on every draw (issue 14)."""
+    for draw in range(3):
+        train = simulate(n, seed=np.random.SeedSequence([draw, 0]))
+        test = simulate(500, seed=np.random.SeedSequence([draw, 1]))
+        model = PersonalizedRegressor().fit(train.X, train.y, train.U)
+        assert model.rank_ == 3 and model.n_neighbors_ == round(np.sqrt(n) / 2)
+        r2 = np.corrcoef(model.predict(test.X, test.U), test.y)[0, 1] ** 2
+        assert r2 >= 0.92, (n, draw, r2)
