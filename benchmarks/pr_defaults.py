@@ -8,7 +8,7 @@ section 3.1) and tests on 500 fresh samples ``simulate(500, seed=SeedSequence([s
 R^2 is the squared Pearson correlation of test predictions and responses, as in the
 paper's Table 1 (:mod:`fedlrs.personalized.experiment`). The estimator's own seed is
 left at its default (None), as a user's would be. ``--previous`` adds the defaults
-before issue 14 (``rank=min(p, 10)``, ``n_neighbors=3``).
+before issue 14 (``rank=min(p, 10)``, ``n_neighbors=3``, a column of ones for the intercept).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     draws = range(args.first, args.first + args.draws)
     configurations = {"PersonalizedRegressor()": {}}
     if args.previous:
-        configurations["previous defaults (rank=2, n_neighbors=3)"] = dict(rank=2, n_neighbors=3)
+        configurations["previous defaults (rank=2, n_neighbors=3, intercept_scaling=1)"] = dict(rank=2, n_neighbors=3, intercept_scaling=1.0)
     for name, settings in configurations.items():
         for n in args.n:
             start = time.perf_counter()

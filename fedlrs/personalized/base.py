@@ -57,6 +57,7 @@ class BasePersonalized(BaseEstimator):
         neighbor_eps: float | None = None,
         n_jobs: int | None = None,
         fit_intercept: bool = True,
+        intercept_scaling: float | None = None,
         dtype: str = "float64",
         random_state: int | None = None,
     ):
@@ -80,6 +81,7 @@ class BasePersonalized(BaseEstimator):
         self.neighbor_eps = neighbor_eps
         self.n_jobs = n_jobs
         self.fit_intercept = fit_intercept
+        self.intercept_scaling = intercept_scaling
         self.dtype = dtype
         self.random_state = random_state
 
@@ -135,6 +137,8 @@ class BasePersonalized(BaseEstimator):
                                         or self.n_jobs == 0 or self.n_jobs < -1):
             raise ValueError(f"n_jobs == {self.n_jobs!r}, must be None, -1 or a positive integer.")
         check_choice("fit_intercept", self.fit_intercept, (False, True))
+        if self.intercept_scaling is not None:
+            check_real("intercept_scaling", self.intercept_scaling, 0.0, strict=True)
         check_choice("dtype", self.dtype, ("float64", "float32"))
         if self.random_state is not None:
             check_int("random_state", self.random_state, 0)
@@ -191,7 +195,8 @@ class BasePersonalized(BaseEstimator):
         self.phi_ = factors.phi
         theta = factors.Z @ factors.Q
         self.thetas_ = theta[:, :p].copy()
-        self.intercepts_ = theta[:, p].copy() if self.fit_intercept else np.zeros(n)
+        self.intercepts_ = theta[:, p] * factors.intercept_scale if self.fit_intercept else np.zeros(n)
+        self.intercept_scale_ = factors.intercept_scale
         self.population_coef_ = theta_pop
         self.population_intercept_ = float(b_pop)
         self.rank_ = q

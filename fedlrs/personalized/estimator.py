@@ -6,12 +6,18 @@ The model, the objective (Eq. 6) and Algorithm 1 are in
 :mod:`fedlrs.personalized.optimizer`; the learned covariate metric in
 :mod:`fedlrs.personalized.metrics`.
 
-Defaults that differ from the paper, each for a reason that does not depend on the data:
+Defaults that differ from the paper (or from a plain column of ones), each for a reason that
+does not depend on the data at hand:
 
 * ``rank=None`` is ``min(p + fit_intercept, 10)``: the factorized parameter
   ``[theta^(i), b^(i)]`` has ``p + fit_intercept`` columns, and a smaller rank would
-  make the intercept compete with the coefficients for the rank (with p = 2 and an
-  intercept, rank 2 drops test R^2 on the paper's simulation to 0.81-0.96 by draw).
+  make the intercept compete with the coefficients for the rank (``python
+  benchmarks/pr_defaults.py --previous`` shows what it costs on the paper's simulation).
+* ``intercept_scaling=None`` puts the intercept's column of X at the root mean square
+  of X's entries instead of 1 (:func:`~fedlrs.personalized.optimizer.intercept_column_scale`):
+  each sample's step is capped by the curvature ``||Q X^(i)||^2`` of its loss and moves
+  every coordinate of Omega alike, so a column of ones far larger than the predictors
+  makes the intercept the cheap way to fit each single sample's noise.
 * ``n_neighbors=None`` is ``max(3, round(sqrt(n) / 2))``: Eq. (7) averages the models
   of the k_n nearest training samples, and each training model is fitted from one
   sample, so the average must grow with n (k_n -> inf, k_n / n -> 0, as for any
@@ -85,6 +91,11 @@ _PARAMETERS_DOC = """
         Workers of the KD-tree queries (None: 1, -1: all cores).
     fit_intercept : bool, default=True
         Add a personalized intercept b^(i).
+    intercept_scaling : float or None, default=None
+        The constant c of the intercept's column of X (Omega's last column is then
+        ``b^(i) / c``, as ``intercept_scaling`` of scikit-learn's liblinear models);
+        None: the root mean square of X's entries (the module docstring says why); 1.0
+        is a column of ones.
     dtype : {"float64", "float32"}, default="float64"
         Precision of the n x p work arrays (a copy of X, Omega and one buffer); "float32"
         halves their memory and roughly halves the time per iteration for large n * p.
@@ -117,6 +128,8 @@ class PersonalizedRegressor(RegressorMixin, BasePersonalized):
         The population (Lasso) estimator theta_pop.
     rank_, n_neighbors_ : int
         The rank q and the k_n in use (the defaults resolved for the data).
+    intercept_scale_ : float
+        The constant c of the intercept's column in use.
 
     Examples
     --------

@@ -59,7 +59,22 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import CovariateMetric
 
-__all__ = ["Factors", "fit_factors"]
+__all__ = ["Factors", "fit_factors", "intercept_column_scale"]
+
+
+def intercept_column_scale(X: np.ndarray, intercept_scaling: float | None) -> float:
+    """The constant of the intercept's column of X: ``intercept_scaling``, or (None) ``sqrt(mean(X^2))``.
+
+    The column ``c 1`` makes the last coordinate of Omega ``b^(i) / c``. With c the root
+    mean square of X's entries, the intercept has the predictors' scale: it enters the
+    curvature bound ``||Q X^(i)||^2`` of each sample's step, the init noise and the
+    travel ``||theta^(i) - theta_pop||_1`` like any coefficient, instead of being a
+    cheaper (or dearer) way to fit a sample than its coefficients.
+    """
+    if intercept_scaling is not None:
+        return float(intercept_scaling)
+    rms = float(np.sqrt(np.mean(np.square(X))))
+    return rms if rms > 0 else 1.0
 
 
 def _relative_change(A, B, C, D) -> float:
@@ -75,7 +90,10 @@ def _relative_change(A, B, C, D) -> float:
 
 @dataclass(frozen=True)
 class Factors:
-    """The result of Algorithm 1: ``Omega = Z Q`` (n x (p + fit_intercept)), the metric weights and the last neighbour pairs."""
+    """The result of Algorithm 1: ``Omega = Z Q`` (n x (p + fit_intercept)), the metric weights and the last neighbour pairs.
+
+    With an intercept the last column of Omega is ``b^(i) / intercept_scale``.
+    """
 
     Z: np.ndarray
     Q: np.ndarray
@@ -83,6 +101,7 @@ class Factors:
     n_iter: int
     loss_history: list
     pairs: np.ndarray
+    intercept_scale: float
 
 
 def fit_factors(model, X: np.ndarray, t: np.ndarray, theta_pop: np.ndarray, b_pop: float, metric: CovariateMetric,
@@ -93,10 +112,11 @@ def fit_factors(model, X: np.ndarray, t: np.ndarray, theta_pop: np.ndarray, b_po
     its loss ``model._loss(eta, t)`` and gradient ``model._loss_grad(eta, t)``.
     """
     n = X.shape[0]
-    Xa = np.hstack([X, np.ones((n, 1))]) if model.fit_intercept else X
+    scale = intercept_column_scale(X, model.intercept_scaling) if model.fit_intercept else 1.0
+    Xa = np.hstack([X, np.full((n, 1), scale)]) if model.fit_intercept else X
     wd = np.dtype(model.dtype)  # precision of the n x p work arrays (X, Omega, buffer)
     Xw = Xa.astype(wd, copy=False)
-    pop = np.append(theta_pop, b_pop) if model.fit_intercept else theta_pop.copy()
+    pop = np.append(theta_pop, b_pop / scale) if model.fit_intercept else theta_pop.copy()
     pa = Xa.shape[1]
     omega = pop[None, :] + model.init_noise * rng.standard_normal((n, pa))
     Us, S, Vt = randomized_svd(omega, n_components=q, random_state=int(rng.integers(2**31 - 1)))
@@ -195,7 +215,7 @@ def fit_factors(model, X: np.ndarray, t: np.ndarray, theta_pop: np.ndarray, b_po
                 break
     n_iter = it + 1 if model.max_iter > 0 else 0
     pairs = np.stack([pairs_i, pairs_j]) if pairs_i is not None else np.zeros((2, 0), int)
-    return Factors(Z=Z, Q=Q, phi=phi, n_iter=n_iter, loss_history=loss_history, pairs=pairs)
+    return Factors(Z=Z, Q=Q, phi=phi, n_iter=n_iter, loss_history=loss_history, pairs=pairs, intercept_scale=scale)
 
 
 def _z_neighbours(model, Z, k, r, rng):

@@ -107,6 +107,14 @@ def test_categorical_covariate_and_intercept():
     assert m.phi_[0] > m.phi_[1]  # the informative covariate weighs more
     theta = m.predict_params(np.array([["a", 0.5], ["b", 0.5]], dtype=object))
     assert theta[0, 0] > 0.5 and theta[1, 0] < -0.5
+    # the intercept's column is at the scale of X (root mean square), and b^(i) is read back at scale 1
+    assert m.intercept_scale_ == pytest.approx(np.sqrt(np.mean(X**2)))
+    assert abs(np.mean(m.predict_intercepts(U)) - 0.5) < 0.1
+    ones = PersonalizedRegressor(rank=2, covariate_kinds=["categorical", "numeric"], max_iter=0, intercept_scaling=1.0).fit(X, y, U)
+    scaled = PersonalizedRegressor(rank=2, covariate_kinds=["categorical", "numeric"], max_iter=0, intercept_scaling=4.0).fit(X, y, U)
+    assert ones.intercept_scale_ == 1.0 and scaled.Q_.shape == (2, 3)
+    # before any step both start at the population model: the same intercepts whatever the scale
+    np.testing.assert_allclose(ones.intercepts_.mean(), scaled.intercepts_.mean(), atol=1e-2)
 
 
 def test_classifier_learns_sign_flip():
