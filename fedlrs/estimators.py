@@ -19,7 +19,10 @@ from sklearn.metrics import accuracy_score, r2_score
 from fedlrs.core import LocalFit, UserData, solve_local, solve_local_logistic, sufficient_statistics, user_parameters
 from fedlrs.core.stats import pad_by_group
 from fedlrs.estimator_parameters import ATTRIBUTES_DOC, PARAMETERS_DOC, engine_config, init_with_defaults
-from fedlrs.input_validation import as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions, label_repr
+from fedlrs.input_validation import (
+    as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions, label_repr,
+    require_routed,
+)
 from fedlrs.simulations.engine import DTYPES, EngineConfig, run_engine
 
 __all__ = ["LRSRegressor", "LRSClassifier", "PersonalModel", "NotFittedError"]
@@ -44,12 +47,7 @@ class PersonalModel:
 
 
 def _groups_given(groups, method: str):
-    if groups is None:
-        raise ValueError(
-            f"groups is None: {method} needs the user of each row (groups=...). In a Pipeline, route it with "
-            f"sklearn.set_config(enable_metadata_routing=True) and set_{method}_request(groups=True)."
-        )
-    return groups
+    return require_routed(groups, "groups", method, "the user of each row")
 
 
 class _LRSBase(BaseEstimator):

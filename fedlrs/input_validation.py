@@ -23,6 +23,7 @@ __all__ = [
     "encode_groups",
     "group_positions",
     "label_repr",
+    "require_routed",
 ]
 
 
@@ -130,6 +131,16 @@ def check_magnitude(arrays: dict[str, np.ndarray], *, dtype, rows: int, degree: 
 def label_repr(label) -> str:
     """``repr`` of a user label, with a NumPy scalar shown as the Python value it holds (``3``, not ``np.int64(3)``)."""
     return repr(label.item() if isinstance(label, np.generic) else label)
+
+
+def require_routed(value, name: str, method: str, what: str):
+    """``value``, unless it is None: then a ValueError saying that ``method`` needs ``what`` and how a Pipeline routes it."""
+    if value is None:
+        raise ValueError(
+            f"{name} is None: {method} needs {what} ({name}=...). In a Pipeline, route it with "
+            f"sklearn.set_config(enable_metadata_routing=True) and set_{method}_request({name}=True)."
+        )
+    return value
 
 
 def _group_values(groups, rows: int, name: str) -> np.ndarray:

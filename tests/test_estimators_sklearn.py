@@ -41,19 +41,15 @@ def routing():
         yield
 
 
-@pytest.mark.parametrize("Estimator", [LRSRegressor, LRSClassifier])
-def test_scikit_learn_parameter_checks(Estimator):
+@pytest.mark.parametrize("Estimator", [LRSRegressor, LRSClassifier, PersonalizedRegressor, PersonalizedClassifier])
+def test_scikit_learn_parameter_checks_and_documentation(Estimator):
     name = Estimator.__name__
     check_parameters_default_constructible(name, Estimator())
     check_no_attributes_set_in_init(name, Estimator())
     check_get_params_invariance(name, Estimator())
     check_set_params(name, Estimator())
-
-
-def test_every_parameter_is_documented():
-    for Estimator in (LRSRegressor, LRSClassifier):
-        for name in inspect.signature(Estimator).parameters:
-            assert f"\n    {name} : " in Estimator.__doc__, (Estimator.__name__, name)
+    for parameter in inspect.signature(Estimator).parameters:
+        assert f"\n    {parameter} : " in Estimator.__doc__, (name, parameter)
 
 
 def test_classifier_defaults_differ_only_where_meant():
@@ -114,17 +110,6 @@ def test_grid_search_with_routed_groups(table, routing):
     half = np.tile(np.arange(20) % 2, 120)  # every user has rows in both folds: a test user was seen in fit
     search = GridSearchCV(model, {"rank": [1, 2]}, cv=PredefinedSplit(half)).fit(X, y, groups=groups)
     assert search.best_params_ == {"rank": 2}
-
-
-@pytest.mark.parametrize("Estimator", [PersonalizedRegressor, PersonalizedClassifier])
-def test_personalized_parameter_checks(Estimator):
-    name = Estimator.__name__
-    check_parameters_default_constructible(name, Estimator())
-    check_no_attributes_set_in_init(name, Estimator())
-    check_get_params_invariance(name, Estimator())
-    check_set_params(name, Estimator())
-    for parameter in inspect.signature(Estimator).parameters:
-        assert f"\n    {parameter} : " in Estimator.__doc__, (name, parameter)
 
 
 def test_personalized_pipeline_with_routed_covariates(routing):

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from fedlrs.input_validation import as_matrix, check_choice, check_int, check_magnitude, check_real
+from fedlrs.input_validation import as_matrix, check_choice, check_int, check_magnitude, check_real, require_routed
 
 from .metrics import CovariateMetric, as_covariate_array
 from .optimizer import fit_factors
@@ -23,12 +23,7 @@ __all__ = ["BasePersonalized"]
 
 
 def _covariates_given(covariates, method: str):
-    if covariates is None:
-        raise ValueError(
-            f"covariates is None: {method} needs the side covariates of each row (covariates=...). In a Pipeline, "
-            f"route them with sklearn.set_config(enable_metadata_routing=True) and set_{method}_request(covariates=True)."
-        )
-    return covariates
+    return require_routed(covariates, "covariates", method, "the side covariates of each row")
 
 
 class BasePersonalized(BaseEstimator):
