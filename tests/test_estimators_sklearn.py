@@ -12,10 +12,15 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import (
+    check_do_not_raise_errors_in_init_or_set_params,
+    check_estimator_cloneable,
+    check_estimator_repr,
+    check_estimators_unfitted,
     check_get_params_invariance,
     check_no_attributes_set_in_init,
     check_parameters_default_constructible,
     check_set_params,
+    check_valid_tag_types,
 )
 from sklearn.utils.validation import check_is_fitted
 
@@ -43,11 +48,17 @@ def routing():
 
 @pytest.mark.parametrize("Estimator", [LRSRegressor, LRSClassifier, PersonalizedRegressor, PersonalizedClassifier])
 def test_scikit_learn_parameter_checks_and_documentation(Estimator):
+    """scikit-learn's own checks that need no fit (the others call fit(X, y) without groups or covariates)."""
     name = Estimator.__name__
     check_parameters_default_constructible(name, Estimator())
     check_no_attributes_set_in_init(name, Estimator())
     check_get_params_invariance(name, Estimator())
     check_set_params(name, Estimator())
+    check_do_not_raise_errors_in_init_or_set_params(name, Estimator())
+    check_estimator_cloneable(name, Estimator())
+    check_estimator_repr(name, Estimator())
+    check_valid_tag_types(name, Estimator())
+    check_estimators_unfitted(name, Estimator())
     for parameter in inspect.signature(Estimator).parameters:
         assert f"\n    {parameter} : " in Estimator.__doc__, (name, parameter)
 
