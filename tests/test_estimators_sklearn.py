@@ -1,6 +1,8 @@
 """The estimators as scikit-learn estimators: parameters, clone, Pipeline with routed groups or covariates."""
 
+import ast
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -59,8 +61,11 @@ def test_scikit_learn_parameter_checks_and_documentation(Estimator):
     check_estimator_repr(name, Estimator())
     check_valid_tag_types(name, Estimator())
     check_estimators_unfitted(name, Estimator())
-    for parameter in inspect.signature(Estimator).parameters:
+    documented = dict(re.findall(r"\n    (\w+) : [^\n]*?default=([^\n]+)", Estimator.__doc__))
+    for parameter, signature in inspect.signature(Estimator).parameters.items():
         assert f"\n    {parameter} : " in Estimator.__doc__, (name, parameter)
+        # the documented default is the signature's (a changed default must change its documentation too)
+        assert ast.literal_eval(documented[parameter]) == signature.default, (name, parameter)
 
 
 def test_classifier_defaults_differ_only_where_meant():
