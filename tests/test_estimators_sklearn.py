@@ -1,6 +1,7 @@
 """The estimators as scikit-learn estimators: parameters, clone, Pipeline with routed groups or covariates."""
 
 import ast
+import dataclasses
 import inspect
 import re
 
@@ -28,8 +29,10 @@ from sklearn.utils.validation import check_is_fitted
 
 import fedlrs
 from fedlrs import LRSClassifier, LRSRegressor
+from fedlrs.estimator_parameters import ENGINE_FIELDS, engine_config
 from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
 from fedlrs.personalized.simulation import simulate
+from fedlrs.simulations.engine import EngineConfig
 from fedlrs.simulations.synthetic import make_lrs_data
 
 
@@ -143,3 +146,26 @@ def test_personalized_pipeline_with_routed_covariates(routing):
         alone.predict(Xt)
     assert alone.score(scaler.transform(Xt), test.y, test.U) == pytest.approx(
         r2_score(test.y, alone.predict(scaler.transform(Xt), test.U)))
+
+
+def test_every_parameter_reaches_the_engine_through_one_mapping():
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert set(ENGINE_FIELDS.values()) <= fields
+    assert set(inspect.signature(LRSRegressor).parameters) == set(ENGINE_FIELDS) | {"mode", "progress"}
+    config = engine_config(LRSRegressor(rank=3, random_state=7, clip_g=2.5).get_params(), loss="squared")
+    assert (config.rank, config.seed, config.clip_g, config.private) == (3, 7, 2.5, False)
+
+
+@pytest.mark.parametrize(
+    "Estimator, parameters, mode",
+    [
+        (LRSRegressor, {}, "ls"),
+        (LRSRegressor, dict(epsilon=1.0, delta=1e-5), "gd"),
+        (LRSRegressor, dict(mode="ls", epsilon=1.0, delta=1e-5), "ls"),
+        (LRSRegressor, dict(mode="gd"), "gd"),
+        (LRSClassifier, {}, "gd"),
+    ],
+)
+def test_mode_auto_is_ls_only_for_a_clear_squared_loss_fit(Estimator, parameters, mode):
+    loss = "logistic" if Estimator is LRSClassifier else "squared"
+    assert engine_config(Estimator(**parameters).get_params(), loss=loss).mode == mode
