@@ -45,7 +45,9 @@ class RecsysConfig(PrivacySettings):
     ridge_item_bias of ``c_j``.
     gd_learning_rate: step of "gd". init_scale: std of the random initial factors (biases 0).
     Privacy (with ``private``): rating_cap (items a user contributes, 0: all), factor_bound
-    (B, on ``||w_i||``), residual_bound (R, on each rating's residual; 0: a quarter of the rating range).
+    (B, on ``||w_i||``), residual_bound (R, on each rating's residual; 0: a quarter of the rating range),
+    noise_ridge: added to every item's ridge, in units of the std of the noise on ``A_j``'s entries
+    (public: it follows from z and the bounds), so an item few users rated is shrunk to 0, not to noise.
     """
 
     rank: int = 8
@@ -63,6 +65,7 @@ class RecsysConfig(PrivacySettings):
     rating_cap: int = 0
     factor_bound: float = 1.0
     residual_bound: float = 0.0
+    noise_ridge: float = 3.0
     starts: int = 4
     refine_steps: int = 1
     seed: int = 0
@@ -78,7 +81,7 @@ class RecsysConfig(PrivacySettings):
         require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
         for name in ("ridge_w", "ridge_u", "ridge_user_bias", "ridge_item_bias", "gd_learning_rate", "factor_bound"):
             require_number(name, getattr(self, name), "must be a finite number > 0", lambda v: 0 < v < math.inf)
-        for name in ("ridge_b", "init_scale", "residual_bound"):
+        for name in ("ridge_b", "init_scale", "residual_bound", "noise_ridge"):
             require_number(name, getattr(self, name), "must be a finite number >= 0", lambda v: 0 <= v < math.inf)
         if self.private and self.rounds < 1:
             raise ValueError("private == True needs rounds >= 1.")
@@ -145,19 +148,25 @@ class _PrivateRelease:
         if cap < 1:
             raise ValueError("private == True needs rating_cap >= 1 (the items a user contributes must be bounded).")
         self.residual_bound = config.residual_bound or (rating_range[1] - rating_range[0]) / 4
-        B2 = 1 + config.factor_bound**2
+        B2 = 1 + config.factor_bound**2 if config.rank > 0 else 1.0  # ||w'_i||^2 <= 1 + B^2 (rank 0: w' = [1])
         self.bounds = {"A": B2 * math.sqrt(cap), "c": math.sqrt(B2 * cap) * self.residual_bound} if config.mode == "ls" else \
             {"G": math.sqrt(B2 * cap) * self.residual_bound}
         self.noise = GaussianNoise(secure=config.noise_seed < 0, seed=None if config.noise_seed < 0 else config.noise_seed)
         self.noise_multiplier = config.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=config.sample_rate, rounds=config.rounds, accountant=config.accountant)
 
+    def mechanism(self, expected_count: float) -> GaussianSumRelease:
+        return GaussianSumRelease(noise_multiplier=self.noise_multiplier, bounds=self.bounds, expected_count=expected_count, noise=self.noise,
+                                  symmetric_parts=frozenset({"A"} & set(self.bounds)))
+
+    def ridge(self) -> float:
+        """The extra item ridge ``noise_ridge * sigma_A`` (sum units; "gd": of the noise on ``G``)."""
+        return self.config.noise_ridge * next(iter(self.mechanism(1.0).noise_stds().values()))
+
     def release(self, sums: dict[str, Tensor], round_number: int, expected_count: float) -> dict[str, Tensor]:
         event = DpEvent(release_id=f"round-{round_number}", kind="round", noise_multiplier=self.noise_multiplier, sample_rate=self.config.sample_rate,
                         round=round_number, time=time.time())
-        mechanism = GaussianSumRelease(noise_multiplier=self.noise_multiplier, bounds=self.bounds, expected_count=expected_count, noise=self.noise,
-                                       symmetric_parts=frozenset({"A"} & set(self.bounds)))
-        return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.config.budget)
+        return self.mechanism(expected_count).release(sums, ledger=self.ledger, event=event, budget=self.config.budget)
 
 
 def server_update(P: Tensor, fit: ItemFit, stats: ItemStats, config: RecsysConfig, offset: float, normalizer: float, private: _PrivateRelease | None,
@@ -179,7 +188,8 @@ def server_update(P: Tensor, fit: ItemFit, stats: ItemStats, config: RecsysConfi
         A, c = item_normal_equations(w_ext, capped, residual, **scales)
         if private is not None:
             released = private.release({"A": A, "c": c}, round_number, normalizer)
-            return item_solve(released["A"], released["c"], normalizer=1.0, ridge=config.ridge_u / normalizer, ridge_bias=config.ridge_item_bias / normalizer)
+            return item_solve(released["A"], released["c"], normalizer=1.0, ridge=(config.ridge_u + private.ridge()) / normalizer,
+                              ridge_bias=(config.ridge_item_bias + private.ridge()) / normalizer)
         return item_solve(A, c, normalizer=normalizer, ridge=config.ridge_u, ridge_bias=config.ridge_item_bias)
     rows = item_gradient_rows(P, fit, capped, offset=offset)
     scale = None
