@@ -18,7 +18,8 @@ settings of the config's ``[private.*]`` tables (no tuning on the private data, 
 beyond the reported run is spent). Every private run's privacy report is checked with
 :func:`fedlrs.privacy.audit_report` (what ``fedlrs privacy audit`` runs); seed 0's reports are
 kept under ``OUT/privacy/``. The curve over the number of users (random protocol) repeats
-the private runs at ``[subsample] epsilon`` on random subsets of the users.
+the private runs at ``[subsample] epsilon`` on random subsets of the users; ``[scale]`` repeats
+them on synthetic MovieLens-like federations of up to tens of thousands of users.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Callable
 import torch
 
 from fedlrs.privacy import audit_report
-from fedlrs.simulations.experiments import EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_privacy
+from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_lines,
+                                            plot_privacy)
 
 from .baselines import global_item_model, library_mf, rmse
-from .data import RatingSplit, load_ratings
+from .data import RatingSplit, load_ratings, synthetic_ratings
 from .model import RecsysConfig, fit_recsys
 
 NAMES = ("recsys-movielens", "recsys-insteval")
@@ -148,6 +150,23 @@ def run_subsampling(config: dict, seeds: list[int], tuning: dict, echo) -> list[
     return records
 
 
+def run_scale(config: dict, seeds: list[int], echo) -> list[dict]:
+    """The same four models on synthetic MovieLens-like federations of ``[scale] users`` users (:func:`synthetic_ratings`)."""
+    section = config["scale"]
+    records = []
+    for users in section["users"]:
+        for seed in seeds:
+            split = synthetic_ratings(int(users), seed=seed)
+            base = {"users": split.num_users, "seed": seed}
+            for method, params in (("biased", {**section["biased"], "rank": 0}), ("LRS", section["lrs"])):
+                records.append({**base, "method": method, "test_rmse": _fit(split, split.train_full, {**params, "seed": seed}).rmse(split.test)})
+            for method, extra in (("biased (private)", {**config["private"]["biased"], "rank": 0}), ("LRS (private)", config["private"]["lrs"])):
+                value, _ = _private_run(split, {**config["private"]["common"], **extra}, epsilon=float(section["epsilon"]), seed=seed, keep=None)
+                records.append({**base, "method": method, "test_rmse": value})
+        echo(f"  synthetic {users} users done")
+    return records
+
+
 def crossing_sentence(rows: list[dict], protocol: str) -> str:
     """Where private LRS reaches the non-private biased model's test RMSE, from the table's rows."""
     biased = next(r["test_rmse"] for r in rows if r["protocol"] == protocol and r["method"] == "biased")
@@ -162,7 +181,7 @@ def crossing_sentence(rows: list[dict], protocol: str) -> str:
 
 def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print,
                           directory: Path | None = None) -> dict:
-    """Run experiment ``name``; write ``table.md``, ``results.json``, ``privacy_utility.png``, ``users.png`` and ``privacy/`` to ``out``."""
+    """Run experiment ``name``; write ``table.md``, ``results.json``, ``privacy_utility.png``, ``users.png`` (``users_synthetic.png``) and ``privacy/`` to ``out``."""
     import json
 
     config = load_config(name, quick=quick, directory=directory)
@@ -184,6 +203,7 @@ def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None =
         row["storage"] = first["storage"]
     sub_records = run_subsampling(config, list(range(n_seeds)), tunings["random"], echo) if "subsample" in config else []
     sub_rows = aggregate(sub_records, ["method", "users"], ["test_rmse"])
+    scale_rows = aggregate(run_scale(config, list(range(n_seeds)), echo), ["method", "users"], ["test_rmse"]) if "scale" in config else []
     seconds = time.perf_counter() - started
     columns = ["protocol", "method", "epsilon", "test_rmse", "epsilon_spent", "audit", "storage", "published"]
     headers = {"test_rmse": "test RMSE", "epsilon_spent": "epsilon spent", "audit": "privacy audit", "storage": "numbers stored/user", "published": "numbers published"}
@@ -192,6 +212,10 @@ def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None =
     if sub_rows:
         text += ["", f"Test RMSE against the number of users (random subsets, random split, epsilon = {config['subsample']['epsilon']} for the private rows):", "",
                  markdown_table(sub_rows, ["method", "users", "test_rmse"], {"test_rmse": "test RMSE"})]
+    if scale_rows:
+        text += ["", f"The same on synthetic MovieLens-like federations with more users (rank-4 taste, Zipf item popularity, 30 ratings per user, "
+                 f"1,000 items; private rows at epsilon = {config['scale']['epsilon']}, non-private rows with the settings of `[scale]`):", "",
+                 markdown_table(scale_rows, ["method", "users", "test_rmse"], {"test_rmse": "test RMSE"})]
     data = load_ratings(config["data"], protocol="random", seed=0, max_users=config.get("max_users")).info
     text += ["", f"{data['users']} users, {data['items']} items, {data['ratings']} ratings ({data['source']}); delta = 1/N^1.1; "
              f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s.", ""]
@@ -199,11 +223,12 @@ def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None =
     random_rows = [r for r in rows if r["protocol"] == "random"]
     plot_privacy(random_rows, y="test_rmse", group="method", path=out / "privacy_utility.png", ylabel="test RMSE", title=f"{name}: test RMSE against epsilon (random split)")
     if sub_rows:
-        from fedlrs.simulations.experiments import plot_lines
-
         plot_lines(sub_rows, x="users", y="test_rmse", group="method", path=out / "users.png", xlabel="users", ylabel="test RMSE",
                    title=f"{name}: test RMSE against the number of users", logx=True, logy=False)
-    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "rows": rows, "records": records, "subsample": sub_rows, "tuning": tunings}
+    if scale_rows:
+        plot_lines(scale_rows, x="users", y="test_rmse", group="method", path=out / "users_synthetic.png", xlabel="users", ylabel="test RMSE",
+                   title="synthetic MovieLens-like ratings: test RMSE against users", logx=True, logy=False)
+    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "rows": rows, "records": records, "subsample": sub_rows, "scale": scale_rows, "tuning": tunings}
     (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
     echo("\n".join(text))
     return {"rows": rows, "records": records, "subsample": sub_rows, "seconds": seconds, "table": "\n".join(text)}
