@@ -23,3 +23,15 @@ def test_crossing_sentence_names_the_first_epsilon_at_or_below_the_biased_model(
     assert "at epsilon = 4" in crossing_sentence(rows, "random")
     rows[-1]["test_rmse"] = rows[-2]["test_rmse"] = 1.0
     assert "does not reach" in crossing_sentence(rows, "random")
+
+
+@pytest.mark.slow
+def test_cli_runs_the_quick_insteval_experiment(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedlrs.cli import app
+
+    result = CliRunner().invoke(app, ["experiment", "recsys-insteval", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "LRS (private)" in (tmp_path / "table.md").read_text()
+    assert CliRunner().invoke(app, ["experiment", "recsys-insteval", "--seeds", "0", "--out", str(tmp_path)]).exit_code == 2
