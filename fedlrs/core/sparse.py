@@ -3,9 +3,9 @@
 With ``x_ij`` the one-hot vector of item ``j`` among ``d`` items, ``theta_i`` holds one
 number per item and ``X_i^T X_i`` is diagonal: ``S_i = diag(s_i)`` with ``s_ij`` the
 number of ratings user i gave item j. Nothing here forms a (d, d) matrix or a
-dense (n, d) array: a user's statistics live on the items it rated, padded to the
-batch's ``m_max`` (:class:`ItemStats`), and only the rows ``U_J`` of its rated items
-are read. The model of a rating is
+dense (n, d) array: a user's statistics live on the items it rated (:class:`ItemStats`),
+batches are grouped by length so a user is padded to less than twice its ratings
+(:func:`length_buckets`), and only the rows ``U_J`` of its rated items are read. The model of a rating is
 
     y_ij ~ o + a_i + c_j + U_j . w_i + b_ij
 
@@ -31,6 +31,7 @@ coordinate of a constant column ``1`` in the local design ``Z_i = [U_J, 1]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,28 @@ class ItemStats:
     def with_weights(self, weights: Tensor) -> "ItemStats":
         """Statistics of a subset of each user's rated items: ``s_ij w_ij``, ``t_ij w_ij`` (``weights`` (n, m) in {0, 1})."""
         return ItemStats(self.items, self.count * weights, self.total * weights, self.num_items)
+
+
+def length_buckets(stats: ItemStats, *, ratio: float = 2.0) -> list[tuple[Tensor, ItemStats]]:
+    """The users grouped by their number of rated items ``m_i``: ``(index, stats)`` per group.
+
+    A group holds users with ``m_i`` in ``[l, ratio * l)`` and its statistics are trimmed
+    to its largest ``m_i`` (the items are packed to the left), so a user's share of a
+    batched step is padded to less than ``ratio * m_i``, not to the batch's ``m_max``.
+    """
+    if ratio <= 1:
+        raise ValueError(f"ratio == {ratio}, must be > 1.")
+    width = (stats.count > 0).sum(1)
+    order = torch.argsort(width, stable=True)
+    sorted_width = width[order]
+    groups, start = [], 0
+    while start < len(order):
+        low = max(int(sorted_width[start]), 1)
+        end = max(int(torch.searchsorted(sorted_width, torch.tensor(math.ceil(ratio * low)), right=False)), start + 1)
+        index, m = order[start:end], max(int(sorted_width[end - 1]), 1)
+        groups.append((index, ItemStats(stats.items[index, :m], stats.count[index, :m], stats.total[index, :m], stats.num_items)))
+        start = end
+    return groups
 
 
 def item_statistics(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, *, num_users: int, num_items: int, dtype=torch.float64) -> ItemStats:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from fedlrs.core.sparse import (ItemFit, ItemStats, extended_coordinates, item_contribution_norms, item_gd_step, item_gradient_rows, item_gradient_sum,
-                                item_normal_equations, item_residual_totals, item_solve, rating_predictions, solve_local_items)
+                                item_normal_equations, item_residual_totals, item_solve, length_buckets, rating_predictions, solve_local_items)
 from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, calibrate_noise_multiplier, clip_scales, poisson_sample, write_privacy_report
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
 
@@ -124,9 +124,19 @@ class RecsysResult(SpentEpsilon):
 
 
 def local_fit(P: Tensor, stats: ItemStats, config: RecsysConfig, offset: float) -> ItemFit:
-    """Every user's ``(w_i, a_i, b_i)`` for the published ``P``: the client's local step."""
-    return solve_local_items(P, stats, offset=offset, sparsity=config.sparsity, ridge_w=config.ridge_w, ridge_b=config.ridge_b, ridge_bias=config.ridge_user_bias, starts=config.starts,
-                             refine_steps=config.refine_steps)
+    """Every user's ``(w_i, a_i, b_i)`` for the published ``P``: the client's local step, batched per :func:`length_buckets` group.
+
+    A user with fewer than ``k + 1`` rated items gets a smaller support, padded with item 0 and value 0.
+    """
+    n, k = stats.num_users, config.sparsity
+    dtype = stats.total.dtype
+    fit = ItemFit(P.new_zeros(n, config.rank), P.new_zeros(n), stats.items.new_zeros(n, k), P.new_zeros(n, k, dtype=dtype))
+    for index, group in length_buckets(stats):
+        part = solve_local_items(P, group, offset=offset, sparsity=k, ridge_w=config.ridge_w, ridge_b=config.ridge_b, ridge_bias=config.ridge_user_bias,
+                                 starts=config.starts, refine_steps=config.refine_steps)
+        fit.w[index], fit.user_bias[index] = part.w, part.user_bias
+        fit.b_items[index, :part.b_items.shape[1]], fit.b_values[index, :part.b_values.shape[1]] = part.b_items, part.b_values
+    return fit
 
 
 def contribution_weights(stats: ItemStats, cap: int, generator: torch.Generator) -> Tensor:
@@ -169,39 +179,47 @@ class _PrivateRelease:
         return self.mechanism(expected_count).release(sums, ledger=self.ledger, event=event, budget=self.config.budget)
 
 
-def server_update(P: Tensor, fit: ItemFit, stats: ItemStats, config: RecsysConfig, offset: float, normalizer: float, private: _PrivateRelease | None,
-                  round_number: int, weights: Tensor) -> Tensor:
-    """The new ``P`` from the contributions of the users in ``stats`` (their items weighted by ``weights``, the rating cap)."""
-    capped = stats.with_weights(weights)
-    w = fit.w
-    if private is not None:
-        w = w * clip_scales(w.norm(dim=1), bound=config.factor_bound).unsqueeze(-1)
-    w_ext = extended_coordinates(w)
-    if config.mode == "ls":
-        residual = item_residual_totals(P, fit, capped, offset=offset)
-        scales = {}
+def contribution_sums(P: Tensor, fit: ItemFit, stats: ItemStats, config: RecsysConfig, offset: float, private: _PrivateRelease | None, weights: Tensor) -> dict[str, Tensor]:
+    """The summed contributions of the users in ``stats`` (their items weighted by ``weights``, the rating cap), per :func:`length_buckets` group.
+
+    "ls": ``A`` (d, r', r') and ``c`` (d, r'); "gd": ``G`` (d, r'). Privately each user's ``w_i``
+    is clipped to ``factor_bound``, each rating's residual to ``R``, and each part to its bound.
+    """
+    sums: dict[str, Tensor] = {}
+    for index, group in length_buckets(stats):
+        capped = group.with_weights(weights[index, :group.items.shape[1]])
+        part_fit = ItemFit(fit.w[index], fit.user_bias[index], fit.b_items[index], fit.b_values[index])
+        w = part_fit.w
+        if private is not None:
+            w = w * clip_scales(w.norm(dim=1), bound=config.factor_bound).unsqueeze(-1)
+        w_ext = extended_coordinates(w)
+        rows = item_residual_totals(P, part_fit, capped, offset=offset) if config.mode == "ls" else item_gradient_rows(P, part_fit, capped, offset=offset)
         if private is not None:
             bound = private.residual_bound * capped.count
-            residual = torch.maximum(torch.minimum(residual, bound), -bound)
-            norm_A, norm_c = item_contribution_norms(w_ext, capped, residual)
-            scales = {"weights_A": clip_scales(norm_A, bound=private.bounds["A"]), "weights_c": clip_scales(norm_c, bound=private.bounds["c"])}
-        A, c = item_normal_equations(w_ext, capped, residual, **scales)
-        if private is not None:
-            released = private.release({"A": A, "c": c}, round_number, normalizer)
-            return item_solve(released["A"], released["c"], normalizer=1.0, ridge=(config.ridge_u + private.ridge()) / normalizer,
-                              ridge_bias=(config.ridge_item_bias + private.ridge()) / normalizer)
-        return item_solve(A, c, normalizer=normalizer, ridge=config.ridge_u, ridge_bias=config.ridge_item_bias)
-    rows = item_gradient_rows(P, fit, capped, offset=offset)
-    scale = None
+            rows = torch.maximum(torch.minimum(rows, bound), -bound)
+        if config.mode == "ls":
+            scales = {}
+            if private is not None:
+                norm_A, norm_c = item_contribution_norms(w_ext, capped, rows)
+                scales = {"weights_A": clip_scales(norm_A, bound=private.bounds["A"]), "weights_c": clip_scales(norm_c, bound=private.bounds["c"])}
+            part = dict(zip(("A", "c"), item_normal_equations(w_ext, capped, rows, **scales)))
+        else:
+            scale = None if private is None else clip_scales(rows.norm(dim=1) * w_ext.norm(dim=1), bound=private.bounds["G"])
+            part = {"G": item_gradient_sum(w_ext, capped, rows, scale)}
+        sums = part if not sums else {key: sums[key] + value for key, value in part.items()}
+    return sums
+
+
+def server_step(P: Tensor, sums: dict[str, Tensor], config: RecsysConfig, normalizer: float, private: _PrivateRelease | None, round_number: int) -> Tensor:
+    """The new ``P`` from the sums: released first when private (then divided by ``q N`` already, with the noise ridge added)."""
+    ridge, ridge_bias = config.ridge_u, config.ridge_item_bias
     if private is not None:
-        bound = private.residual_bound * capped.count
-        rows = torch.maximum(torch.minimum(rows, bound), -bound)
-        scale = clip_scales(rows.norm(dim=1) * w_ext.norm(dim=1), bound=private.bounds["G"])
-    G = item_gradient_sum(w_ext, capped, rows, scale)
-    if private is not None:
-        G = private.release({"G": G}, round_number, normalizer)["G"]
-        return item_gd_step(P, G, normalizer=1.0, learning_rate=config.gd_learning_rate, ridge=config.ridge_u / normalizer, ridge_bias=config.ridge_item_bias / normalizer)
-    return item_gd_step(P, G, normalizer=normalizer, learning_rate=config.gd_learning_rate, ridge=config.ridge_u, ridge_bias=config.ridge_item_bias)
+        sums = private.release(sums, round_number, normalizer)  # noised, divided by q N
+        extra = private.ridge() if config.mode == "ls" else 0.0
+        ridge, ridge_bias, normalizer = (ridge + extra) / normalizer, (ridge_bias + extra) / normalizer, 1.0
+    if config.mode == "ls":
+        return item_solve(sums["A"], sums["c"], normalizer=normalizer, ridge=ridge, ridge_bias=ridge_bias)
+    return item_gd_step(P, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate, ridge=ridge, ridge_bias=ridge_bias)
 
 
 def fit_recsys(stats: ItemStats, config: RecsysConfig, *, rating_range: tuple[float, float], ledger: Ledger | None = None, evaluate=None) -> RecsysResult:
@@ -222,7 +240,7 @@ def fit_recsys(stats: ItemStats, config: RecsysConfig, *, rating_range: tuple[fl
         selected = stats.select(index)
         fit = local_fit(P, selected, config, offset)
         weights = contribution_weights(selected, config.rating_cap if private is not None else 0, generator)
-        P = server_update(P, fit, selected, config, offset, config.sample_rate * n, private, round_number, weights)
+        P = server_step(P, contribution_sums(P, fit, selected, config, offset, private, weights), config, config.sample_rate * n, private, round_number)
         if evaluate is not None:
             history.append({"round": round_number, **evaluate(RecsysResult(P, local_fit(P, stats, config, offset), offset, asdict(config)))})
     result = RecsysResult(P, local_fit(P, stats, config, offset), offset, asdict(config), history=history)

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedlrs.core import UserStats, gd_gradient_sum, ls_system, solve_local
 from fedlrs.core.sparse import (ItemFit, extended_coordinates, item_gradient_rows, item_gradient_sum, item_normal_equations, item_residual_totals, item_solve,
-                                item_statistics, rating_predictions, solve_local_items)
+                                item_statistics, length_buckets, rating_predictions, solve_local_items)
 
 DT = torch.float64
 
@@ -140,3 +140,24 @@ def test_one_local_step_allocates_by_the_users_ratings_not_by_d():
     large, small = _local_step_peak(100_000), _local_step_peak(1_000)
     assert large == small
     assert large <= 10 * 10 * 9 * 8  # O(m^2 + m r) doubles; the published P alone is 100,000 x 9 doubles
+
+
+def test_length_buckets_pad_each_user_to_less_than_twice_its_ratings_and_change_no_fit():
+    rng = np.random.default_rng(4)
+    n, d = 40, 300
+    per_user = rng.integers(1, 120, size=n)
+    users = np.repeat(np.arange(n), per_user)
+    items = np.concatenate([rng.choice(d, m, replace=False) for m in per_user])
+    stats = item_statistics(users, items, rng.normal(size=len(users)), num_users=n, num_items=d)
+    groups = length_buckets(stats)
+    seen = torch.cat([index for index, _ in groups])
+    assert sorted(seen.tolist()) == list(range(n))
+    for index, group in groups:
+        assert group.items.shape[1] < 2 * torch.as_tensor(per_user)[index].min()
+        assert torch.equal(group.num_ratings, stats.num_ratings[index])
+    P = torch.randn(d, 4, dtype=DT)
+    whole = solve_local_items(P, stats, offset=0.0, sparsity=0, ridge_w=1.0, ridge_b=0.0)
+    for index, group in groups:
+        part = solve_local_items(P, group, offset=0.0, sparsity=0, ridge_w=1.0, ridge_b=0.0)
+        torch.testing.assert_close(part.w, whole.w[index])
+        torch.testing.assert_close(part.user_bias, whole.user_bias[index])
