@@ -54,19 +54,27 @@ class ProjectedGram:
         self.xtx, self.V, self.K, self.ridge_b = xtx, V, K, ridge_b
         self._Vt = None if V is None else V.transpose(1, 2).contiguous()  # (n, r, d)
 
+    def gram_diagonal(self) -> Tensor:
+        """``S_jj`` (n, d)."""
+        return torch.diagonal(self.xtx, dim1=1, dim2=2)
+
+    def gram_rows(self, index: Tensor) -> Tensor:
+        """``S[:, index, :]`` (n, s, d)."""
+        n, d = self.xtx.shape[:2]
+        flat = (torch.arange(n, device=index.device).unsqueeze(1) * d + index).reshape(-1)
+        return self.xtx.reshape(n * d, d).index_select(0, flat).reshape(n, index.shape[1], d)
+
     def diagonal(self) -> Tensor:
         """``H_jj`` (n, d)."""
-        diag = torch.diagonal(self.xtx, dim1=1, dim2=2) + self.ridge_b
+        diag = self.gram_diagonal() + self.ridge_b
         if self.V is not None:
             diag = diag - (self.V * self.K.transpose(1, 2)).sum(-1)
         return diag
 
     def rows(self, index: Tensor) -> Tensor:
         """``H[:, S, :]`` (n, s, d) for supports ``index`` (n, s)."""
-        n, d = self.xtx.shape[:2]
-        s = index.shape[1]
-        flat = (torch.arange(n, device=index.device).unsqueeze(1) * d + index).reshape(-1)
-        out = self.xtx.reshape(n * d, d).index_select(0, flat).reshape(n, s, d)
+        n, s = index.shape
+        out = self.gram_rows(index)
         if self.V is not None:
             K_S = self.K.gather(2, index.unsqueeze(1).expand(n, self.K.shape[1], s))  # (n, r, s)
             if s <= 2:  # elementwise beats tiny bmm batches on a CPU

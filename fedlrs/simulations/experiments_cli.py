@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from fedlrs.nn.experiment import NAMES as NN_NAMES  # the network experiments: same options, same outputs
+from fedlrs.recsys.experiment import NAMES as RECSYS_NAMES  # the rating experiments: same options, same outputs
 
 from .experiments import NAMES
 
@@ -29,6 +30,8 @@ def _experiment_command(name: str):
 
         if name in NN_NAMES:
             from fedlrs.nn.experiment import run_nn_experiment as run_experiment
+        if name in RECSYS_NAMES:
+            from fedlrs.recsys.experiment import run_recsys_experiment as run_experiment
         try:
             run_experiment(name, quick=quick, seeds=seeds, out=out or Path("results") / name, echo=typer.echo)
         except ValueError as error:
@@ -86,7 +89,7 @@ def own_data(
 
 
 def experiment_commands(app: typer.Typer) -> None:
-    """Register ``synthetic-sample-complexity``, ``synthetic-privacy``, ``movielens``, ``hsb``, ``nn-digits``, ``nn-movielens`` and ``own-data`` on ``app``."""
-    for name in (*NAMES, *NN_NAMES):
+    """Register ``synthetic-sample-complexity``, ``synthetic-privacy``, ``movielens``, ``hsb``, ``nn-digits``, ``nn-movielens``, ``recsys-movielens``, ``recsys-insteval`` and ``own-data`` on ``app``."""
+    for name in (*NAMES, *NN_NAMES, *RECSYS_NAMES):
         app.command(name)(_experiment_command(name))
     app.command("own-data")(own_data)

@@ -1,0 +1,42 @@
+"""The rating data sets (fedlrs.recsys.data): sizes of the shipped files, the two protocols, validation."""
+
+import numpy as np
+import pytest
+
+from fedlrs.recsys.data import build_split, load_ratings
+from fedlrs.simulations.realdata import DataError
+
+
+def test_movielens_random_split_is_80_10_10_over_ratings():
+    split = load_ratings("movielens", protocol="random", seed=0)
+    assert (split.num_users, split.num_items, split.info["ratings"]) == (671, 9066, 100004)
+    assert (len(split.train), len(split.validation), len(split.test)) == (80004, 10000, 10000)
+    other = load_ratings("movielens", protocol="random", seed=1)
+    assert not np.array_equal(split.test.ratings, other.test.ratings)
+    assert split.rating_range == (0.5, 5.0)
+
+
+def test_insteval_sizes_and_no_time_protocol():
+    split = load_ratings("insteval")
+    assert (split.num_users, split.num_items, split.info["ratings"]) == (2972, 1128, 73421)
+    with pytest.raises(DataError, match="timestamps"):
+        load_ratings("insteval", protocol="time")
+
+
+def test_time_protocol_keeps_each_users_latest_ratings_for_test():
+    users = np.repeat([10, 20], 10)
+    time = np.r_[np.arange(10)[::-1], np.arange(10)]
+    split = build_split("toy", users, np.arange(20) % 7, np.arange(20.0), time, protocol="time", rating_range=(0, 20))
+    for user in (0, 1):
+        test_times = time[np.r_[0:10] + 10 * user][np.isin(np.arange(10) + 10 * user, np.flatnonzero(np.isin(np.arange(20.0), split.test.ratings)))]
+        assert sorted(test_times.tolist()) == [8, 9]
+    assert len(split.validation) == 4 and len(split.train) == 12
+
+
+def test_subsets_of_users_and_bad_names():
+    split = load_ratings("movielens", max_users=50)
+    assert split.num_users == 50 and split.num_items == 9066
+    with pytest.raises(ValueError, match="unknown"):
+        load_ratings("netflix")
+    with pytest.raises(ValueError, match="protocol"):
+        load_ratings("movielens", protocol="leave-one-out")
