@@ -58,7 +58,8 @@ def _tight_subset(n: int, *, max_points: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=max(2, max_points)).round().astype(int)))
 
 
-def _guarantee(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
+def guarantee_sentence(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
+    """The report's guarantee in one sentence, generated from the numbers (the audit regenerates and compares it)."""
     kinds = {k: sum(e.count for e in events if e.kind == k) for k in ("init", "round", "metric")}
     rates = sorted({e.sample_rate for e in events})
     return (f"Under the add/remove-one-user neighbouring relation (user-level DP), everything this run "
@@ -72,11 +73,22 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
                          budget: PrivacyBudget | None = None, planned_rounds: int | None = None,
                          calibrated_noise_multiplier: float | None = None,
                          max_tight_points: int = 20) -> dict[str, Any]:
-    """The report as a JSON-ready dict (see :func:`write_privacy_report`)."""
+    """The report as a JSON-ready dict (see :func:`write_privacy_report`).
+
+    ``budget`` and ``planned_rounds`` default to those of the ledger's header; a
+    ``budget`` that differs from the header's is refused.
+    """
     delta = validate_delta(delta)
     accountants = tuple(dict.fromkeys(validate_accountant(a) for a in accountants))
     if not accountants:
         raise ValueError("accountants == (), must name at least one accountant.")
+    if ledger.budget is not None:
+        recorded = PrivacyBudget(**ledger.budget)
+        if budget is not None and budget != recorded:
+            raise ValueError(f"budget == {budget.to_dict()}, but the ledger's header records {recorded.to_dict()}.")
+        budget = recorded
+    if planned_rounds is None and ledger.plan is not None:
+        planned_rounds = ledger.plan.get("rounds")
     if budget is not None and delta > budget.delta:
         raise ValueError(f"delta == {delta}, must be <= the budget's delta == {budget.delta}.")
     primary = budget.accountant if budget is not None else accountants[0]
@@ -111,7 +123,7 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
-        "guarantee": _guarantee(epsilon=finals[primary].epsilon, delta=delta, accountant=primary,
+        "guarantee": guarantee_sentence(epsilon=finals[primary].epsilon, delta=delta, accountant=primary,
                                 events=events),
         "guarantee_epsilon": finals[primary].epsilon,
         "guarantee_accountant": primary,
