@@ -43,6 +43,7 @@ import os
 import tempfile
 import math
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,22 @@ def _parse_event_line(raw: bytes, *, line_no: int, path: Path) -> DpEvent:
         return DpEvent.from_dict(data)
     except (UnicodeDecodeError, json.JSONDecodeError, InvalidEventError, TypeError) as error:
         raise LedgerCorruptError(f"{path}: line {line_no} is not a valid event: {error}") from error
+
+
+def move_aside(folder: str | os.PathLike[str]) -> Path:
+    """Rename ``folder`` (a run's output, its ledger included) to ``<folder>.old-<UTC time>``; never deletes.
+
+    Returns the new path. A ledger is evidence of releases that happened: a run that
+    starts over keeps the old one, under a name that says it is old.
+    """
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, k = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+    while target.exists():
+        k += 1
+        target = folder.with_name(f"{folder.name}.old-{stamp}-{k}")
+    os.rename(folder, target)
+    return target
 
 
 class Ledger:

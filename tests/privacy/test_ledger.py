@@ -216,3 +216,17 @@ def test_sigkill_mid_run_loses_no_release(tmp_path):
 def test_record_refuses_non_events():
     with pytest.raises(TypeError, match="must be a DpEvent"):
         Ledger().record({"release_id": "x"})
+
+
+def test_move_aside_renames_and_never_deletes(tmp_path):
+    from fedlrs.privacy.ledger import move_aside
+
+    run = tmp_path / "run"
+    Ledger(run / "ledger.jsonl").record(make_event())
+    before = (run / "ledger.jsonl").read_bytes()
+    first = move_aside(run)
+    Ledger(run / "ledger.jsonl")
+    second = move_aside(run)
+    assert not run.exists() and first != second
+    assert first.name.startswith("run.old-") and (first / "ledger.jsonl").read_bytes() == before
+    assert len(Ledger.load(second / "ledger.jsonl")) == 0
