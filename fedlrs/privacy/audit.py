@@ -192,12 +192,12 @@ def _check_ledger(report: dict[str, Any], events: Sequence[DpEvent], path: Path,
 
 
 def audit_report(path: str | Path, *, ledger_path: str | Path | None = None,
-                 accountants: Sequence[str] = (), tolerance: float = TOLERANCE) -> AuditResult:
+                 accountants: Sequence[str] = ("rdp", "pld"), tolerance: float = TOLERANCE) -> AuditResult:
     """Check a ``privacy_report.json`` against its ledger and its own events.
 
     The ledger is ``ledger_path``, else the one the report names (:func:`find_ledger`);
     without one the result is not ``verified`` (and not ``ok``). Recomputes every
-    stated epsilon with the accountant that stated it, plus ``accountants`` (RDP,
+    stated epsilon with the accountant that stated it, plus ``accountants`` (a cross-check; RDP,
     Mironov 2017 / Mironov, Talwar & Zhang 2019; PRV, Gopi et al. 2021; PLD,
     Doroshenko et al. 2022) independently of the stored numbers, and fails, with
     reasons, when: the report or an event is malformed; the relation is not

@@ -13,7 +13,7 @@ from fedlrs.privacy.ledger import Ledger, LedgerError
 from fedlrs.privacy.report import REPORT_JSON, REPORT_MD, REPORT_PNG, write_privacy_report
 
 privacy_app = typer.Typer(help="User-level differential privacy: calibrate, report, audit, probe.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 
 def _accountant(value: str) -> str:

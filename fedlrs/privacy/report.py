@@ -176,8 +176,10 @@ def _plot(report: Mapping[str, Any], path: Path) -> None:
     curve = report["epsilon_curve"]
     for a in report["epsilon"]:
         pairs = [(r, e) for r, e in zip(curve["round"], curve[a]) if e is not None]
+        used = report["accountant_used"][a]
         if pairs:
-            ax.plot(*zip(*pairs), marker="." if len(pairs) < 60 else None, label=a.upper())
+            ax.plot(*zip(*pairs), marker="." if len(pairs) < 60 else None,
+                    label=a.upper() if used == a else f"{a.upper()} (fell back: {used.upper()})")
     if report["budget"]:
         ax.axhline(report["budget"]["epsilon"], color="k", linestyle="--", label="budget")
     ax.set_xlabel("round")
