@@ -182,8 +182,8 @@ def _check_ledger(report: dict[str, Any], events: Sequence[DpEvent], path: Path,
         reasons.append(f"events differ from the ledger {path} ({len(ledger)} events there, "
                        f"{len(events)} in the report).")
     if ledger.budget is None:
-        notes.append(f"ledger {path} has a version 1 header: its budget and plan are unknown, "
-                     f"so the report's budget and delta could not be checked against it.")
+        notes.append(f"the header of ledger {path} records no budget (a version 1 ledger, or one written "
+                     f"without it), so the report's budget and delta could not be checked against it.")
     plan, planned = ledger.plan or {}, report["plan"] if isinstance(report["plan"], dict) else {}
     for key in ("rounds", "noise_multiplier"):
         if plan.get(key) is not None and planned.get(key) != plan[key]:

@@ -152,7 +152,7 @@ def test_version_1_ledger_passes_with_a_note(tmp_path):
                          accountants=("rdp",))
     result = audit_report(tmp_path / "privacy_report.json")
     assert result.ok, result.reasons
-    assert any("version 1 header" in note for note in result.notes) and len(ledger) == 3
+    assert any("records no budget (a version 1 ledger" in note for note in result.notes) and len(ledger) == 3
 
 
 def test_deleted_event_fails(honest):
