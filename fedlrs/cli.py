@@ -155,6 +155,7 @@ def simulate(
     from fedlrs.privacy import Ledger
     from fedlrs.simulations.engine import EngineConfig, run_engine, synthetic_evaluator
 
+    _check_device(device)
     private = epsilon is not None
     mode = mode or ("gd" if private or logistic else "ls")
     config = EngineConfig(
@@ -197,6 +198,17 @@ def simulate(
     if out is not None:
         result.to_json(out / "metrics.json", {"data": dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)})
         console.print(f"wrote {out / 'metrics.json'}" + (f", {out / 'privacy_report.json'}, {out / 'privacy_report.md'}, {out / 'epsilon.png'}" if private else ""))
+
+
+def _check_device(device: str) -> None:
+    """Refuse a torch device that does not parse or is not available here, naming it."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"device == {device!r} is not available here ({one_line(error, 120)}).") from None
 
 
 def _check_calibration(config) -> None:

@@ -60,6 +60,9 @@ def test_noise_nan_prints_one_line_without_data():
     (["--noise-multiplier", "1e-300", "--epsilon", "1"], "too small to account"),
     (["--epsilon", "1e-4", "--delta", "1e-9"], "reaches target_epsilon"),
     (["--mode", "nope"], "mode == 'nope'"),
+    (["--device", "nope"], "device == 'nope' is not available"),
+    (["--sample-rate", "nan"], "sample_rate == nan"),
+    (["--clip-g", "nan", "--epsilon", "1"], "clip_g == nan"),
 ])
 def test_expected_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     result = runner.invoke(app, ["simulate", *SMALL, *args, "--out", str(tmp_path / "run")])
