@@ -128,6 +128,15 @@ def _check_epsilons(report: dict[str, Any], events: Sequence[DpEvent], delta: fl
                 reasons.append(f"epsilon_curve rdp at round {r} == {value!r}, recomputed "
                                f"{prefix[k - 1]!r}.")
                 break
+        # the tight curves' last point, when it is after the last event, is the final epsilon (recomputed above)
+        for a in (a for a in ("prv", "pld") if a in curve and a in recomputed):
+            values = curve[a] if isinstance(curve[a], list) else []
+            if len(values) != len(points):
+                reasons.append(f"epsilon_curve {a} does not have one value per round event.")
+                continue
+            last = values[-1] if points and points[-1][0] == len(events) else None
+            if last is not None and (not _number(last) or last < recomputed[a] * (1 - tolerance)):
+                reasons.append(f"epsilon_curve {a} at the last round == {last!r}, recomputed {recomputed[a]!r}.")
     return recomputed
 
 

@@ -219,3 +219,9 @@ def test_retried_round_is_accounted_twice_and_passes(tmp_path):
                          planned_rounds=3, calibrated_noise_multiplier=2.0)
     result = audit_report(tmp_path / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
     assert result.ok, result.reasons
+
+
+@pytest.mark.parametrize("key", ["prv", "pld"])
+def test_understated_tight_curve_fails(honest, key):
+    result = _tamper(honest, lambda r: r["epsilon_curve"][key].__setitem__(-1, 0.01))
+    assert not result.ok and any(f"epsilon_curve {key} at the last round" in reason for reason in result.reasons)
