@@ -229,6 +229,19 @@ def _check_calibration(config) -> None:
             pass  # the engine stops before such a round and reports it: not an error
 
 
+def _spent(path: Path) -> str:
+    """What the ledger at ``path`` records, in a few words (or why it cannot be read)."""
+    from fedlrs.privacy import Ledger, LedgerError
+
+    try:
+        ledger = Ledger.load(path)
+        budget = ledger.budget or {"delta": 1e-5, "accountant": "rdp"}
+        spent = ledger.account(delta=budget["delta"], accountant=budget["accountant"])
+    except (OSError, ValueError, LedgerError) as error:
+        return f"{path}, unreadable: {one_line(error, 120)}"
+    return f"{path}: {len(ledger)} releases, epsilon {spent.epsilon:.4g} at delta {budget['delta']:g} ({spent.accountant_used.upper()})"
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that holds a ledger (its releases are spent and must stay on record), or with
     ``overwrite`` move it aside to ``out.old-<time>``; never delete or truncate a ledger."""
@@ -240,7 +253,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         console.print(f"moved the earlier run in {out} to {move_aside(out)} (its ledger is kept there)")
     elif (out / "ledger.jsonl").exists():
         raise ValueError(
-            f"{out} holds the ledger of an earlier run ({out / 'ledger.jsonl'}); its releases are spent and the "
+            f"{out} holds the ledger of an earlier run ({_spent(out / 'ledger.jsonl')}); its releases are spent and the "
             f"engine cannot resume it. Give a new --out, or --overwrite to move {out} aside (kept as {out.name}.old-<time>).")
     out.mkdir(parents=True, exist_ok=True)
 
