@@ -258,6 +258,9 @@ def audit_report(path: str | Path, *, ledger_path: str | Path | None = None,
         reasons.append("events repeat a release_id.")
     if len(events) != len(raw_events):
         return AuditResult(False, tuple(reasons))
+    if isinstance(report["sampling"], dict) and report["sampling"].get("rates") != sorted({e.sample_rate for e in events}):
+        reasons.append(f"sampling rates == {report['sampling'].get('rates')!r}, the events' are "
+                       f"{sorted({e.sample_rate for e in events})}.")
     ledger_file = Path(ledger_path) if ledger_path is not None else find_ledger(report, path)
     recorded_budget = None
     if ledger_file is None:

@@ -225,3 +225,8 @@ def test_retried_round_is_accounted_twice_and_passes(tmp_path):
 def test_understated_tight_curve_fails(honest, key):
     result = _tamper(honest, lambda r: r["epsilon_curve"][key].__setitem__(-1, 0.01))
     assert not result.ok and any(f"epsilon_curve {key} at the last round" in reason for reason in result.reasons)
+
+
+def test_edited_sampling_rates_fail(honest):
+    result = _tamper(honest, lambda r: r["sampling"].update(rates=[0.01]))
+    assert not result.ok and any("sampling rates == [0.01]" in reason for reason in result.reasons)
