@@ -58,8 +58,7 @@ def _tight_subset(n: int, *, max_points: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=max(2, max_points)).round().astype(int)))
 
 
-def guarantee_sentence(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
-    """The report's guarantee in one sentence, generated from the numbers (the audit regenerates and compares it)."""
+def _guarantee(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
     kinds = {k: sum(e.count for e in events if e.kind == k) for k in ("init", "round", "metric")}
     rates = sorted({e.sample_rate for e in events})
     return (f"Under the add/remove-one-user neighbouring relation (user-level DP), everything this run "
@@ -123,7 +122,7 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
-        "guarantee": guarantee_sentence(epsilon=finals[primary].epsilon, delta=delta, accountant=primary,
+        "guarantee": _guarantee(epsilon=finals[primary].epsilon, delta=delta, accountant=primary,
                                 events=events),
         "guarantee_epsilon": finals[primary].epsilon,
         "guarantee_accountant": primary,
@@ -141,6 +140,11 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
         "events": [e.to_dict() for e in events],
         "epsilon_curve": curve,
     }
+
+
+def guarantee_sentence(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
+    """The report's guarantee in one sentence, generated from the numbers (the audit regenerates and compares it)."""
+    return _guarantee(epsilon=epsilon, delta=delta, accountant=accountant, events=events)
 
 
 def _markdown(report: Mapping[str, Any]) -> str:

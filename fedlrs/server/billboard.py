@@ -34,7 +34,7 @@ from fedlrs.privacy import BudgetExceededError, Ledger
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.sampling import poisson_sample
 from fedlrs.server.secure_aggregation import SecureAggregation
-from fedlrs.server.validation import RefusedReply, unavailable_notice, validate_reply
+from fedlrs.server.validation import RefusedReply, require_replies, unavailable_notice, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
@@ -53,11 +53,6 @@ def _log(level: int, message: str, *args) -> None:
     from flwr.common.logger import log
 
     log(level, "[fedlrs] " + message, *args)
-
-
-class TooFewRepliesError(RuntimeError):
-    """A phase in which fewer devices replied validly than ``min-nodes`` (or than were asked, when fewer were
-    asked): the run stops before the phase's release is recorded, so no noise is published as if it were a sum."""
 
 
 @dataclass
@@ -197,7 +192,7 @@ class Billboard:
             _log(WARNING, "round %d: node %d did not reply (gone, or silent for round-timeout == %.1f s); "
                           "the round goes on without it", round_number, node, self.config.round_timeout)
         self.counted[round_number] = len(accepted)
-        self._require_replies(round_number, len(asked), len(accepted))
+        require_replies(round_number, len(asked), len(accepted), self.config.min_nodes)
         for node in sorted(accepted):  # a fixed order: the sum does not depend on arrival order
             for name, value in accepted[node].items():
                 sums[name] += value.to(sums[name].dtype)
@@ -217,19 +212,8 @@ class Billboard:
         self.refusals += [Refusal(round_number, node, reason) for node, reason in outcome.refusals]
         self.dropped += [(round_number, node) for node in outcome.missing if node not in refused]
         self.counted[round_number] = len(outcome.counted)
-        self._require_replies(round_number, len(nodes), len(outcome.counted))
+        require_replies(round_number, len(nodes), len(outcome.counted), self.config.min_nodes)
         return outcome.sums
-
-    def _require_replies(self, round_number: int, asked: int, counted: int) -> None:
-        """Raise :class:`TooFewRepliesError` below ``min(min-nodes, asked)`` valid replies, before the phase's release
-        (the run resumes from the last checkpoint). A round Poisson sampling gave no device (``asked == 0``) is released."""
-        required = min(self.config.min_nodes, asked)
-        if counted < required:
-            phase = "the moments init" if round_number == 0 else f"round {round_number}"
-            raise TooFewRepliesError(
-                f"{phase}: {counted} of {asked} asked devices replied with a valid contribution, fewer than "
-                f"{required} (min-nodes == {self.config.min_nodes}); nothing was released for it. Fix the devices "
-                f"and run again: the run resumes from its checkpoint-dir.")
 
     # ------------------------------------------------------------------ privacy
     def _open_ledger(self) -> Ledger | None:

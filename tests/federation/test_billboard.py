@@ -248,7 +248,7 @@ def _silence(nodes, phase):
 @pytest.mark.parametrize("phase", ["train.moments", "train"])
 def test_a_phase_without_any_reply_fails_before_its_release(small, tmp_path, phase):
     """Issue 17, row 10: a private init (or round) in which every reply failed stops the run; nothing is recorded."""
-    from fedlrs.server.billboard import TooFewRepliesError
+    from fedlrs.server.validation import TooFewRepliesError
 
     overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "target-epsilon": 100.0,
                  "round-timeout": 0.2, "checkpoint-dir": str(tmp_path)}
@@ -262,7 +262,7 @@ def test_a_phase_without_any_reply_fails_before_its_release(small, tmp_path, pha
 
 
 def test_fewer_replies_than_min_nodes_fail_the_round(small):
-    from fedlrs.server.billboard import TooFewRepliesError
+    from fedlrs.server.validation import TooFewRepliesError
 
     overrides = {**small, "round-timeout": 0.2, "min-nodes": 10}
     with pytest.raises(TooFewRepliesError, match=r"round 1: 9 of 12 .* fewer than 10 \(min-nodes == 10\)"):

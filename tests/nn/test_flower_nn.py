@@ -325,7 +325,7 @@ def test_runs_in_the_flower_simulation(tmp_path, secure):
 
 def test_a_round_without_any_reply_fails_before_its_release(tmp_path):
     """Issue 17, row 10, for the network billboard: no noise is published for a round nobody answered."""
-    from fedlrs.server.billboard import TooFewRepliesError
+    from fedlrs.server.validation import TooFewRepliesError
 
     overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0,
                  "round-timeout": 0.2, "checkpoint-dir": str(tmp_path)}
