@@ -170,7 +170,7 @@ def simulate(
     data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
     config.check_data(data.train.dim)
     if private:
-        _check_calibration(config)
+        _check_calibration(config, data.train.num_users)
     if out is not None:
         _prepare_out(out, overwrite)
     ledger = None
@@ -211,13 +211,14 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device == {device!r} is not available here ({one_line(error, 120)}).") from None
 
 
-def _check_calibration(config) -> None:
+def _check_calibration(config, num_users: int) -> None:
     """Calibrate the run's noise as the engine will, on a throwaway in-memory ledger: an impossible
     calibration (or a noise multiplier too small to account) fails here, before any file is touched."""
     from fedlrs.privacy import BudgetExceededError, Ledger
     from fedlrs.simulations.engine import PrivateServer
 
     server = PrivateServer(config, Ledger())
+    server.expected_count = config.sample_rate * num_users  # the expected cohort q N, for a plan that depends on it
     if config.init == "moments":
         init = server.event("init", 0)
         server.budget.check(server.ledger, init)  # the engine refuses an init over budget with this error
