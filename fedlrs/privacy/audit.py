@@ -163,12 +163,13 @@ def _check_budget(report: dict[str, Any], events: Sequence[DpEvent], delta: floa
 
 
 def find_ledger(report: dict[str, Any], report_path: Path) -> Path | None:
-    """The ledger a report names: the file of that name beside the report, else at the recorded path; None if neither."""
+    """The ledger a report names: the file of that name beside the report, else a ``ledger.jsonl`` beside it (a
+    run's own, which a recorded path elsewhere must not hide), else at the recorded path; None if none is there."""
     info = report.get("ledger")
     if not isinstance(info, dict) or not isinstance(info.get("path"), str) or not info["path"]:
         return None
     recorded = Path(info["path"])
-    for candidate in (report_path.parent / recorded.name, recorded):
+    for candidate in (report_path.parent / recorded.name, report_path.parent / "ledger.jsonl", recorded):
         if candidate.is_file():
             return candidate
     return None

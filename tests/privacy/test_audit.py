@@ -230,3 +230,13 @@ def test_understated_tight_curve_fails(honest, key):
 def test_edited_sampling_rates_fail(honest):
     result = _tamper(honest, lambda r: r["sampling"].update(rates=[0.01]))
     assert not result.ok and any("sampling rates == [0.01]" in reason for reason in result.reasons)
+
+
+def test_a_recorded_path_to_another_ledger_does_not_hide_the_one_beside_the_report(honest, tmp_path_factory):
+    forged_dir = tmp_path_factory.mktemp("forged")
+    events = [dataclasses.replace(e, noise_multiplier=40.0) for e in Ledger.load(honest.parent / "ledger.jsonl").events]
+    forged = _ledger(forged_dir / "fake.jsonl", events)
+    report = build_privacy_report(forged, delta=1e-5, **REPORT_ARGS)  # consistent with the forged ledger, sha256 too
+    honest.write_text(json.dumps(report))
+    result = audit_report(honest)
+    assert not result.ok and any("events differ from the ledger" in reason for reason in result.reasons)
