@@ -5,12 +5,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="fedlrs: federated, differentially private low rank plus sparse personalization.", no_args_is_help=True)
-experiment_app = typer.Typer(help="Named experiments behind the numbers in the README.", no_args_is_help=True)
+#: exit code of an expected error (bad option or data, impossible calibration, unreadable file): one line on stderr
+ERROR_EXIT = 2
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user's input can cause, reported as one line, not a traceback."""
+    import torch
+
+    from fedlrs.privacy import BudgetExceededError, CalibrationError, LedgerError
+
+    return (ValueError, TypeError, OSError, LedgerError, CalibrationError, BudgetExceededError, torch.linalg.LinAlgError)
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """``error``'s message on one line, at most ``limit`` characters (no traceback, no local variables)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class FedlrsGroup(TyperGroup):
+    """The command group of ``fedlrs``: an expected error of any sub-command becomes ``error: <message>``, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except expected_errors() as error:
+            click.echo(f"error: {one_line(error)}", err=True)
+            ctx.exit(ERROR_EXIT)
+
+
+#: unexpected errors: a short traceback without local variables (help texts escape "[" as "\\[": rich reads "[a, b]" as markup)
+TYPER_SETTINGS = dict(no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(cls=FedlrsGroup, help="fedlrs: federated, differentially private low rank plus sparse personalization.", **TYPER_SETTINGS)
+experiment_app = typer.Typer(help="Named experiments behind the numbers in the README.", **TYPER_SETTINGS)
 app.add_typer(experiment_app, name="experiment")
 console = Console()
 
@@ -60,7 +96,7 @@ def _data_options(users, examples, examples_max, dim, rank, sparsity, noise, see
 
 USERS = typer.Option(2000, "--users", help="Number of users t.")
 EXAMPLES = typer.Option(25, "--examples", help="Training examples per user m (the minimum when --examples-max is set).")
-EXAMPLES_MAX = typer.Option(None, "--examples-max", help="Draw m_i uniformly in [examples, examples-max].")
+EXAMPLES_MAX = typer.Option(None, "--examples-max", help="Draw m_i uniformly in \\[examples, examples-max].")
 DIM = typer.Option(50, "--dim", help="Dimension d.")
 RANK = typer.Option(5, "--rank", help="Rank r of U.")
 SPARSITY = typer.Option(4, "--sparsity", help="Non-zeros k of each b_i.")
@@ -106,16 +142,20 @@ def simulate(
     clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls)."),
     clip_moments: float = typer.Option(1000.0, "--clip-moments", help="L2 bound of a user's M_i (moments init)."),
     out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="If --out holds an earlier run, move it aside to OUT.old-<time> (never deleted) and start over."),
 ) -> None:
-    """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print a per-round table.
+    """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print each round as it finishes, then a table.
 
     With --epsilon the run is user-level differentially private: contributions are
     clipped, noise is calibrated to (epsilon, delta) for the init and the rounds,
     every release is recorded in a ledger, and the privacy report is written.
+    An --out folder that holds a ledger is refused (its releases are spent), unless
+    --overwrite moves it aside; everything is validated before the folder is touched.
     """
     from fedlrs.privacy import Ledger
     from fedlrs.simulations.engine import EngineConfig, run_engine, synthetic_evaluator
 
+    _check_device(device)
     private = epsilon is not None
     mode = mode or ("gd" if private or logistic else "ls")
     config = EngineConfig(
@@ -127,22 +167,30 @@ def simulate(
     )
     if private and out is None:
         out = Path("runs/simulate")
+    data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
+    config.check_data(data.train.dim)
+    if private:
+        _check_calibration(config, data.train.num_users)
+    if out is not None:
+        _prepare_out(out, overwrite)
     ledger = None
     if private:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ledger.jsonl").unlink(missing_ok=True)
-        ledger = Ledger(out / "ledger.jsonl")
-    data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
-    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), progress=True, ledger=ledger)
+        ledger = Ledger(out / "ledger.jsonl", budget=config.budget.to_dict(), plan={"rounds": rounds, "sample_rate": sample_rate})
+
+    def show(entry: dict) -> None:  # each round as it finishes, flushed: readable in a terminal, a pipe or a log
+        typer.echo(f"round {entry['round']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k != "round"))
+
+    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), on_round=show, ledger=ledger)
     title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
     print_table(result.history, title + (f", epsilon={epsilon}, delta={delta}" if private else ", not private"))
     final = result.history[-1]
     console.print("final: " + ", ".join(f"{k}={_fmt(v)}" for k, v in final.items() if k != "round"))
     if private:
+        from fedlrs.privacy.cli import epsilon_lines
+
         report = result.write_privacy_report(out)
-        spent = report["epsilon"]
         console.print(
-            f"privacy: epsilon spent {spent['rdp']:.3f} (RDP), {spent['pld']:.3f} (PLD), {spent['prv']:.3f} (PRV) at delta={delta}; "
+            f"privacy: epsilon spent at delta={delta}: {'; '.join(epsilon_lines(report))}; "
             f"budget {epsilon}; noise multiplier {result.noise_multiplier:.3f}; {len(result.ledger)} releases in {out / 'ledger.jsonl'}"
         )
         if result.stopped != "rounds done":
@@ -150,6 +198,65 @@ def simulate(
     if out is not None:
         result.to_json(out / "metrics.json", {"data": dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)})
         console.print(f"wrote {out / 'metrics.json'}" + (f", {out / 'privacy_report.json'}, {out / 'privacy_report.md'}, {out / 'epsilon.png'}" if private else ""))
+
+
+def _check_device(device: str) -> None:
+    """Refuse a torch device that does not parse or is not available here, naming it."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"device == {device!r} is not available here ({one_line(error, 120)}).") from None
+
+
+def _check_calibration(config, num_users: int) -> None:
+    """Calibrate the run's noise as the engine will, on a throwaway in-memory ledger: an impossible
+    calibration (or a noise multiplier too small to account) fails here, before any file is touched."""
+    from fedlrs.privacy import BudgetExceededError, Ledger
+    from fedlrs.simulations.engine import PrivateServer
+
+    server = PrivateServer(config, Ledger())
+    server.expected_count = config.sample_rate * num_users  # the expected cohort q N, for a plan that depends on it
+    if config.init == "moments":
+        init = server.event("init", 0)
+        server.budget.check(server.ledger, init)  # the engine refuses an init over budget with this error
+        server.ledger.record(init)
+    if server.calibrate() is not None:
+        try:  # accounts the first round: a noise multiplier too small to account fails here
+            server.budget.check(server.ledger, server.event("round", 1))
+        except BudgetExceededError:
+            pass  # the engine stops before such a round and reports it: not an error
+
+
+def _spent(path: Path) -> str:
+    """What the ledger at ``path`` records, in a few words (or why it cannot be read)."""
+    from fedlrs.privacy import Ledger, LedgerError
+
+    try:
+        ledger = Ledger.load(path)
+        budget = ledger.budget or {"delta": 1e-5, "accountant": "rdp"}
+        spent = ledger.account(delta=budget["delta"], accountant=budget["accountant"])
+    except (OSError, ValueError, LedgerError) as error:
+        return f"{path}, unreadable: {one_line(error, 120)}"
+    return f"{path}: {len(ledger)} releases, epsilon {spent.epsilon:.4g} at delta {budget['delta']:g} ({spent.accountant_used.upper()})"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds a ledger (its releases are spent and must stay on record), or with
+    ``overwrite`` move it aside to ``out.old-<time>``; never delete or truncate a ledger."""
+    from fedlrs.privacy.ledger import move_aside
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, must be a folder.")
+    if overwrite and out.exists() and any(out.iterdir()):
+        console.print(f"moved the earlier run in {out} to {move_aside(out)} (its ledger is kept there)")
+    elif (out / "ledger.jsonl").exists():
+        raise ValueError(
+            f"{out} holds the ledger of an earlier run ({_spent(out / 'ledger.jsonl')}); its releases are spent and the "
+            f"engine cannot resume it. Give a new --out, or --overwrite to move {out} aside (kept as {out.name}.old-<time>).")
+    out.mkdir(parents=True, exist_ok=True)
 
 
 @app.command()

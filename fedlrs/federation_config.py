@@ -192,8 +192,8 @@ class FederationConfig:
         if self.data_examples < 1:
             raise ConfigError(f"data-examples == {self.data_examples}, must be >= 1.")
         for name in ("data_noise", "data_sparse_scale"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{_kebab(name)} == {getattr(self, name)}, must be >= 0.")
+            if not 0 <= getattr(self, name) < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{_kebab(name)} == {getattr(self, name)}, must be a finite number >= 0.")
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout == {self.round_timeout}, must be > 0 seconds.")
         if self.max_in_flight < 0:

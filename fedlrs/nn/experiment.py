@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, calibrate_noise_multiplier, compute_epsilon, write_privacy_report
+from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, calibrate_noise_multiplier, compute_epsilon, move_aside, write_privacy_report
 from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_delta, config_grid, epsilon_sweep, json_safe, merge_config,
                                             markdown_table, plot_privacy, plot_rounds)
 
@@ -288,8 +288,9 @@ class _Runner:
                 extra, ledger, directory = {"epsilon_spent": None}, None, None
                 if private:
                     directory = (self.out / "privacy" / f"{key}-eps{epsilon:g}") if first else Path(tempfile.mkdtemp(prefix="fedlrs-nn-"))
+                    if (directory / "ledger.jsonl").exists():  # an earlier run's: kept, never deleted
+                        move_aside(directory)
                     directory.mkdir(parents=True, exist_ok=True)
-                    (directory / "ledger.jsonl").unlink(missing_ok=True)
                     ledger = Ledger(directory / "ledger.jsonl")
                 tracked = first and not private
                 method, result, ledger = self.train(key, self.chosen[key], task, data, seed, epsilon=epsilon, delta=delta, clip=self.clips.get((key, epsilon), 1.0),

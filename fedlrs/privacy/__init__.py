@@ -17,7 +17,7 @@ from fedlrs.privacy.clipping import clip, clip_scales, flat_norms, ls_part_norms
 from fedlrs.privacy.events import (DpEvent, InvalidEventError, accounted_noise_multiplier,
                                    per_part_noise_multiplier)
 from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflictError,
-                                   LedgerCorruptError, LedgerError)
+                                   LedgerCorruptError, LedgerError, move_aside)
 from fedlrs.privacy.mechanism import GaussianSumRelease, method_of_moments_release
 from fedlrs.privacy.noise import GaussianNoise
 from fedlrs.privacy.report import build_privacy_report, write_privacy_report
@@ -53,6 +53,7 @@ __all__ = [
     "ls_part_norms",
     "ls_part_scales",
     "method_of_moments_release",
+    "move_aside",
     "per_part_noise_multiplier",
     "poisson_sample",
     "write_privacy_report",

@@ -121,8 +121,19 @@ def _unit_rdp(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
     """One step of Opacus' ``compute_rdp``; memoised (pure), since a run repeats one (z, q)."""
     from opacus.accountants.analysis import rdp as opacus_rdp
 
-    return tuple(float(v) for v in opacus_rdp.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)))
+    try:
+        with np.errstate(over="raise", divide="raise", invalid="raise"):
+            curve = tuple(float(v) for v in opacus_rdp.compute_rdp(
+                q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)))
+    except (ArithmeticError, FloatingPointError) as error:  # z**2 underflows to 0, or the RDP overflows
+        curve = (math.inf,)
+        reason = str(error)
+    else:
+        reason = "not finite"
+    if not all(math.isfinite(v) for v in curve):
+        raise ValueError(f"noise_multiplier == {noise_multiplier!r} (sample_rate == {sample_rate!r}) is too small "
+                         f"to account: its RDP overflows ({reason}), so its epsilon is unbounded.")
+    return curve
 
 
 def epsilon_from_rdp(rdp: np.ndarray, *, delta: float) -> tuple[float, str | None]:

@@ -13,7 +13,7 @@ from fedlrs.privacy.ledger import Ledger, LedgerError
 from fedlrs.privacy.report import REPORT_JSON, REPORT_MD, REPORT_PNG, write_privacy_report
 
 privacy_app = typer.Typer(help="User-level differential privacy: calibrate, report, audit, probe.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 
 def _accountant(value: str) -> str:
@@ -41,39 +41,76 @@ def calibrate(
     typer.echo(f"{z:.6g}")
 
 
+#: exit code of ``fedlrs privacy audit`` for a report whose checks pass but whose ledger was not found
+UNVERIFIED_EXIT = 3
+
+
+def epsilon_lines(report: dict) -> list[str]:
+    """``"PRV: epsilon = 1.2345"`` per accountant, naming the accountant that computed it when it fell back."""
+    lines = []
+    for accountant, epsilon in report["epsilon"].items():
+        used = report.get("accountant_used", {}).get(accountant, accountant)
+        label = accountant.upper() if used == accountant else (
+            f"{used.upper()} (in place of {accountant.upper()}, which fell back)")
+        lines.append(f"{label}: epsilon = {epsilon:.4f}")
+    return lines
+
+
 @privacy_app.command()
 def report(
     ledger: Path = typer.Argument(..., help="Ledger file (JSON lines)."),
-    delta: float = typer.Option(1e-5, "--delta", help="Delta at which epsilon is reported."),
-    out: Path = typer.Option(Path("."), "--out", help="Folder for the report files."),
+    delta: float = typer.Option(None, "--delta", help="Delta at which epsilon is reported (default: the budget's "
+                                "delta in the ledger's header, else 1e-5)."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for the report files; must not hold a report yet."),
 ) -> None:
-    """Write privacy_report.json / .md and epsilon.png for LEDGER and print the guarantee."""
+    """Write privacy_report.json / .md and epsilon.png for LEDGER and print the guarantee.
+
+    The budget and plan are those of the ledger's header. A folder that already holds
+    a report (a run's own) is refused: write into a new folder.
+    """
     try:
+        existing = [out / name for name in (REPORT_JSON, REPORT_MD, REPORT_PNG) if (out / name).exists()]
+        if existing:
+            raise ValueError(f"{existing[0]} exists; refusing to overwrite a report: give a new --out folder.")
         loaded = Ledger.load(ledger)
+        if delta is None:
+            delta = loaded.budget["delta"] if loaded.budget is not None else 1e-5
         result = write_privacy_report(loaded, out_dir=out, delta=delta, config={"ledger": str(ledger)})
     except (OSError, LedgerError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     typer.echo(result["guarantee"])
-    for accountant, epsilon in result["epsilon"].items():
-        typer.echo(f"  {accountant.upper()}: epsilon = {epsilon:.4f}")
+    for line in epsilon_lines(result):
+        typer.echo("  " + line)
     typer.echo(f"wrote {out / REPORT_JSON}, {out / REPORT_MD}, {out / REPORT_PNG}")
 
 
 @privacy_app.command()
 def audit(
     report_path: Path = typer.Argument(..., metavar="REPORT", help="privacy_report.json"),
-    ledger: Path = typer.Option(None, "--ledger", help="Also check the events against this ledger."),
+    ledger: Path = typer.Option(None, "--ledger", help="The ledger to check against (default: the one the "
+                                "report names, beside it or at its recorded path)."),
 ) -> None:
-    """Recompute the report's epsilons from its events; exit 1, saying why, if it fails."""
+    """Check REPORT against its ledger and recompute its epsilons.
+
+    Exit 0: passed and verified against the ledger; 1: a check failed (the reasons are
+    printed); 3: the checks that could run passed, but no ledger was found, so the
+    report is UNVERIFIED.
+    """
     result = audit_report(report_path, ledger_path=ledger)
-    if not result.ok:
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if result.reasons:
         typer.echo("audit FAILED:", err=True)
         for reason in result.reasons:
             typer.echo(f"  - {reason}", err=True)
         raise typer.Exit(1)
     recomputed = ", ".join(f"{a.upper()} {e:.4f}" for a, e in result.recomputed.items())
-    typer.echo(f"audit passed (recomputed epsilon: {recomputed}).")
+    if not result.verified:
+        typer.echo(f"audit UNVERIFIED: the report is consistent with itself (recomputed epsilon: {recomputed}), "
+                   f"but no ledger was found to check it against; give --ledger.", err=True)
+        raise typer.Exit(UNVERIFIED_EXIT)
+    typer.echo(f"audit passed against the ledger (recomputed epsilon: {recomputed}).")
 
 
 @privacy_app.command()

@@ -2,12 +2,21 @@
 
 File format (JSON lines, UTF-8)::
 
-    {"format": "fedlrs-privacy-ledger", "version": 1}
+    {"budget": {"accountant": "rdp", "delta": 1e-06, "epsilon": 4.0}, "format": "fedlrs-privacy-ledger",
+     "plan": {"noise_multiplier": 1.9, "rounds": 10, "sample_rate": 1.0}, "version": 2}
     {"count": 1, "kind": "init", "mechanism": "poisson_gaussian", ...}
     {"count": 1, "kind": "round", ...}
 
 The first line is a header; every other line is one :class:`DpEvent`
-(``DpEvent.to_dict``). :meth:`Ledger.record` writes the line, flushes and
+(``DpEvent.to_dict``). The header records the run's budget (epsilon, delta,
+accountant) and plan (rounds, sample rate, noise multipliers), each ``null``
+when unknown, so that :mod:`.audit` can check a report's budget, delta and plan
+against the file the releases were recorded in. Blank lines are ignored.
+
+Migration: version 1 headers (``{"format": ..., "version": 1}``, no budget, no
+plan) are still read, with ``budget`` and ``plan`` None; the audit then says
+that the budget could not be checked against the ledger. New ledgers are written
+as version 2. :meth:`Ledger.record` writes the line, flushes and
 ``os.fsync``s it before returning, and the caller releases only after it
 returns: so every release that happened is in the file, even after a SIGKILL
 or a power cut.
@@ -32,14 +41,21 @@ import json
 import logging
 import os
 import tempfile
+import math
 import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from fedlrs.privacy.accountants import Accountant, EpsilonResult, compute_epsilon
+from fedlrs.privacy.accountants import (Accountant, EpsilonResult, compute_epsilon, validate_accountant,
+                                        validate_delta)
 from fedlrs.privacy.events import DpEvent, InvalidEventError
 
 LEDGER_FORMAT = "fedlrs-privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+#: the plan keys a header may hold (each optional)
+PLAN_KEYS = ("rounds", "sample_rate", "noise_multiplier", "init_noise_multiplier")
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,9 +76,67 @@ class LedgerConflictError(LedgerError):
     """The file changed under this ledger (another writer), or a write failed half-way."""
 
 
-def _header_bytes() -> bytes:
-    return (json.dumps({"format": LEDGER_FORMAT, "version": LEDGER_VERSION}, sort_keys=True)
-            + "\n").encode()
+def _positive(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
+def validate_header_budget(budget: Any) -> dict[str, Any] | None:
+    """``budget`` as stored in a header: None, or ``{"epsilon" > 0, "delta" in (0, 1), "accountant"}``."""
+    if budget is None:
+        return None
+    if not isinstance(budget, Mapping) or set(budget) != {"epsilon", "delta", "accountant"}:
+        raise ValueError(f"budget == {budget!r}, must be None or have exactly the keys epsilon, delta, accountant.")
+    if not _positive(budget["epsilon"]):
+        raise ValueError(f"budget epsilon == {budget['epsilon']!r}, must be a finite number > 0.")
+    validate_delta(budget["delta"])
+    validate_accountant(budget["accountant"])
+    return {"epsilon": float(budget["epsilon"]), "delta": float(budget["delta"]),
+            "accountant": budget["accountant"]}
+
+
+def validate_header_plan(plan: Any) -> dict[str, Any] | None:
+    """``plan`` as stored in a header: None, or some of :data:`PLAN_KEYS` (rounds an int >= 0, the rest > 0 or None)."""
+    if plan is None:
+        return None
+    if not isinstance(plan, Mapping) or not set(plan) <= set(PLAN_KEYS):
+        raise ValueError(f"plan == {plan!r}, must be None or a mapping with keys among {list(PLAN_KEYS)}.")
+    for key, value in plan.items():
+        if key == "rounds":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"plan rounds == {value!r}, must be an integer >= 0.")
+        elif value is not None and not _positive(value):
+            raise ValueError(f"plan {key} == {value!r}, must be a finite number > 0 or None.")
+    return {k: plan[k] if k == "rounds" or plan[k] is None else float(plan[k]) for k in PLAN_KEYS if k in plan}
+
+
+def _header(budget: dict[str, Any] | None, plan: dict[str, Any] | None) -> dict[str, Any]:
+    return {"format": LEDGER_FORMAT, "version": LEDGER_VERSION, "budget": budget, "plan": plan}
+
+
+def _header_bytes(header: dict[str, Any]) -> bytes:
+    return (json.dumps(header, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
+    """The header of a version 1 or 2 ledger, as a version 2 header (version 1: no budget, no plan)."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LedgerCorruptError(f"{path}: header is not JSON: {error}") from error
+    if header == {"format": LEDGER_FORMAT, "version": 1}:
+        return {**header, "budget": None, "plan": None}
+    if not isinstance(header, dict) or set(header) != {"format", "version", "budget", "plan"} \
+            or header["format"] != LEDGER_FORMAT or header["version"] != LEDGER_VERSION:
+        raise LedgerCorruptError(
+            f"{path}: header == {header!r}, must be {{'format': {LEDGER_FORMAT!r}, 'version': {LEDGER_VERSION}, "
+            f"'budget': ..., 'plan': ...}} (or a version 1 header).")
+    try:
+        validate_header_budget(header["budget"])
+        validate_header_plan(header["plan"])
+    except ValueError as error:
+        raise LedgerCorruptError(f"{path}: header: {error}") from error
+    return header
 
 
 def _event_bytes(event: DpEvent) -> bytes:
@@ -88,11 +162,29 @@ def _parse_event_line(raw: bytes, *, line_no: int, path: Path) -> DpEvent:
         raise LedgerCorruptError(f"{path}: line {line_no} is not a valid event: {error}") from error
 
 
+def move_aside(folder: str | os.PathLike[str]) -> Path:
+    """Rename ``folder`` (a run's output, its ledger included) to ``<folder>.old-<UTC time>``; never deletes.
+
+    Returns the new path. A ledger is evidence of releases that happened: a run that
+    starts over keeps the old one, under a name that says it is old.
+    """
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, k = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+    while target.exists():
+        k += 1
+        target = folder.with_name(f"{folder.name}.old-{stamp}-{k}")
+    os.rename(folder, target)
+    return target
+
+
 class Ledger:
     """Append-only record of :class:`DpEvent` s, in memory (``path=None``) or in a file.
 
     ``Ledger(path)`` starts a *new* ledger and refuses an existing non-empty
-    file; continue an existing one with :meth:`Ledger.load`.
+    file; continue an existing one with :meth:`Ledger.load`. ``budget``
+    (``{"epsilon", "delta", "accountant"}``) and ``plan`` (some of
+    :data:`PLAN_KEYS`) are written into the header.
 
     Examples
     --------
@@ -104,8 +196,10 @@ class Ledger:
     5.37
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 budget: Mapping[str, Any] | None = None, plan: Mapping[str, Any] | None = None) -> None:
         self._path = None if path is None else Path(path)
+        self.header = _header(validate_header_budget(budget), validate_header_plan(plan))
         self._events: list[DpEvent] = []
         self._ids: set[str] = set()
         self._lock = threading.Lock()
@@ -118,7 +212,7 @@ class Ledger:
                 raise FileExistsError(
                     f"path == '{self._path}' already holds a ledger; use Ledger.load(path) to continue it.")
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            header = _header_bytes()
+            header = _header_bytes(self.header)
             fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".ledger-", suffix=".tmp")
             try:
                 os.write(fd, header)
@@ -139,24 +233,19 @@ class Ledger:
         tail = lines.pop()  # b"" when the file ends with a newline
         if not lines:
             raise LedgerCorruptError(f"{path}: no complete header line; not a fedlrs ledger.")
-        try:
-            header = json.loads(lines[0].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LedgerCorruptError(f"{path}: header is not JSON: {error}") from error
-        if header != {"format": LEDGER_FORMAT, "version": LEDGER_VERSION}:
-            raise LedgerCorruptError(
-                f"{path}: header == {header!r}, must be "
-                f"{{'format': {LEDGER_FORMAT!r}, 'version': {LEDGER_VERSION}}}.")
         ledger = cls.__new__(cls)
+        ledger.header = _parse_header(lines[0], path)
         ledger._path = path
         ledger._events, ledger._ids = [], set()
         ledger._lock = threading.Lock()
         ledger._size = len(data)
         ledger._repair, ledger._broken, ledger.recovery = None, None, None
         for line_no, raw in enumerate(lines[1:], start=2):
+            if not raw.strip():  # a blank line (an editor's trailing newline) is no event
+                continue
             ledger._append_loaded(_parse_event_line(raw, line_no=line_no, path=path),
                                   line_no=line_no)
-        if tail:
+        if tail.strip():
             line_no = len(lines) + 1
             try:
                 event = _parse_event_line(tail, line_no=line_no, path=path)
@@ -184,6 +273,16 @@ class Ledger:
     def path(self) -> Path | None:
         """The file, or None for an in-memory ledger."""
         return self._path
+
+    @property
+    def budget(self) -> dict[str, Any] | None:
+        """The budget in the header (``{"epsilon", "delta", "accountant"}``), or None (unknown, version 1)."""
+        return self.header["budget"]
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The plan in the header (some of :data:`PLAN_KEYS`), or None (unknown, version 1)."""
+        return self.header["plan"]
 
     @property
     def events(self) -> tuple[DpEvent, ...]:

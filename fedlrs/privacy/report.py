@@ -72,11 +72,22 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
                          budget: PrivacyBudget | None = None, planned_rounds: int | None = None,
                          calibrated_noise_multiplier: float | None = None,
                          max_tight_points: int = 20) -> dict[str, Any]:
-    """The report as a JSON-ready dict (see :func:`write_privacy_report`)."""
+    """The report as a JSON-ready dict (see :func:`write_privacy_report`).
+
+    ``budget`` and ``planned_rounds`` default to those of the ledger's header; a
+    ``budget`` that differs from the header's is refused.
+    """
     delta = validate_delta(delta)
     accountants = tuple(dict.fromkeys(validate_accountant(a) for a in accountants))
     if not accountants:
         raise ValueError("accountants == (), must name at least one accountant.")
+    if ledger.budget is not None:
+        recorded = PrivacyBudget(**ledger.budget)
+        if budget is not None and budget != recorded:
+            raise ValueError(f"budget == {budget.to_dict()}, but the ledger's header records {recorded.to_dict()}.")
+        budget = recorded
+    if planned_rounds is None and ledger.plan is not None:
+        planned_rounds = ledger.plan.get("rounds")
     if budget is not None and delta > budget.delta:
         raise ValueError(f"delta == {delta}, must be <= the budget's delta == {budget.delta}.")
     primary = budget.accountant if budget is not None else accountants[0]
@@ -131,6 +142,11 @@ def build_privacy_report(ledger: Ledger, *, delta: float, config: Mapping[str, A
     }
 
 
+def guarantee_sentence(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
+    """The report's guarantee in one sentence, generated from the numbers (the audit regenerates and compares it)."""
+    return _guarantee(epsilon=epsilon, delta=delta, accountant=accountant, events=events)
+
+
 def _markdown(report: Mapping[str, Any]) -> str:
     lines = ["# Privacy report", "", report["guarantee"], "",
              f"- Neighbouring relation: {report['neighbouring_relation']}",
@@ -164,8 +180,10 @@ def _plot(report: Mapping[str, Any], path: Path) -> None:
     curve = report["epsilon_curve"]
     for a in report["epsilon"]:
         pairs = [(r, e) for r, e in zip(curve["round"], curve[a]) if e is not None]
+        used = report["accountant_used"][a]
         if pairs:
-            ax.plot(*zip(*pairs), marker="." if len(pairs) < 60 else None, label=a.upper())
+            ax.plot(*zip(*pairs), marker="." if len(pairs) < 60 else None,
+                    label=a.upper() if used == a else f"{a.upper()} (fell back: {used.upper()})")
     if report["budget"]:
         ax.axhline(report["budget"]["epsilon"], color="k", linestyle="--", label="budget")
     ax.set_xlabel("round")

@@ -34,7 +34,7 @@ from fedlrs.privacy import BudgetExceededError, Ledger
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.sampling import poisson_sample
 from fedlrs.server.secure_aggregation import SecureAggregation
-from fedlrs.server.validation import RefusedReply, unavailable_notice, validate_reply
+from fedlrs.server.validation import RefusedReply, require_replies, unavailable_notice, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
@@ -192,6 +192,7 @@ class Billboard:
             _log(WARNING, "round %d: node %d did not reply (gone, or silent for round-timeout == %.1f s); "
                           "the round goes on without it", round_number, node, self.config.round_timeout)
         self.counted[round_number] = len(accepted)
+        require_replies(round_number, len(asked), len(accepted), self.config.min_nodes)
         for node in sorted(accepted):  # a fixed order: the sum does not depend on arrival order
             for name, value in accepted[node].items():
                 sums[name] += value.to(sums[name].dtype)
@@ -211,6 +212,7 @@ class Billboard:
         self.refusals += [Refusal(round_number, node, reason) for node, reason in outcome.refusals]
         self.dropped += [(round_number, node) for node in outcome.missing if node not in refused]
         self.counted[round_number] = len(outcome.counted)
+        require_replies(round_number, len(nodes), len(outcome.counted), self.config.min_nodes)
         return outcome.sums
 
     # ------------------------------------------------------------------ privacy
@@ -222,7 +224,8 @@ class Billboard:
         path = self.checkpoint_dir / LEDGER_FILE
         if path.is_file() and path.stat().st_size > 0:
             return Ledger.load(path)
-        return Ledger(path)
+        c = self.config  # the header records what the audit checks the report against
+        return Ledger(path, budget=self.engine_config.budget.to_dict(), plan={"rounds": c.num_server_rounds, "sample_rate": c.sample_rate})
 
     # ------------------------------------------------------------------ the run
     def _initial_subspace(self, grid: Grid, nodes: list[int], generator: torch.Generator) -> torch.Tensor:

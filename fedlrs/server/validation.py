@@ -24,6 +24,27 @@ class RefusedReply(ValueError):
     """A reply that does not meet the protocol; the message says why."""
 
 
+class TooFewRepliesError(RuntimeError):
+    """A phase with fewer valid replies than ``min-nodes`` (or than devices asked, when fewer were asked):
+    the run stops before the phase's release is recorded, so no noise is published as if it were a sum."""
+
+
+def require_replies(round_number: int, asked: int, counted: int, min_nodes: int) -> None:
+    """Raise :class:`TooFewRepliesError` when ``counted < min(min_nodes, asked)``; call it before the phase's release.
+
+    The ledger and the published state stay those of the last complete round, from which the run
+    resumes. A round that Poisson sampling gave no device (``asked == 0``) is the mechanism's own
+    and passes.
+    """
+    required = min(min_nodes, asked)
+    if counted < required:
+        phase = "the moments init" if round_number == 0 else f"round {round_number}"
+        raise TooFewRepliesError(
+            f"{phase}: {counted} of {asked} asked devices replied with a valid contribution, fewer than "
+            f"{required} (min-nodes == {min_nodes}); nothing was released for it. Fix the devices and run "
+            f"again: the run resumes from its checkpoint-dir.")
+
+
 def unavailable_notice(reply: Message) -> str | None:
     """The SuperLink's reason when ``reply`` is its notice that a message's node is offline or gone, else None.
 

@@ -22,7 +22,7 @@ from .experiments import NAMES
 
 def _experiment_command(name: str):
     def command(
-        quick: bool = typer.Option(False, "--quick", help="CI-sized run (the [quick] part of the config)."),
+        quick: bool = typer.Option(False, "--quick", help="CI-sized run (the \\[quick] part of the config)."),
         seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (default: the config's, at least 3 for full runs)."),
         out: Optional[Path] = typer.Option(None, "--out", help=f"Output folder (default results/{name})."),
     ) -> None:

@@ -74,8 +74,10 @@ def make_lrs_data(
         raise ValueError(f"sparsity == {sparsity}, must be < dim == {dim}.")
     if examples_max is not None and examples_max < examples:
         raise ValueError(f"examples_max == {examples_max}, must be >= examples == {examples}.")
-    if noise < 0:
-        raise ValueError(f"noise == {noise}, must be >= 0.")
+    if not 0 <= noise < float("inf"):  # also refuses NaN
+        raise ValueError(f"noise == {noise}, must be a finite number >= 0.")
+    if not 0 <= sparse_scale < float("inf"):
+        raise ValueError(f"sparse_scale == {sparse_scale}, must be a finite number >= 0.")
     gen = torch.Generator().manual_seed(seed)
     U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
     W_star = torch.randn(users, rank, generator=gen, dtype=torch.float64)

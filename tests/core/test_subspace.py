@@ -79,3 +79,24 @@ def test_orthonormalize_gives_orthonormal_columns_with_positive_r():
     Q = orthonormalize(M)
     torch.testing.assert_close(Q.T @ Q, torch.eye(3, dtype=f64))
     assert (torch.diagonal(Q.T @ M) > 0).all()
+
+
+def test_one_clear_contribution_reveals_w_direction_and_gram_up_to_scale():
+    """docs/threat-model.md, "What a clear reply reveals": one user's (A_i, c_i) or G_i, clipped by any scale."""
+    m, d, r = 8, 5, 3
+    data = UserData(torch.randn(1, m, d, dtype=f64), torch.randn(1, m, dtype=f64), torch.ones(1, m, dtype=torch.bool))
+    stats = sufficient_statistics(data)
+    W, B = torch.randn(1, r, dtype=f64), torch.randn(1, d, dtype=f64)
+    scale = torch.tensor([0.037], dtype=f64)  # whatever clipping did
+    A, c = ls_system(stats, W, B, weights_A=scale, weights_c=scale)
+    blocks = A.reshape(r, d, r, d).permute(0, 2, 1, 3)  # blocks[a, b] = s w_a w_b X^T X
+    gram = blocks[0, 0] / blocks[0, 0].norm()
+    w_outer = torch.einsum("abij,ij->ab", blocks, gram)  # s ||X^T X|| w w^T
+    w_seen = torch.linalg.eigh(w_outer).eigenvectors[:, -1]
+
+    def cosine(u, v):
+        return float(abs(u.flatten() @ v.flatten()) / (u.norm() * v.norm()))
+
+    assert cosine(w_seen, W[0]) > 1 - 1e-12 and cosine(gram, stats.xtx[0]) > 1 - 1e-12
+    G = gd_gradient_sum(gd_residual_vectors(stats, torch.linalg.qr(torch.randn(d, r, dtype=f64))[0], W, B), W, scale)
+    assert cosine(torch.linalg.svd(G).Vh[0], W[0]) > 1 - 1e-12

@@ -236,3 +236,36 @@ def test_a_version_1_checkpoint_of_U_alone_still_loads(tmp_path):
     torch.save({**payload, "version": 7}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(CheckpointError, match="version 7"):
         load_checkpoint(tmp_path, {"rank": 2})
+
+
+def _silence(nodes, phase):
+    """A tamper under which ``nodes`` never answer the messages of ``phase`` ("train.moments" or "train")."""
+    def tamper(node, message, reply):
+        return None if node in nodes and message.metadata.message_type == phase else reply
+    return tamper
+
+
+@pytest.mark.parametrize("phase", ["train.moments", "train"])
+def test_a_phase_without_any_reply_fails_before_its_release(small, tmp_path, phase):
+    """Issue 17, row 10: a private init (or round) in which every reply failed stops the run; nothing is recorded."""
+    from fedlrs.server.validation import TooFewRepliesError
+
+    overrides = {**small, "private": True, "noise-multiplier": 1.0, "noise-seed": 0, "target-epsilon": 100.0,
+                 "round-timeout": 0.2, "checkpoint-dir": str(tmp_path)}
+    with pytest.raises(TooFewRepliesError, match=r"0 of 12 asked devices replied.*nothing was released"):
+        _run(overrides, tamper=_silence(set(range(1, USERS + 1)), phase))
+    recorded = [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events]
+    assert recorded == ([] if phase == "train.moments" else ["init"])
+    if phase == "train":  # the devices are back: the run resumes and completes
+        result, _ = _run(overrides)
+        assert result.rounds_completed == 3 and len(result.ledger) == 4
+
+
+def test_fewer_replies_than_min_nodes_fail_the_round(small):
+    from fedlrs.server.validation import TooFewRepliesError
+
+    overrides = {**small, "round-timeout": 0.2, "min-nodes": 10}
+    with pytest.raises(TooFewRepliesError, match=r"round 1: 9 of 12 .* fewer than 10 \(min-nodes == 10\)"):
+        _run(overrides, tamper=_silence({1, 2, 3}, "train"))
+    result, _ = _run({**overrides, "min-nodes": 9}, tamper=_silence({1, 2, 3}, "train"))
+    assert result.rounds_completed == 3

@@ -321,3 +321,18 @@ def test_runs_in_the_flower_simulation(tmp_path, secure):
     if secure != "off":
         releases = json.loads((tmp_path / "secure_aggregation.json").read_text())["releases"]
         assert [len(r["counted"]) for r in releases] == [len(r["sampled"]) for r in releases] and releases[0]["counted"]
+
+
+def test_a_round_without_any_reply_fails_before_its_release(tmp_path):
+    """Issue 17, row 10, for the network billboard: no noise is published for a round nobody answered."""
+    from fedlrs.server.validation import TooFewRepliesError
+
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0,
+                 "round-timeout": 0.2, "checkpoint-dir": str(tmp_path)}
+
+    def silent_in_round_2(node, message, reply):
+        return None if message.metadata.group_id == "2" else reply
+
+    with pytest.raises(TooFewRepliesError, match=r"round 2: 0 of \d+ asked devices replied"):
+        _flower(overrides, tamper=silent_in_round_2)
+    assert [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events] == ["round-1"]

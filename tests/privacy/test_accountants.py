@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from fedlrs.privacy.accountants import EpsilonResult, compute_epsilon, group_events
+from fedlrs.privacy.accountants import ACCOUNTANTS, EpsilonResult, compute_epsilon, group_events
+from fedlrs.privacy.events import DpEvent
 from .helpers import make_event
 
 # N = 1000 users, q = 0.05, z = 1.0, 200 rounds, delta = 1e-5
@@ -79,3 +80,16 @@ def test_too_many_groups_fall_back(monkeypatch, accountant):
     events = [make_event("a", noise_multiplier=2.0), make_event("b", noise_multiplier=3.0)]
     result = compute_epsilon(events, delta=1e-5, accountant=accountant)
     assert result.accountant_used == "rdp" and "distinct (z, q) groups" in result.warning
+
+
+@pytest.mark.parametrize("z", [1e-160, 1e-300])
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_vanishing_noise_multiplier_is_a_clear_error(z, accountant):
+    event = DpEvent(release_id="r", kind="round", noise_multiplier=z, sample_rate=0.5, round=1, time=0.0)
+    with pytest.raises(ValueError, match=r"too small to account.*unbounded"):
+        compute_epsilon([event], delta=1e-5, accountant=accountant)
+
+
+def test_tiny_but_accountable_noise_multiplier_gives_huge_epsilon():
+    event = DpEvent(release_id="r", kind="round", noise_multiplier=1e-100, sample_rate=1.0, round=1, time=0.0)
+    assert compute_epsilon([event], delta=1e-5).epsilon > 1e199

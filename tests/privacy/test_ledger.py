@@ -134,8 +134,54 @@ def test_file_is_json_lines_with_header(tmp_path):
     path = tmp_path / "ledger.jsonl"
     Ledger(path).record(make_event())
     header, event = [json.loads(line) for line in path.read_text().splitlines()]
-    assert header == {"format": "fedlrs-privacy-ledger", "version": 1}
+    assert header == {"format": "fedlrs-privacy-ledger", "version": 2, "budget": None, "plan": None}
     assert event == make_event().to_dict()
+
+
+def test_header_records_budget_and_plan(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    budget = {"epsilon": 2.0, "delta": 1e-6, "accountant": "prv"}
+    Ledger(path, budget=budget, plan={"rounds": 7, "sample_rate": 0.5}).record(make_event())
+    loaded = Ledger.load(path)
+    assert loaded.budget == budget and loaded.plan == {"rounds": 7, "sample_rate": 0.5}
+    assert json.loads(path.read_text().splitlines()[0])["budget"] == budget
+
+
+@pytest.mark.parametrize("budget, plan, message", [
+    ({"epsilon": -1.0, "delta": 1e-6, "accountant": "rdp"}, None, "budget epsilon"),
+    ({"epsilon": 1.0, "delta": 2.0, "accountant": "rdp"}, None, "delta =="),
+    ({"epsilon": 1.0, "delta": 1e-6}, None, "exactly the keys"),
+    (None, {"rounds": 2.5}, "plan rounds"),
+    (None, {"epsilon": 1.0}, "keys among"),
+])
+def test_bad_header_refused(tmp_path, budget, plan, message):
+    with pytest.raises(ValueError, match=message):
+        Ledger(tmp_path / "ledger.jsonl", budget=budget, plan=plan)
+    path = tmp_path / "edited.jsonl"
+    header = {"format": "fedlrs-privacy-ledger", "version": 2, "budget": budget, "plan": plan}
+    path.write_text(json.dumps(header) + "\n")
+    with pytest.raises(LedgerCorruptError, match=message):
+        Ledger.load(path)
+
+
+def test_version_1_ledger_still_loads_and_continues(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    path.write_text(json.dumps({"format": "fedlrs-privacy-ledger", "version": 1}) + "\n"
+                    + json.dumps(make_event().to_dict()) + "\n")
+    loaded = Ledger.load(path)
+    assert loaded.budget is None and loaded.plan is None and len(loaded) == 1
+    loaded.record(make_event("round-2", round=2))
+    assert len(Ledger.load(path)) == 2
+
+
+def test_blank_lines_are_ignored(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _rounds(Ledger(path), 1, 3)
+    path.write_bytes(path.read_bytes() + b"\n")  # an editor's trailing blank line
+    loaded = Ledger.load(path)
+    assert len(loaded) == 2 and loaded.recovery is None
+    loaded.record(make_event("round-3", round=3))
+    assert [e.round for e in Ledger.load(path).events] == [1, 2, 3]
 
 
 def test_sigkill_mid_run_loses_no_release(tmp_path):
@@ -170,3 +216,17 @@ def test_sigkill_mid_run_loses_no_release(tmp_path):
 def test_record_refuses_non_events():
     with pytest.raises(TypeError, match="must be a DpEvent"):
         Ledger().record({"release_id": "x"})
+
+
+def test_move_aside_renames_and_never_deletes(tmp_path):
+    from fedlrs.privacy.ledger import move_aside
+
+    run = tmp_path / "run"
+    Ledger(run / "ledger.jsonl").record(make_event())
+    before = (run / "ledger.jsonl").read_bytes()
+    first = move_aside(run)
+    Ledger(run / "ledger.jsonl")
+    second = move_aside(run)
+    assert not run.exists() and first != second
+    assert first.name.startswith("run.old-") and (first / "ledger.jsonl").read_bytes() == before
+    assert len(Ledger.load(second / "ledger.jsonl")) == 0
