@@ -24,7 +24,8 @@ import time
 def child(users: int, mode: str, device: str, dtype: str, repeats: int, threads: int) -> dict:
     import torch
 
-    from fedlrs.simulations.engine import EngineConfig, Federation, sample_users, update_subspace
+    from fedlrs.privacy.sampling import sample_users
+    from fedlrs.simulations.engine import EngineConfig, Federation, update_subspace
     from fedlrs.simulations.synthetic import make_lrs_data
 
     torch.set_num_threads(threads)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from fedlrs.nn.run_config import check_network_knobs
 from fedlrs.simulations.engine import EngineConfig
 
 #: Defaults of every knob, in the kebab-case of ``[tool.flwr.app.config]`` (the table repeats them).
@@ -43,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "data-noise": 0.01,
     "data-sparse-scale": 1.0,
     "data-seed": 0,
-    # network tasks (fedlrs/nn/flower.py): "linear" is the AMHT-LRS billboard; "nn-*" a task of fedlrs.nn.tasks,
+    # network tasks (fedlrs/nn/run_config.py, fedlrs/server/network.py, fedlrs/client/network.py): "linear" is the AMHT-LRS billboard; "nn-*" a task of fedlrs.nn.tasks,
     # user partition-id of load_task(task, seed=data-seed, quick=nn-quick), trained with LRS-NN
     "task": "linear",
     "nn-quick": False,
@@ -180,9 +181,7 @@ class FederationConfig:
             engine.check_data(self.dim)
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        if self.task != "linear":  # a network run: the rules of fedlrs.nn.flower, named in kebab-case
-            from fedlrs.nn.flower import check_network_knobs
-
+        if self.task != "linear":  # a network run: the rules of fedlrs.nn.run_config, named in kebab-case
             try:
                 check_network_knobs(self)
             except ValueError as error:

@@ -1,6 +1,6 @@
 """The Flower ClientApp of fedlrs: a thin adapter, Message in, ``fedlrs.core`` call, Message out.
 
-Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`):
+Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`; keys in :mod:`fedlrs.protocol.messages`):
 
 * ``train`` : content ``billboard`` (ArrayRecord ``U``) and ``round-config`` (``round``).
   Fits ``w_i, b_i`` for ``U``, keeps them on the device, replies with the
@@ -9,7 +9,7 @@ Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`)
 * ``query.personalize`` : fits ``w_i, b_i`` for the published ``U`` and keeps them; replies empty.
 * ``evaluate`` : the local loss of ``w_i, b_i`` stays on the device (``context.state``); replies empty.
 * ``train.nn``, ``query.nn_personalize`` : a network task (run config ``task = "nn-..."``),
-  :func:`fedlrs.nn.flower.train_nn` and :func:`~fedlrs.nn.flower.personalize_nn`.
+  :func:`fedlrs.client.network.train_nn` and :func:`~fedlrs.client.network.personalize_nn`.
 
 No loss, example count or norm is ever put in a reply. With ``secure-aggregation`` on, the
 mod of :mod:`fedlrs.client.secure_aggregation` runs Flower's SecAgg+ on every ``train``
@@ -31,13 +31,11 @@ from fedlrs.core import sufficient_statistics
 from fedlrs.federation_config import FederationConfig, parse_run_config
 from fedlrs.client.contribution import local_fit, moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
+from fedlrs.client.network import personalize_nn, train_nn
 from fedlrs.client.secure_aggregation import secure_aggregation_mod, secure_train
 from fedlrs.client.state import LocalState, load_state, store_state
-from fedlrs.nn.flower import personalize_nn, train_nn
+from fedlrs.protocol.messages import BILLBOARD, CONTRIBUTION, ROUND_CONFIG
 
-BILLBOARD = "billboard"
-ROUND_CONFIG = "round-config"
-CONTRIBUTION = "contribution"
 LOCAL_METRICS = "fedlrs.local-metrics"
 
 

@@ -1,7 +1,7 @@
 """What a device computes and sends: its clipped contribution, and nothing else (DESIGN.md 2-3).
 
-No Flower here: tensors in, tensors out. The server imports :func:`expected_parts`
-to validate replies against the same shapes and bounds the client clips to.
+No Flower here: tensors in, tensors out. The parts and their bounds are the protocol's spec
+(:func:`fedlrs.protocol.parts.expected_parts`), which the server validates replies against.
 
 Phases:
 
@@ -15,7 +15,6 @@ Outside private mode the bounds are infinite (nothing is scaled).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
@@ -31,22 +30,9 @@ from fedlrs.core import (
 )
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy.clipping import clip_scales
+from fedlrs.protocol.parts import expected_parts
 
 Tensor = torch.Tensor
-Phase = Literal["moments", "round"]
-
-def expected_parts(config: FederationConfig, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
-    """``{name: (shape, L2 bound)}`` of the parts of a contribution in ``phase`` (bound inf when not private)."""
-    d, r = config.dim, config.rank
-    if phase == "moments":
-        parts = {"M": ((d, d), config.clip_moments)}
-    elif config.mode == "ls":
-        parts = {"A": ((d * r, d * r), config.clip_a), "c": ((d * r,), config.clip_c)}
-    else:
-        parts = {"G": ((d, r), config.clip_g)}
-    if not config.private:
-        parts = {name: (shape, math.inf) for name, (shape, _) in parts.items()}
-    return parts
 
 
 def clip_parts(parts: dict[str, Tensor], bounds: dict[str, float]) -> dict[str, Tensor]:

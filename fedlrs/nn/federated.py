@@ -15,7 +15,7 @@ DESIGN.md section 3, written once for every method. Round t:
 The private server is the engine's :class:`~fedlrs.simulations.engine.PrivateServer`
 (event ``"round-t"``, calibration of z before round 1, budget check, ledger record
 before the release, report for ``fedlrs privacy audit``); the Flower ServerApp of
-:mod:`fedlrs.nn.flower` drives the same objects, so both give the same shared state.
+:mod:`fedlrs.server.network` drives the same objects, so both give the same shared state.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
 from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, clip
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
-from fedlrs.simulations.engine import DTYPES, PrivateServer, sample_users
+from fedlrs.privacy.sampling import sample_users
+from fedlrs.simulations.engine import DTYPES, PrivateServer
 
 Tensor = torch.Tensor
 

@@ -10,7 +10,7 @@ and the shared layers are the server's (published each round); ``w_i`` (r number
 and ``b_i`` (k values, k indices) stay on the device. All users run through one
 module with :func:`fedlrs.nn.network.batched_forward` (no per-user model copies).
 
-Round (the loop of :mod:`fedlrs.nn.federated` or the Flower apps of :mod:`fedlrs.nn.flower`):
+Round (the loop of :mod:`fedlrs.nn.federated` or the Flower apps of :mod:`fedlrs.server.network` and :mod:`fedlrs.client.network`):
 
 * client: ``local_steps`` steps of gradient descent on ``(w_i, b_i)`` for the loss
   ``L_i(theta_i) + ridge_w/2 ||w_i||^2``, hard thresholding ``b_i <- HT_k(b_i)`` after each step;

@@ -1,6 +1,11 @@
-"""Poisson sampling of users: the sampling the accountants' amplification assumes."""
+"""Poisson sampling of users (and of a Flower run's nodes): the sampling the accountants' amplification assumes.
+
+One draw, :func:`poisson_sample`; the engine, the network loop, the billboards and the baselines sample through it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 
@@ -24,3 +29,26 @@ def poisson_sample(num_users: int, *, sample_rate: float,
         generator = torch.Generator()
         generator.seed()
     return torch.rand(num_users, generator=generator, dtype=torch.float64) < sample_rate
+
+
+def sample_users(num_users: int, sample_rate: float, generator: torch.Generator, device) -> torch.Tensor | None:
+    """Indices of the users in this round: each independently with probability q (Poisson sampling).
+
+    ``q = 1`` takes everybody without drawing and returns None (all users, no index copy);
+    otherwise one :func:`poisson_sample` draw, as indices on ``device``.
+    """
+    if sample_rate >= 1:
+        return None
+    chosen = poisson_sample(num_users, sample_rate=sample_rate, generator=generator)
+    return chosen.nonzero().squeeze(-1).to(device)
+
+
+def sample_nodes(node_ids: Iterable[int], sample_rate: float, generator: torch.Generator) -> list[int]:
+    """The node ids taking part in this round: :func:`sample_users` over the nodes in increasing id order.
+
+    User i of the in-process engine is the i-th node in increasing node-id order, so the
+    same seed samples the same positions in both.
+    """
+    nodes = sorted(int(n) for n in node_ids)
+    chosen = sample_users(len(nodes), sample_rate, generator, "cpu")
+    return nodes if chosen is None else [nodes[i] for i in chosen.tolist()]

@@ -8,8 +8,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlrs.federation_config import parse_run_config
-from fedlrs.nn.flower import NetworkBillboard
 from fedlrs.server.billboard import Billboard
+from fedlrs.server.network import NetworkBillboard
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

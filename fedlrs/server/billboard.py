@@ -1,9 +1,9 @@
 """The billboard: the server side of AMHT-LRS over Flower's Grid (DESIGN.md sections 2-4).
 
 Per round: Poisson-sample the connected nodes (the engine's random convention,
-:mod:`fedlrs.server.sampling`), send them the published ``U``, collect replies
+:func:`fedlrs.privacy.sampling.sample_nodes`), send them the published ``U``, collect replies
 with a timeout, refuse any reply that is not exactly a valid clipped
-contribution (:mod:`fedlrs.server.validation`), release the sum through the
+contribution (:func:`fedlrs.protocol.validation.validate_reply`), release the sum through the
 engine's own :class:`fedlrs.simulations.engine.PrivateServer` (events, calibration,
 budget check, ledger record, noise, normalisation by the expected count ``q N``)
 or, outside private mode, divide by ``q N`` as the engine does, update ``U`` with
@@ -27,20 +27,19 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedlrs.client.contribution import Phase, expected_parts
 from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import BudgetExceededError, Ledger
+from fedlrs.privacy.sampling import sample_nodes
+from fedlrs.protocol.messages import BILLBOARD, PERSONALIZE, ROUND_CONFIG, message_type
+from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from fedlrs.server.sampling import poisson_sample
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.validation import RefusedReply, require_replies, unavailable_notice, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 
-BILLBOARD = "billboard"
-ROUND_CONFIG = "round-config"
 RUN_FILE = "run.json"
 #: seconds between two pulls of the replies of a round
 PULL_INTERVAL = 0.1
@@ -157,12 +156,12 @@ class Billboard:
         return [] if U is None else [U.detach().cpu().numpy()]
 
     def _parts(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
-        """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.client.contribution.expected_parts`)."""
+        """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.protocol.parts.expected_parts`)."""
         return expected_parts(self.config, phase)
 
     def _message_type(self, phase: Phase) -> str:
         """The message that asks the nodes for their contribution in ``phase``."""
-        return "train.moments" if phase == "moments" else "train"
+        return message_type(phase)
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
@@ -304,7 +303,7 @@ class Billboard:
         completed = start
         for round_number in range(start + 1, c.num_server_rounds + 1):
             nodes = sorted(int(n) for n in grid.get_node_ids())
-            sampled = poisson_sample(nodes, c.sample_rate, generator)
+            sampled = sample_nodes(nodes, c.sample_rate, generator)
             self.sampled[round_number] = sampled
             normalizer = c.sample_rate * len(nodes)
             event = None
@@ -335,7 +334,7 @@ class Billboard:
                  - sum(1 for x in self.refusals if x.round == round_number))
         if c.personalize_at_end:
             nodes = sorted(int(n) for n in grid.get_node_ids())
-            self._exchange(grid, nodes, "query.personalize", U, completed)
+            self._exchange(grid, nodes, PERSONALIZE, U, completed)
         z = None if self.private is None else self.private.noise_multiplier
         result = BillboardResult(U, completed, stopped, z, ledger, self.refusals, self.dropped, self.sampled)
         self.write_report(result)

@@ -6,7 +6,7 @@ stage (a ``LegacyContext`` with a ``Strategy``). :class:`SecureAggregation` call
 workflow's four stages (setup, share keys, collect masked vectors, unmask) once per
 release with an adapter strategy, :class:`_CohortStrategy`, whose ``configure_fit``
 returns the sampled nodes (``U``, or a network's shared state, and the
-:class:`~fedlrs.client.secure_aggregation.WireSettings` as FitIns) and whose ``aggregate_fit``
+:class:`~fedlrs.protocol.wire.WireSettings` as FitIns) and whose ``aggregate_fit``
 receives the unmasked aggregate. Between the share-keys and the masked-vector stages it
 forgets the nodes that left before sharing their keys
 (:meth:`SecureAggregation._run_stages`: Flower's unmask stage would otherwise abort on them).
@@ -20,7 +20,7 @@ is multiplied by its weight ``num_examples / max_weight`` (1 / 1 here), clipped 
 ``[-clipping_range, clipping_range]`` and stochastically rounded onto ``quantization_range``
 levels; the server sums modulo ``modulus_range``, removes the masks, dequantizes, subtracts
 the clients' offsets and divides by the summed weights: a weighted average. With the
-device's wire format (:mod:`fedlrs.client.secure_aggregation`: integers ``u`` in ``[0, 2**31)``
+device's wire format (:mod:`fedlrs.protocol.wire`: integers ``u`` in ``[0, 2**31)``
 sent as ``u - 2**30``) and ``clipping_range = 2**30``, ``quantization_range = 2**31``,
 ``modulus_range = 2**62`` the clipping and the rounding are the identity and the average is
 ``(S - n 2**30) / n`` with ``S = sum_i u_i < n 2**31`` exactly: :meth:`SecureAggregation._unmasked`
@@ -32,6 +32,7 @@ encrypted key shares and public keys, and the unmasked sum of at least ``thresho
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -54,14 +55,13 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
-from fedlrs.client.contribution import Phase
-from fedlrs.client.secure_aggregation import (CLIPPING_RANGE, MAX_WEIGHT, MODULUS_RANGE, NUM_EXAMPLES, RING,
-                                              WirePart, WireSettings, decode, install_strong_masks, signed_sums,
-                                              wire_parts)
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import DpEvent, GaussianSumRelease, per_part_noise_multiplier
 from fedlrs.privacy.distributed import (ShareRelease, ToppedUpGaussianSumRelease, grid_bits, server_view_epsilon,
                                         share_variance)
+from fedlrs.protocol.parts import Part, Phase
+from fedlrs.protocol.wire import (CLIPPING_RANGE, MAX_WEIGHT, MODULUS_RANGE, NUM_EXAMPLES, RING, WireSettings, decode,
+                                  signed_sums, use_strong_masks, wire_parts)
 from fedlrs.server.validation import RefusedReply, unavailable_notice
 
 #: seconds between two pulls of a stage's replies
@@ -79,6 +79,11 @@ def _log(level: int, message: str, *args) -> None:
     from flwr.common.logger import log
 
     log(level, "[fedlrs] " + message, *args)
+
+
+def install_strong_masks() -> None:
+    """Make Flower's SecAgg+ workflow draw its masks from :func:`~fedlrs.protocol.wire.shake_masks` (idempotent, process-wide)."""
+    use_strong_masks(importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow"))
 
 
 def protocol_sizes(cohort: int, *, shares: float, threshold: float) -> tuple[int, int]:
@@ -126,7 +131,7 @@ class SecureRound:
         """Sampled nodes whose contribution is not in the sum (dropped out, refused, or the protocol aborted)."""
         return sorted(set(self.sampled) - set(self.counted))
 
-    def facts(self, parts: list[WirePart]) -> dict:
+    def facts(self, parts: list[Part]) -> dict:
         """JSON-ready: the cohort, who was counted, refused or missing, why it aborted, the grid and share sizes."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sums", "signed", "refusals")}
         out["missing"] = self.missing
@@ -180,7 +185,7 @@ class _CohortStrategy(Strategy):
 class _ProtocolGrid(Grid):
     """The billboard's Grid as the SecAgg+ workflow sees it: fast pulls, a timeout, replies checked per stage."""
 
-    def __init__(self, grid: Grid, *, cohort: list[int], parts: list[WirePart], timeout: float, label: str):
+    def __init__(self, grid: Grid, *, cohort: list[int], parts: list[Part], timeout: float, label: str):
         self.grid, self.cohort, self.parts, self.timeout, self.label = grid, set(cohort), parts, timeout, label
         self.refusals: list[tuple[int, str]] = []
 

@@ -1,27 +1,18 @@
-"""Validation of a client's reply: it must be exactly the contribution the protocol allows.
+"""The server's checks of a phase's replies, beside :func:`fedlrs.protocol.validation.validate_reply`.
 
-A reply is refused (and the round goes on without it) when it carries an error,
-comes from a node that was not asked, repeats a node, holds any record but the
-ArrayRecord ``contribution``, misses or adds an array, has the wrong shape or
-dtype, holds NaN/inf, or a part whose L2 norm is above its clipping bound.
+A reply is refused (and the round goes on without it) when it is not exactly a valid clipped
+contribution (:mod:`fedlrs.protocol.validation`, re-exported here), comes from a node that was
+not asked or repeats a node (:meth:`fedlrs.server.billboard.Billboard._collect`). Here: too few
+valid replies stop the run before the release (:func:`require_replies`), and the SuperLink's
+notice that a node is gone is told apart from a bad reply (:func:`unavailable_notice`).
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-import torch
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-CONTRIBUTION = "contribution"
-#: relative slack on the clipping bound for the rounding of the client's scaling
-NORM_SLACK = 1e-9
-
-
-class RefusedReply(ValueError):
-    """A reply that does not meet the protocol; the message says why."""
+from fedlrs.protocol.validation import NORM_SLACK, RefusedReply, validate_reply  # noqa: F401 - the server's checks, in one place
 
 
 class TooFewRepliesError(RuntimeError):
@@ -56,44 +47,3 @@ def unavailable_notice(reply: Message) -> str | None:
     if metadata.src_node_id == SUPERLINK_NODE_ID and metadata.dst_node_id == SUPERLINK_NODE_ID and reply.has_error():
         return reply.error.reason or "node unavailable"
     return None
-
-
-def validate_reply(reply: Message, parts: dict[str, tuple[tuple[int, ...], float]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The reply's parts as tensors, or :class:`RefusedReply` with the reason.
-
-    ``parts`` is ``{name: (shape, bound)}`` from :func:`fedlrs.client.contribution.expected_parts`.
-    """
-    if reply.has_error():
-        raise RefusedReply(f"the client reported an error: {reply.error.reason!r}")
-    content = reply.content
-    keys = set(content.keys())
-    if keys != {CONTRIBUTION} or CONTRIBUTION not in content.array_records:
-        raise RefusedReply(f"records {sorted(keys)}, must be exactly the ArrayRecord {CONTRIBUTION!r}.")
-    record = content.array_records[CONTRIBUTION]
-    names = set(record.keys())
-    if names != set(parts):
-        extra, missing = sorted(names - set(parts)), sorted(set(parts) - names)
-        raise RefusedReply(f"arrays {sorted(names)}, must be exactly {sorted(parts)} (extra {extra}, missing {missing}).")
-    expected_dtype = str(torch.empty(0, dtype=dtype).numpy().dtype)
-    tensors = {}
-    for name, (shape, bound) in parts.items():
-        array = record[name]
-        if array.dtype != expected_dtype:
-            raise RefusedReply(f"{name} has dtype {array.dtype!r}, must be {expected_dtype!r}.")
-        if tuple(array.shape) != tuple(shape):
-            raise RefusedReply(f"{name} has shape {tuple(array.shape)}, must be {tuple(shape)}.")
-        try:
-            value = np.asarray(array.numpy())
-        except Exception as error:  # noqa: BLE001 - any decoding failure is the client's fault
-            raise RefusedReply(f"{name} cannot be decoded: {error}") from error
-        if value.shape != tuple(shape) or str(value.dtype) != expected_dtype:
-            raise RefusedReply(f"{name} decodes to {value.dtype} {value.shape}, must be {expected_dtype} {tuple(shape)}.")
-        if not np.isfinite(value).all():
-            raise RefusedReply(f"{name} holds NaN or inf.")
-        tensor = torch.from_numpy(value.copy())
-        if not math.isinf(bound):
-            norm = float(torch.linalg.vector_norm(tensor))
-            if norm > bound * (1 + NORM_SLACK):
-                raise RefusedReply(f"{name} has L2 norm {norm:.6g}, above its clipping bound {bound:g}.")
-        tensors[name] = tensor
-    return tensors

@@ -48,9 +48,9 @@ from fedlrs.privacy import (
     calibrate_noise_multiplier,
     clip_scales,
     ls_part_scales,
-    poisson_sample,
     write_privacy_report,
 )
+from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
 Tensor = torch.Tensor
@@ -230,18 +230,6 @@ class Federation:
             return gd_residual_vectors(self.selected_stats(index), U, fit.w, fit.b)
         data = self.data if index is None else self.data.select(index)
         return logistic_residual_vectors(data, user_parameters(U, fit))
-
-
-def sample_users(num_users: int, sample_rate: float, generator: torch.Generator, device) -> Tensor | None:
-    """Indices of the users in this round: each independently with probability q (Poisson sampling).
-
-    ``q = 1`` takes everybody without drawing and returns None (all users, no index copy);
-    otherwise one :func:`fedlrs.privacy.poisson_sample` draw.
-    """
-    if sample_rate >= 1:
-        return None
-    chosen = poisson_sample(num_users, sample_rate=sample_rate, generator=generator)
-    return chosen.nonzero().squeeze(-1).to(device)
 
 
 class PrivateServer:

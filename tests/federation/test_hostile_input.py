@@ -22,11 +22,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedlrs.client.app import make_client_app
-from fedlrs.client.contribution import expected_parts
 from fedlrs.client.data import DataError, load_user_data, read_table
 from fedlrs.federation_config import parse_run_config
+from fedlrs.protocol import RefusedReply, expected_parts, validate_reply
 from fedlrs.server.billboard import Billboard
-from fedlrs.server.validation import RefusedReply, validate_reply
 
 from .conftest import SMALL
 from .fakes import FakeGrid

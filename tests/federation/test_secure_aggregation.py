@@ -21,8 +21,8 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from fedlrs.client.app import make_client_app
 from fedlrs.client.contribution import moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
-from fedlrs.client.secure_aggregation import (RING, SecureAggregationError, decode, encode, quantized_parts,
-                                              shake_masks, signed_sums, wire_parts)
+from fedlrs.protocol.wire import (RING, SecureAggregationError, decode, encode, quantized_parts, shake_masks,
+                                  signed_sums, wire_parts)
 from fedlrs.core import random_orthonormal, sufficient_statistics
 from fedlrs.federation_config import ConfigError, parse_run_config
 from fedlrs.privacy import audit_report

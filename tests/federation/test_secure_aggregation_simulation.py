@@ -12,7 +12,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid, ServerApp
 
 from fedlrs.client.app import make_client_app
-from fedlrs.client.secure_aggregation import quantized_parts, wire_parts
+from fedlrs.protocol.wire import quantized_parts, wire_parts
 from fedlrs.federation_config import parse_run_config
 from fedlrs.server.billboard import Billboard
 

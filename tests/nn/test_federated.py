@@ -8,7 +8,7 @@ from fedlrs.nn.federated import NetworkConfig, clipped_sum, contribution_shapes,
 from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.privacy import Ledger, audit_report, calibrate_noise_multiplier
-from fedlrs.simulations.engine import sample_users
+from fedlrs.privacy.sampling import sample_users
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,11 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from fedlrs.client.app import make_client_app
 from fedlrs.federation_config import ConfigError, parse_run_config
 from fedlrs.nn.federated import run_federated
-from fedlrs.nn.flower import PERSONAL_STATE, NetworkBillboard, network_config, network_method, node_task
+from fedlrs.client.network import PERSONAL_STATE
+from fedlrs.nn.run_config import network_config, network_method, node_task
 from fedlrs.privacy import Ledger, audit_report
 from fedlrs.server.app import make_server_app
+from fedlrs.server.network import NetworkBillboard
 
 from federation.conftest import task_identity  # noqa: F401 (autouse: what a SuperLink sets before messages exist)
 from federation.fakes import FakeGrid  # tests/ is on sys.path (rootdir-relative packages)
@@ -190,7 +192,7 @@ def test_a_restarted_node_without_its_state_dir_would_diverge():
 
 def test_a_personal_state_file_of_other_shapes_is_not_used(tmp_path):
     from fedlrs.client.state import save_arrays
-    from fedlrs.nn.flower import PERSONAL_STATE_FILE
+    from fedlrs.client.network import PERSONAL_STATE_FILE
 
     node_configs = {1: {"state-dir": str(tmp_path)}}
     save_arrays(tmp_path / PERSONAL_STATE_FILE, {"w": torch.ones(1, 7).numpy(), "b": torch.ones(1, 3).numpy()})
@@ -214,21 +216,21 @@ def test_secure_network_run_hides_every_contribution_and_matches_the_clear_run(m
     """SecAgg+ (server noise) on the network task, one node silent at round 2's masked-vector stage: the run
     completes, no reply the server pulls holds any device's vector in any clear form, and the shared state is
     the clear run's (same dropout, same noise seed) up to the wire format's quantization; same ledger."""
-    import fedlrs.nn.flower as nn_flower
+    import fedlrs.client.network as client_network
     from federation.test_secure_aggregation import RecordingGrid, _close, _forms, _payloads
-    from fedlrs.client.secure_aggregation import wire_parts
+    from fedlrs.protocol.wire import wire_parts
 
     base = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 7, "round-timeout": 0.3}
     drop = _flower(base)[0].sampled[2][0]
     vectors = []
-    inner = nn_flower.secure_contribution_nn
+    inner = client_network.secure_contribution_nn
 
     def recorded(*args):
         parts = inner(*args)
         vectors.append(parts)
         return parts
 
-    monkeypatch.setattr(nn_flower, "secure_contribution_nn", recorded)
+    monkeypatch.setattr(client_network, "secure_contribution_nn", recorded)
 
     def silent(node, message, reply):
         return None if node == drop and message.metadata.group_id == "2" and _masked_stage(message) else reply
@@ -268,7 +270,8 @@ def test_secure_network_device_refuses_a_shared_state_of_other_shapes():
     from flwr.common import FitIns, ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
 
-    from fedlrs.client.secure_aggregation import SecureAggregationError, WireSettings, secure_train
+    from fedlrs.client.secure_aggregation import secure_train
+    from fedlrs.protocol.wire import SecureAggregationError, WireSettings
 
     overrides = {**BASE, "secure-aggregation": "server-noise"}
     config = parse_run_config(overrides)
