@@ -9,7 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 from fedlrs.nn.baselines import FedAvg
-from fedlrs.nn.experiment import INF, _Runner, compare_lrs_fedrep, load_nn_experiment, make_method, user_metric
+from fedlrs.nn.experiment import INF, _Runner, compare_lrs_fedrep
+from fedlrs.nn.experiment_setup import load_nn_experiment, make_method, user_metric
 from fedlrs.nn.method import UserExamples
 from fedlrs.nn.tasks import load_task
 from fedlrs.privacy import audit_report

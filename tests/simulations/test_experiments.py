@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedlrs.simulations.experiments import aggregate, load_experiment, markdown_table
+from fedlrs.simulations.experiments import load_experiment
+from fedlrs.simulations.tables import aggregate, markdown_table
 from fedlrs.simulations.experiments_cli import experiment_commands
 
 
