@@ -9,8 +9,6 @@ Nothing here is ever sent.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context
 
 from fedlrs.core import LocalFit
+from fedlrs.storage import atomic_write
 
 STATE_RECORD = "fedlrs.local"
 STATE_FILE = "fedlrs-local-state.npz"
@@ -48,29 +47,6 @@ def state_path(node_config: Mapping[str, Any], file_name: str = STATE_FILE) -> P
     """``<state-dir>/<file_name>`` when the node config names a ``state-dir`` (default file: the linear task's)."""
     directory = node_config.get("state-dir")
     return Path(str(directory)) / file_name if directory else None
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, ``fsync`` it, then ``os.replace`` it onto ``path``.
-
-    A crash leaves the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedlrs.client.state import atomic_write
+from fedlrs.storage import atomic_write
 
 CHECKPOINT_FILE = "billboard.pt"
 LEDGER_FILE = "ledger.jsonl"
