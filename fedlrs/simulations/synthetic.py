@@ -8,11 +8,14 @@ classification ``y ~ Bernoulli(sigmoid(x . theta*_i))``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fedlrs.core import (LocalFit, mean_relative_error, mean_user_auc, mean_user_mse, principal_angle_distance,
+                         support_f1, user_parameters)
 from fedlrs.core.stats import UserData
 from fedlrs.core.subspace import random_orthonormal
 
@@ -123,3 +126,24 @@ def split_rows_per_user(group_index: np.ndarray, *, test_fraction: float, seed: 
     rank_in_group[order] = np.arange(len(group_index)) - starts[group_index[order]]
     n_test = np.minimum(np.round(test_fraction * counts).astype(np.int64), counts - 1)
     return rank_in_group < n_test[group_index]
+
+
+def synthetic_evaluator(reference: SyntheticLRS, *, logistic: bool = False) -> Callable[[torch.Tensor, LocalFit], dict]:
+    """Metrics against a :class:`SyntheticLRS` (for ``run_engine(evaluate=...)``): distance, errors, support F1, test MSE/AUC."""
+
+    def evaluate(U: torch.Tensor, fit: LocalFit) -> dict:
+        to = dict(device=U.device, dtype=U.dtype)
+        theta = user_parameters(U, fit)
+        test = reference.test.to(**to)
+        metrics = {
+            "distance": principal_angle_distance(U, reference.U_star.to(**to)),
+            "relative_error": mean_relative_error(theta, reference.theta_star.to(**to)),
+            "support_f1": support_f1(fit.b, reference.B_star.to(**to)),
+        }
+        if logistic:
+            metrics["test_auc"] = mean_user_auc(test, theta)
+        else:
+            metrics["test_mse"] = mean_user_mse(test, theta)
+        return metrics
+
+    return evaluate
