@@ -124,6 +124,11 @@ FORBIDDEN = {
     "core": {"privacy", "protocol", "nn", "simulations", "server", "client", "federation_config"},
     "privacy": {"protocol", "nn", "simulations", "server", "client", "federation_config"},
     "protocol": {"server", "client", "simulations"},
+    "nn": {"protocol", "server", "client"},
+    "simulations": {"protocol", "server", "client"},
+    "recsys": {"protocol", "server", "client"},
+    "personalized": {"protocol", "server", "client"},
+    "federation_config": {"protocol", "server", "client"},
     "server": {"client"},
     "client": {"server"},
 }
