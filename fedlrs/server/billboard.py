@@ -35,14 +35,13 @@ from fedlrs.protocol.messages import BILLBOARD, PERSONALIZE, ROUND_CONFIG, messa
 from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.secure_aggregation import SecureAggregation
-from fedlrs.server.validation import RefusedReply, require_replies, unavailable_notice, validate_reply
+from fedlrs.server.exchange import exchange
+from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
 from fedlrs.simulations.engine import PrivateServer, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 
 RUN_FILE = "run.json"
-#: seconds between two pulls of the replies of a round
-PULL_INTERVAL = 0.1
 #: keys that do not change what is computed, so a resumed run may change them
 OPERATIONAL_KEYS = frozenset({"round-timeout", "max-in-flight", "wait-for-nodes", "min-nodes", "checkpoint-dir", "report-dir",
                               "personalize-at-end", "noise-seed", "secagg-shares", "secagg-threshold"})
@@ -108,48 +107,9 @@ class Billboard:
         return content
 
     def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> tuple[list[Message], dict[str, int]]:
-        """Send one message per node and pull the replies; each node has ``round-timeout`` s to answer.
-
-        Returns the replies and ``{message id: node it was sent to}``, so a reply is
-        counted only as the answer of the node its message went to.
-
-        At most ``max-in-flight`` messages are outstanding (0: all at once); a new one is
-        pushed as soon as a reply comes or a node's time is up. Flower's in-memory link
-        state scans every stored message for every node on each delivery sweep, so a
-        simulation with N nodes and M outstanding messages spends O(N M) per sweep; a
-        window keeps M small. A node's ``round-timeout`` starts when its message is pushed.
-
-        Not ``grid.send_and_receive``: on a deployment it waits 3 s between pulls, here
-        :data:`PULL_INTERVAL` (what a round costs on a small deployment is mostly such waits).
-        """
-        timeout, window = self.config.round_timeout, self.config.max_in_flight or len(nodes)
-        waiting = list(reversed(nodes))
-        sent: dict[str, int] = {}
-        pending: dict[str, float] = {}  # message id -> deadline
-        replies: list[Message] = []
-        while waiting or pending:
-            if waiting and len(pending) < window:
-                batch = [waiting.pop() for _ in range(min(window - len(pending), len(waiting)))]
-                messages = [Message(self._content(U, round_number), dst_node_id=node, message_type=message_type,
-                                    group_id=str(round_number), ttl=timeout + 30) for node in batch]
-                deadline = time.monotonic() + timeout
-                for message_id, node in zip(grid.push_messages(messages), batch):
-                    sent[message_id], pending[message_id] = node, deadline
-            pulled = list(grid.pull_messages(list(pending)))
-            for reply in pulled:
-                message_id = reply.metadata.reply_to_message_id
-                notice = unavailable_notice(reply) if message_id in pending else None
-                pending.pop(message_id, None)
-                if notice is None:
-                    replies.append(reply)
-                else:
-                    _log(INFO, "round %d: node %d is unavailable (SuperLink: %s)", round_number, sent[message_id], notice)
-            now = time.monotonic()
-            for message_id in [m for m, deadline in pending.items() if deadline <= now]:
-                del pending[message_id]
-            if pending and not pulled:
-                time.sleep(PULL_INTERVAL)
-        return replies, sent
+        """:func:`fedlrs.server.exchange.exchange` of this round's content (``round-timeout``, ``max-in-flight``)."""
+        return exchange(grid, nodes, message_type, lambda: self._content(U, round_number), round_number,
+                        timeout=self.config.round_timeout, max_in_flight=self.config.max_in_flight)
 
     def _published_arrays(self, U: torch.Tensor | None) -> list[np.ndarray]:
         """What a SecAgg+ request carries for the devices: ``[U]`` (nothing for the moments init)."""
