@@ -40,6 +40,7 @@ from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, con
 from .baselines import global_item_model, library_mf, rmse
 from .data import RatingSplit, load_ratings, synthetic_ratings
 from .model import RecsysConfig, fit_recsys
+from .private import fit_private_lrs
 
 NAMES = ("recsys-movielens", "recsys-insteval")
 
@@ -81,7 +82,12 @@ def tune(config: dict, split: RatingSplit, echo) -> dict:
 def _private_run(split: RatingSplit, params: dict, *, epsilon: float, seed: int, keep: Path | None) -> tuple[float, dict]:
     """Test RMSE of one private run, and its privacy facts (epsilon spent, audit verdict)."""
     delta = 1.0 / split.num_users**1.1
-    result = _fit(split, split.train_full, params, private=True, target_epsilon=epsilon, delta=delta, seed=seed, noise_seed=seed)
+    settings = dict(private=True, target_epsilon=epsilon, delta=delta, seed=seed, noise_seed=seed)
+    if "bias_share" in params:  # LRS that contains the biased model (fedlrs.recsys.private)
+        rest = {k: v for k, v in params.items() if k != "bias_share"}
+        result = fit_private_lrs(split.stats(split.train_full), RecsysConfig(**rest, **settings), rating_range=split.rating_range, bias_share=params["bias_share"])
+    else:
+        result = _fit(split, split.train_full, params, **settings)
     with tempfile.TemporaryDirectory() as tmp:
         folder = keep or Path(tmp)
         result.write_privacy_report(folder)
