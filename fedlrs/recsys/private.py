@@ -19,8 +19,10 @@ The split of the budget between the two is public: ``z`` is calibrated so that t
 (one init at ``rho z`` and ``T`` rounds at ``z``, :func:`fedlrs.privacy.calibrate_noise_multiplier`)
 spends the target epsilon, with ``rho`` such that the bias release carries the share ``f`` of the
 plan's Gaussian budget, ``1 / rho^2 = T f / (1 - f)`` (for full participation the plan is one
-Gaussian mechanism with ``1 / z_plan^2 = 1 / (rho z)^2 + T / z^2``). :func:`plan_from_public_facts`
-derives ``f``, ``T`` and the rank from public facts only.
+Gaussian mechanism with ``1 / z_plan^2 = 1 / (rho z)^2 + T / z^2``).
+
+Every private setting is a function of public facts only (:func:`private_settings`): the
+rating range, the number of users N and epsilon; nothing is tuned on the users' ratings.
 """
 
 from __future__ import annotations
@@ -37,6 +39,40 @@ from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, c
 from .model import RecsysConfig, RecsysResult, contribution_sums, contribution_weights, local_fit
 
 Tensor = torch.Tensor
+
+
+RATING_CAP = 50  # items a user contributes per release (a fixed constant, as DPALS caps a user's ratings)
+PRIOR_RIDGE = 9.0  # (R / tau)^2: an item bias, user bias or taste weight has prior std tau = R / 3 on the clip R
+FACTOR_ROUNDS_MIN_USERS_TIMES_EPSILON = 80_000  # N epsilon from which factor rounds are planned (10,000 users at epsilon 8)
+
+
+def private_settings(*, num_users: int, rating_range: tuple[float, float], epsilon: float) -> dict[str, dict]:
+    """The private biased model's and private LRS's settings from public facts only (no look at the ratings).
+
+    - ``R = (max - min) / 4``: each residual is clipped to a quarter of the public rating range;
+    - every ridge (user bias, item bias, ``w_i``, ``U_j``) is ``(R / tau)^2 = 9``, the ridge of a
+      prior of std ``tau = R / 3`` against a rating noise of std at most ``R``; the noise ridge is
+      ``9 sigma_A`` (the same prior against the released noise: an item bias's noise std is
+      ``R sigma_A / n_j``, so at ``n_j = sigma_A`` raters its ridge is ``9 sigma_A``);
+    - a user contributes at most ``RATING_CAP`` = 50 rated items per release and ``||w_i|| <= 1``;
+    - the biased model: one release (rank 0); LRS: the same release and ``U = [c, popularity]``
+      (rank 2, no further budget) while ``N epsilon < 80,000``; from there on, half of the budget
+      goes to 3 factor rounds of rank 6 (2 public + 4 learned columns) on the frequent items.
+      The threshold was set on the synthetic federations of :func:`fedlrs.recsys.data.synthetic_ratings`
+      (no user's data), where factor rounds start to pay between 1,000 and 4,000 users at epsilon 8.
+    """
+    low, high = rating_range
+    if not high > low:
+        raise ValueError(f"rating_range == {rating_range}, must be (min, max) with max > min.")
+    if num_users < 1 or not epsilon > 0:
+        raise ValueError(f"num_users == {num_users}, epsilon == {epsilon}: must be >= 1 and > 0.")
+    common = dict(rating_cap=RATING_CAP, residual_bound=(high - low) / 4, noise_ridge=PRIOR_RIDGE, ridge_user_bias=PRIOR_RIDGE,
+                  ridge_item_bias=PRIOR_RIDGE, ridge_w=PRIOR_RIDGE, ridge_u=PRIOR_RIDGE, factor_bound=1.0)
+    if num_users * epsilon >= FACTOR_ROUNDS_MIN_USERS_TIMES_EPSILON:
+        lrs = dict(common, rank=6, rounds=3, bias_share=0.5)
+    else:
+        lrs = dict(common, rank=2, rounds=1, bias_share=1.0)
+    return {"biased (private)": dict(common, rank=0, rounds=1), "LRS (private)": lrs}
 
 
 class _BiasRelease:

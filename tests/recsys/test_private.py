@@ -7,7 +7,7 @@ from fedlrs.core.sparse import item_statistics
 from fedlrs.privacy import audit_report, compute_epsilon
 from fedlrs.recsys.data import Ratings
 from fedlrs.recsys.model import RecsysConfig, fit_recsys
-from fedlrs.recsys.private import fit_private_lrs
+from fedlrs.recsys.private import fit_private_lrs, private_settings
 
 RANGE = (1.0, 5.0)
 
@@ -54,3 +54,17 @@ def test_factor_rounds_are_accounted_and_audited(tmp_path):
     result.write_privacy_report(tmp_path)
     assert audit_report(tmp_path / "privacy_report.json").ok
     assert np.isfinite(result.rmse(test))
+
+
+def test_private_settings_follow_from_public_facts_only():
+    small = private_settings(num_users=671, rating_range=(0.5, 5.0), epsilon=8.0)
+    assert small["biased (private)"]["rank"] == 0 and small["biased (private)"]["rounds"] == 1
+    assert small["LRS (private)"]["bias_share"] == 1.0 and small["LRS (private)"]["rank"] == 2  # no budget beyond the bias release
+    assert small["LRS (private)"]["residual_bound"] == 4.5 / 4
+    assert {k: v for k, v in small["LRS (private)"].items() if k in small["biased (private)"] and k not in ("rank", "rounds")} == \
+        {k: v for k, v in small["biased (private)"].items() if k not in ("rank", "rounds")}  # the same bias release
+    large = private_settings(num_users=20_000, rating_range=(1.0, 5.0), epsilon=8.0)["LRS (private)"]
+    assert large["bias_share"] < 1 and large["rounds"] > 1 and large["rank"] > 2
+    assert private_settings(num_users=20_000, rating_range=(1.0, 5.0), epsilon=1.0)["LRS (private)"]["bias_share"] == 1.0
+    with pytest.raises(ValueError, match="rating_range"):
+        private_settings(num_users=10, rating_range=(5.0, 1.0), epsilon=1.0)
