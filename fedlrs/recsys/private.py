@@ -2,18 +2,21 @@
 
 A plan of releases, all through the ledger (:class:`fedlrs.privacy.GaussianSumRelease`):
 
-1. **Bias release** (an ``"init"`` event, every user, noise multiplier ``rho z``): the same
-   release as the private biased model, ``A_j = sum_i s_ij`` (the capped rater counts) and
-   ``c_j = sum_i e_ij`` (the clipped residuals of ``y_ij - o - a_i``), so
-   ``c_j <- c_j / (A_j + lam_c + kappa sigma_A)``.
-2. **Factor rounds** (``T`` ``"round"`` events, noise multiplier ``z``): alternating least
-   squares for ``U`` alone (``c`` fixed), on the *frequent* items only, those whose released
-   count from step 1 is at least ``r kappa sigma_F / B^2`` (the count at which item j's Gram
-   ``sum_i s_ij w_i w_i^T``, of diagonal about ``n_j B^2 / r``, rises ``kappa`` noise stds
-   above 0); every other item keeps ``U_j = 0``, i.e. the biased model's prediction. A user
-   contributes at most ``cap`` of its rated frequent items, ``w_i`` clipped to ``B``, each residual
-   ``y_ij - o - a_i - b_ij - c_j`` clipped to ``R``; the parts are bounded by ``B^2 sqrt(cap)`` and
-   ``B R sqrt(cap)`` (no bias column: it is not released again).
+1. **Bias release** (every user; noise multiplier ``rho z``; an ``"init"`` event when factor
+   rounds follow, else the one ``"round"``): the same release as the private biased model,
+   ``A_j = sum_i s_ij`` (the capped rater counts) and ``c_j = sum_i e_ij`` (the clipped
+   residuals of ``y_ij - o - a_i``), so ``c_j <- c_j / (A_j + lam_c + kappa sigma_A)``.
+   The first two factor columns are then public, post-processing of this release:
+   ``U_j = [c_j, popularity_j]`` (:func:`public_item_factors`), on every item.
+2. **Factor rounds** (only with ``bias_share < 1``; ``T`` ``"round"`` events, noise multiplier
+   ``z``): alternating least squares for ``U`` alone (``c`` fixed), on the *frequent* items
+   only, those whose released count from step 1 is at least ``r s sigma_F / B^2`` (the count at
+   which item j's Gram ``sum_i s_ij w_i w_i^T``, of diagonal about ``n_j B^2 / r``, rises ``s``
+   noise stds above 0; ``s`` = ``selection_sigmas``, 1 by default); their columns beyond the
+   first two start at random. Every other item keeps the public columns (and 0 in the learned
+   ones). A user contributes at most ``cap`` of its rated frequent items, ``w_i`` clipped to
+   ``B``, each residual ``y_ij - o - a_i - b_ij - c_j`` clipped to ``R``; the parts are bounded by
+   ``B^2 sqrt(cap)`` and ``B R sqrt(cap)`` (no bias column: it is not released again).
 
 The split of the budget between the two is public: ``z`` is calibrated so that the whole plan
 (one init at ``rho z`` and ``T`` rounds at ``z``, :func:`fedlrs.privacy.calibrate_noise_multiplier`)
