@@ -126,8 +126,10 @@ def fit_private_lrs(stats: ItemStats, config: RecsysConfig, *, rating_range: tup
     """The bias release, then ``config.rounds`` factor rounds on the frequent items (module docstring); ``P = [U, c]``."""
     if not config.private or config.rating_cap < 1 or config.sample_rate != 1.0:
         raise ValueError("fit_private_lrs needs private == True, rating_cap >= 1 and sample_rate == 1 (every user takes part).")
+    if not selection_sigmas > 0:
+        raise ValueError(f"selection_sigmas == {selection_sigmas}, must be > 0.")
     if not 0 < bias_share <= 1:
-        raise ValueError(f"bias_share == {bias_share}, must be in (0, 1) (1 only without factor rounds).")
+        raise ValueError(f"bias_share == {bias_share}, must be in (0, 1] (1: all of the budget on the bias release, no factor rounds).")
     ledger = ledger if ledger is not None else Ledger()
     n, d, r, cap = stats.num_users, stats.num_items, config.rank, config.rating_cap
     T = config.rounds if r > 0 and bias_share < 1 else 0
