@@ -10,12 +10,13 @@ fixed, seeds change the initialization and the noise), of:
   ratings); biased: ``mu + a_i + c_j`` (rank-0 ALS); MF (surprise SVD): biased matrix
   factorization of scikit-surprise; LRS: ``o + a_i + c_j + U_j . w_i + b_ij``;
 - private (user-level DP, every ``epsilon`` of the config): the biased model (the item biases
-  released privately) and LRS, both through :func:`fedlrs.recsys.model.fit_recsys`.
+  released privately, :func:`fedlrs.recsys.model.fit_recsys` at rank 0) and LRS, which makes the
+  same release and adds taste (:func:`fedlrs.recsys.private.fit_private_lrs`).
 
 Non-private hyperparameters are chosen on the validation ratings of seed 0's split (fit on
-train, score on validation) and refitted on train + validation. Private runs use the fixed
-settings of the config's ``[private.*]`` tables (no tuning on the private data, so nothing
-beyond the reported run is spent). Every private run's privacy report is checked with
+train, score on validation) and refitted on train + validation. Private runs use settings
+that are functions of public facts only (:func:`fedlrs.recsys.private.private_settings`: the
+rating range, the number of users, epsilon), so nothing beyond the reported run is spent. Every private run's privacy report is checked with
 :func:`fedlrs.privacy.audit_report` (what ``fedlrs privacy audit`` runs); seed 0's reports are
 kept under ``OUT/privacy/``. The curve over the number of users (random protocol) repeats
 the private runs at ``[subsample] epsilon`` on random subsets of the users; ``[scale]`` repeats
@@ -40,6 +41,7 @@ from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, con
 from .baselines import global_item_model, library_mf, rmse
 from .data import RatingSplit, load_ratings, synthetic_ratings
 from .model import RecsysConfig, fit_recsys
+from .private import fit_private_lrs, private_settings
 
 NAMES = ("recsys-movielens", "recsys-insteval")
 
@@ -81,7 +83,12 @@ def tune(config: dict, split: RatingSplit, echo) -> dict:
 def _private_run(split: RatingSplit, params: dict, *, epsilon: float, seed: int, keep: Path | None) -> tuple[float, dict]:
     """Test RMSE of one private run, and its privacy facts (epsilon spent, audit verdict)."""
     delta = 1.0 / split.num_users**1.1
-    result = _fit(split, split.train_full, params, private=True, target_epsilon=epsilon, delta=delta, seed=seed, noise_seed=seed)
+    settings = dict(private=True, target_epsilon=epsilon, delta=delta, seed=seed, noise_seed=seed)
+    if "bias_share" in params:  # LRS that contains the biased model (fedlrs.recsys.private)
+        rest = {k: v for k, v in params.items() if k != "bias_share"}
+        result = fit_private_lrs(split.stats(split.train_full), RecsysConfig(**rest, **settings), rating_range=split.rating_range, bias_share=params["bias_share"])
+    else:
+        result = _fit(split, split.train_full, params, **settings)
     with tempfile.TemporaryDirectory() as tmp:
         folder = keep or Path(tmp)
         result.write_privacy_report(folder)
@@ -89,6 +96,11 @@ def _private_run(split: RatingSplit, params: dict, *, epsilon: float, seed: int,
     if not audit.ok:
         raise RuntimeError(f"privacy audit failed for a private run: {audit.reasons}")
     return result.rmse(split.test), {"epsilon_spent": result.epsilon(), "audit": "pass", "delta": delta, "noise_multiplier": result.noise_multiplier}
+
+
+def _private_settings(split: RatingSplit, epsilon: float) -> dict[str, dict]:
+    """The private models' settings from public facts only (:func:`fedlrs.recsys.private.private_settings`)."""
+    return private_settings(num_users=split.num_users, rating_range=split.rating_range, epsilon=epsilon)
 
 
 def storage(method: str, params: dict, num_items: int) -> tuple[int, int]:
@@ -107,8 +119,6 @@ def run_protocol(config: dict, protocol: str, seeds: list[int], out: Path, echo)
     """Every method's records (one per seed and epsilon) under ``protocol``, and the tuning."""
     data, max_users = config["data"], config.get("max_users")
     tuning = tune(config, load_ratings(data, protocol=protocol, seed=0, max_users=max_users), echo)
-    private = {"biased (private)": {**config["private"]["common"], **config["private"]["biased"], "rank": 0},
-               "LRS (private)": {**config["private"]["common"], **config["private"]["lrs"]}}
     records = []
     for seed in seeds:
         split = load_ratings(data, protocol=protocol, seed=seed, max_users=max_users)
@@ -124,7 +134,7 @@ def run_protocol(config: dict, protocol: str, seeds: list[int], out: Path, echo)
             params = tuning["mf"] if method.startswith("MF") else tuning["lrs"] if method == "LRS" else {}
             records.append({**row, "method": method, "test_rmse": value, **dict(zip(("storage", "published"), storage(method, params, split.num_items)))})
         for epsilon in [e for e in epsilon_sweep(config) if e != INF]:
-            for method, params in private.items():
+            for method, params in _private_settings(split, epsilon).items():
                 keep = out / "privacy" / f"{protocol}-{method.split()[0].lower()}-eps{epsilon:g}" if seed == seeds[0] else None
                 value, facts = _private_run(split, params, epsilon=epsilon, seed=seed, keep=keep)
                 records.append({**row, "epsilon": epsilon, "method": method, "test_rmse": value, **facts,
@@ -143,8 +153,8 @@ def run_subsampling(config: dict, seeds: list[int], tuning: dict, echo) -> list[
             split = load_ratings(config["data"], protocol="random", seed=seed, max_users=int(users))
             base = {"users": split.num_users, "seed": seed}
             records.append({**base, "method": "biased", "test_rmse": _fit(split, split.train_full, {**tuning["biased"], "rank": 0, "seed": seed}).rmse(split.test)})
-            for method, extra in (("biased (private)", {**config["private"]["biased"], "rank": 0}), ("LRS (private)", config["private"]["lrs"])):
-                value, _ = _private_run(split, {**config["private"]["common"], **extra}, epsilon=epsilon, seed=seed, keep=None)
+            for method, params in _private_settings(split, epsilon).items():
+                value, _ = _private_run(split, params, epsilon=epsilon, seed=seed, keep=None)
                 records.append({**base, "method": method, "test_rmse": value})
         echo(f"  subsample {users} users done")
     return records
@@ -160,8 +170,8 @@ def run_scale(config: dict, seeds: list[int], echo) -> list[dict]:
             base = {"users": split.num_users, "seed": seed}
             for method, params in (("biased", {**section["biased"], "rank": 0}), ("LRS", section["lrs"])):
                 records.append({**base, "method": method, "test_rmse": _fit(split, split.train_full, {**params, "seed": seed}).rmse(split.test)})
-            for method, extra in (("biased (private)", {**config["private"]["biased"], "rank": 0}), ("LRS (private)", config["private"]["lrs"])):
-                value, _ = _private_run(split, {**config["private"]["common"], **extra}, epsilon=float(section["epsilon"]), seed=seed, keep=None)
+            for method, params in _private_settings(split, float(section["epsilon"])).items():
+                value, _ = _private_run(split, params, epsilon=float(section["epsilon"]), seed=seed, keep=None)
                 records.append({**base, "method": method, "test_rmse": value})
         echo(f"  synthetic {users} users done")
     return records
