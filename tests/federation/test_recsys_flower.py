@@ -1,4 +1,4 @@
-"""The recsys task through Flower (fedlrs.recsys.flower) on a fake Grid: the same P and user fits as the engine on a small slice."""
+"""The recsys task through Flower (fedlrs.server.recsys, fedlrs.client.recsys) on a fake Grid: the same P and user fits as the engine on a small slice."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,9 @@ from flwr.app import Context, RecordDict
 
 from fedlrs.privacy import compute_epsilon
 from fedlrs.recsys.data import load_ratings
-from fedlrs.recsys.flower import STATE, RecsysFlowerTask, make_recsys_client_app, make_recsys_server_app, run_recsys
+from fedlrs.client.recsys import STATE, make_recsys_client_app
+from fedlrs.recsys.flower_task import RecsysFlowerTask
+from fedlrs.server.recsys import make_recsys_server_app, run_recsys
 from fedlrs.recsys.model import RecsysConfig, fit_recsys
 from .fakes import FakeGrid
 
