@@ -215,7 +215,7 @@ def _check_calibration(config, num_users: int) -> None:
     """Calibrate the run's noise as the engine will, on a throwaway in-memory ledger: an impossible
     calibration (or a noise multiplier too small to account) fails here, before any file is touched."""
     from fedlrs.privacy import BudgetExceededError, Ledger
-    from fedlrs.simulations.engine import PrivateServer
+    from fedlrs.privacy.release import PrivateServer
 
     server = PrivateServer(config, Ledger())
     server.expected_count = config.sample_rate * num_users  # the expected cohort q N, for a plan that depends on it

@@ -125,7 +125,7 @@ FORBIDDEN = {
     "privacy": {"protocol", "nn", "simulations", "server", "client", "federation_config"},
     "protocol": {"server", "client", "simulations"},
     "nn": {"protocol", "server", "client"},
-    "simulations": {"protocol", "server", "client"},
+    "simulations": {"server", "client"},
     "recsys": {"protocol", "server", "client"},
     "personalized": {"protocol", "server", "client"},
     "federation_config": {"protocol", "server", "client"},

@@ -12,7 +12,7 @@ DESIGN.md section 3, written once for every method. Round t:
             =  sum_{i in S_t} g_i                              (not private: no clipping, no noise)
     shared  <- method.apply(shared, unflatten(s / (q N)))      (q N, never |S_t|)
 
-The private server is the engine's :class:`~fedlrs.simulations.engine.PrivateServer`
+The private server is the engine's :class:`~fedlrs.privacy.release.PrivateServer`
 (event ``"round-t"``, calibration of z before round 1, budget check, ledger record
 before the release, report for ``fedlrs privacy audit``); the Flower ServerApp of
 :mod:`fedlrs.server.network` drives the same objects, so both give the same shared state.
@@ -31,9 +31,10 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
 from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, clip
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
+from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
-from fedlrs.simulations.engine import DTYPES, PrivateServer
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
+from fedlrs.simulations.engine_config import DTYPES
 
 Tensor = torch.Tensor
 

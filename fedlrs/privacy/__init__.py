@@ -20,6 +20,7 @@ from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflict
                                    LedgerCorruptError, LedgerError, move_aside)
 from fedlrs.privacy.mechanism import GaussianSumRelease, method_of_moments_release
 from fedlrs.privacy.noise import GaussianNoise
+from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.report import build_privacy_report, write_privacy_report
 from fedlrs.privacy.sampling import poisson_sample
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
@@ -41,6 +42,7 @@ __all__ = [
     "LedgerError",
     "PrivacyBudget",
     "PrivacySettings",
+    "PrivateServer",
     "SpentEpsilon",
     "accounted_noise_multiplier",
     "audit_report",

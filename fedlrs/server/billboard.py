@@ -4,7 +4,7 @@ Per round: Poisson-sample the connected nodes (the engine's random convention,
 :func:`fedlrs.privacy.sampling.sample_nodes`), send them the published ``U``, collect replies
 with a timeout, refuse any reply that is not exactly a valid clipped
 contribution (:func:`fedlrs.protocol.validation.validate_reply`), release the sum through the
-engine's own :class:`fedlrs.simulations.engine.PrivateServer` (events, calibration,
+engine's own :class:`fedlrs.privacy.release.PrivateServer` (events, calibration,
 budget check, ledger record, noise, normalisation by the expected count ``q N``)
 or, outside private mode, divide by ``q N`` as the engine does, update ``U`` with
 the engine's :func:`~fedlrs.simulations.engine.server_step`, checkpoint, publish.
@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import BudgetExceededError, Ledger
+from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_nodes
 from fedlrs.protocol.messages import BILLBOARD, PERSONALIZE, ROUND_CONFIG, message_type
 from fedlrs.protocol.parts import Phase, expected_parts
@@ -37,7 +38,7 @@ from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, s
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.exchange import exchange
 from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
-from fedlrs.simulations.engine import PrivateServer, server_step
+from fedlrs.simulations.engine import release_init, release_round, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 
@@ -196,7 +197,7 @@ class Billboard:
         if self.private is not None and self.secure is not None:
             M = self.secure.release(self.private, sums, self.private.event("init", 0), float(max(len(nodes), 1)))["M"]
         elif self.private is not None:
-            M = self.private.release_init(M, max(len(nodes), 1))
+            M = release_init(self.private, M, max(len(nodes), 1))
         return top_eigenvectors(M, c.rank)
 
     def _checkpoint(self, round_number: int, shared: dict[str, torch.Tensor], generator: torch.Generator) -> None:
@@ -281,7 +282,7 @@ class Billboard:
                     if self.secure is not None:
                         sums = self.secure.release(self.private, sums, event, max(normalizer, 1e-12))
                     else:
-                        sums = self.private.release_round(sums, event, max(normalizer, 1e-12))
+                        sums = release_round(self.private, sums, event, max(normalizer, 1e-12), c.dim)
                 except BudgetExceededError as error:
                     stopped = f"budget: {error}"
                     break

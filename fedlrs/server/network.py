@@ -38,10 +38,10 @@ from fedlrs.nn.method import FederatedMethod, State
 from fedlrs.nn.network import flat_size, unflatten
 from fedlrs.nn.run_config import LINEAR, check_network_knobs, contribution_dimension, network_config, network_setup
 from fedlrs.privacy import BudgetExceededError
+from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_nodes
 from fedlrs.protocol.messages import PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
 from fedlrs.server.billboard import Billboard, BillboardResult
-from fedlrs.simulations.engine import PrivateServer
 
 
 def _log(level: int, message: str, *args) -> None:

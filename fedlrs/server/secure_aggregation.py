@@ -261,7 +261,7 @@ class SecureAggregation:
     def release(self, private, sums: dict[str, torch.Tensor], event: DpEvent, expected_count: float) -> dict[str, torch.Tensor]:
         """Noise the sums of the last :meth:`collect` through the ledger (event first, its note naming the mode), over ``expected_count``.
 
-        ``private`` is the billboard's :class:`~fedlrs.simulations.engine.PrivateServer` (its ledger,
+        ``private`` is the billboard's :class:`~fedlrs.privacy.release.PrivateServer` (its ledger,
         noise source and budget).
         """
         outcome = self.rounds[-1]

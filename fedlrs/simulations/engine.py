@@ -41,17 +41,16 @@ from fedlrs.core import (
 from fedlrs.privacy import (
     BudgetExceededError,
     DpEvent,
-    GaussianNoise,
-    GaussianSumRelease,
     Ledger,
     PrivacyBudget,
-    calibrate_noise_multiplier,
     clip_scales,
     ls_part_scales,
     write_privacy_report,
 )
+from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import SpentEpsilon
+from fedlrs.protocol.parts import linear_parts
 
 from .engine_config import DTYPES, EngineConfig  # noqa: F401 - DTYPES: the engine's dtypes, also for the network loop
 from .synthetic import synthetic_evaluator  # noqa: F401 - run_engine's usual evaluate, importable beside it
@@ -143,90 +142,15 @@ class Federation:
         return logistic_residual_vectors(data, user_parameters(U, fit))
 
 
-class PrivateServer:
-    """The server's private side, shared by the engine and the Flower billboard: events, calibration, release.
+def release_init(private: PrivateServer, moment_sum: Tensor, num_users: int) -> Tensor:
+    """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E`` (the spec's part ``M``), recorded as ``"init"`` (q = 1)."""
+    parts = linear_parts(private.config, "moments", moment_sum.shape[-1])
+    return private.release_parts({"M": moment_sum}, private.event("init", 0), parts, float(num_users))["M"]
 
-    Events: ``"init"`` (the moments init, all users, q = 1) and ``"round-t"`` (Poisson
-    rate q), each recorded in the ledger before its noised sum is used
-    (:class:`fedlrs.privacy.GaussianSumRelease`). ``retry_ids`` (the billboard, which
-    resumes on a persistent ledger): a release id already in the ledger becomes
-    ``"<id>-retry-k"`` (a crash-replayed round, accounted again, conservatively); the
-    engine, on a fresh ledger, never needs it. ``write_report`` writes the report that
-    ``fedlrs privacy audit`` checks.
-    """
 
-    def __init__(self, config: EngineConfig, ledger: Ledger, *, retry_ids: bool = False):
-        self.config, self.ledger, self.retry_ids = config, ledger, retry_ids
-        seed = config.noise_seed
-        self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
-        self.budget = config.budget
-        self.noise_multiplier: float | None = None
-
-    def release_id(self, base: str) -> str:
-        """``base``, or with ``retry_ids`` the first ``base-retry-k`` not yet in the ledger."""
-        if not self.retry_ids or base not in self.ledger:
-            return base
-        k = 1
-        while f"{base}-retry-{k}" in self.ledger:
-            k += 1
-        return f"{base}-retry-{k}"
-
-    def event(self, kind: str, round_number: int) -> DpEvent:
-        c = self.config
-        if kind == "init":
-            return DpEvent(release_id=self.release_id("init"), kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
-        return DpEvent(release_id=self.release_id(f"round-{round_number}"), kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
-
-    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
-        """Budget check, ledger record (flushed), then the noised sums divided by the expected count."""
-        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
-        return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
-
-    def release_init(self, moment_sum: Tensor, num_users: int) -> Tensor:
-        """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E``, recorded as ``"init"`` (q = 1)."""
-        return self.release({"M": moment_sum}, self.event("init", 0), {"M": self.config.clip_moments}, float(num_users), frozenset({"M"}))["M"]
-
-    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
-        """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``) noised for their clipping bounds, over ``q N``."""
-        c = self.config
-        if c.mode == "ls":
-            return self.release(sums, event, {"A": c.clip_a, "c": c.clip_c}, expected_count, frozenset({"A"}))
-        return self.release(sums, event, {"G": c.clip_g}, expected_count)
-
-    @property
-    def init_noise_multiplier(self) -> float:
-        """The init's z: configured, or (``init_noise_multiplier == 0``) the round z of the joint calibration."""
-        return self.config.init_noise_multiplier or self.plan_joint()
-
-    def plan_joint(self) -> float:
-        """One z for the moments init (q = 1) and every round, calibrated together to the target."""
-        if self.noise_multiplier is None:
-            c = self.config
-            self.noise_multiplier = c.noise_multiplier or calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, init_ratio=1.0
-            )
-        return self.noise_multiplier
-
-    def calibrate(self) -> float | None:
-        """The round noise multiplier: the configured one, or calibrated after the events already spent."""
-        c = self.config
-        if self.noise_multiplier is not None or c.rounds == 0:
-            return self.noise_multiplier
-        if c.noise_multiplier > 0:
-            self.noise_multiplier = c.noise_multiplier
-        else:
-            self.noise_multiplier = calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, prior_events=self.ledger.events
-            )
-        return self.noise_multiplier
-
-    def write_report(self, out_dir: str | Path, config: dict) -> dict:
-        """``privacy_report.json/.md`` and ``epsilon.png`` (:func:`fedlrs.privacy.write_privacy_report`) for this ledger.
-
-        The plan is ``rounds`` rounds at the round z; the budget is the target. ``config`` is stored as is.
-        """
-        c = self.config
-        return write_privacy_report(self.ledger, out_dir=out_dir, delta=c.delta, config=config, budget=self.budget, planned_rounds=c.rounds, calibrated_noise_multiplier=self.noise_multiplier)
+def release_round(private: PrivateServer, sums: dict[str, Tensor], event: DpEvent, expected_count: float, dim: int) -> dict[str, Tensor]:
+    """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``) noised for the spec's clipping bounds, over ``q N``."""
+    return private.release_parts(sums, event, linear_parts(private.config, "round", dim), expected_count)
 
 
 def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
@@ -241,7 +165,7 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
     if private is None:
         return top_eigenvectors(moment_sum(federation.data), c.rank)
     scales = clip_scales(moment_norms(federation.data), bound=c.clip_moments)
-    return top_eigenvectors(private.release_init(moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
+    return top_eigenvectors(release_init(private, moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
 
 
 def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
@@ -260,7 +184,7 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
         sums = {"A": A, "c": vec_c}
         if private is not None:
-            sums, normalizer = private.release_round(sums, event, normalizer), 1.0
+            sums, normalizer = release_round(private, sums, event, normalizer, U.shape[0]), 1.0
         return server_step(c, U, sums, normalizer)
     e = federation.residual_vectors(U, fit, index)
     weights = None
@@ -268,7 +192,7 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         weights = clip_scales(e.norm(dim=1) * fit.w.norm(dim=1), bound=c.clip_g)
     sums = {"G": gd_gradient_sum(e, fit.w, weights)}
     if private is not None:
-        sums, normalizer = private.release_round(sums, event, normalizer), 1.0
+        sums, normalizer = release_round(private, sums, event, normalizer, U.shape[0]), 1.0
     return server_step(c, U, sums, normalizer)
 
 
