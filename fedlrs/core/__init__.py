@@ -23,8 +23,10 @@ from .subspace import (
     moment_norms,
     moment_sum,
     orthonormalize,
+    preconditioned_step,
     random_orthonormal,
     top_eigenvectors,
+    unit_free_gradients,
 )
 from .thresholding import hard_threshold
 
