@@ -108,7 +108,9 @@ def test_private_fit_spends_its_budget_and_writes_the_report(tmp_path):
     X, y, groups = long_table(data, 3000, 10, 10)
     model = LRSRegressor(rank=2, sparsity=0, rounds=5, epsilon=4.0, delta=1e-6, noise_seed=0).fit(X, y, groups)
     assert 3.9 <= model.epsilon_ <= 4.0
-    assert [e.release_id for e in model.ledger_.events][0] == "init" and len(model.ledger_) == 6
+    # the init, then per round the clip histogram of adaptive clipping and the round itself
+    assert [e.release_id for e in model.ledger_.events][:3] == ["init", "round-1-clip", "round-1"] and len(model.ledger_) == 11
+    assert [e.kind for e in model.ledger_.events].count("clip") == 5
     report = model.write_privacy_report(tmp_path)
     assert (tmp_path / "privacy_report.json").exists() and (tmp_path / "epsilon.png").exists()
     assert report["epsilon"]["rdp"] == model.epsilon_

@@ -49,6 +49,7 @@ from fedlrs.privacy import (
     PrivacyBudget,
     calibrate_noise_multiplier,
     clip_scales,
+    flat_norms,
     ls_part_scales,
     poisson_sample,
     write_privacy_report,
@@ -90,9 +91,10 @@ class EngineConfig(PrivacySettings):
     round's bound is the gamma-quantile of the users' unit-free contributions
     (:func:`fedlrs.core.unit_free_gradients`), read from a noised histogram that is its own
     ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
-    :func:`fedlrs.core.preconditioned_step`; nothing depends on the data's units. 0: fixed bounds,
-    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part, and the raw
-    gradient step of ``gd_learning_rate`` (mode "ls" always uses fixed bounds).
+    :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
+    units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
+    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
+    uses the fixed bounds.
     """
 
     rank: int
@@ -167,9 +169,14 @@ class EngineConfig(PrivacySettings):
         return DTYPES[self.dtype]
 
     @property
+    def unit_free(self) -> bool:
+        """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
+        return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
     def adaptive(self) -> bool:
-        """Adaptive clipping and the unit-free step: private, mode "gd" and ``clip_quantile > 0``."""
-        return self.private and self.mode == "gd" and self.clip_quantile > 0
+        """Adaptive clipping: private and the unit-free step."""
+        return self.private and self.unit_free
 
 
 @dataclass
@@ -419,8 +426,12 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         if private is not None:
             sums, normalizer = private.release_round(sums, event, normalizer), 1.0
         return server_step(c, U, sums, normalizer)
-    if c.adaptive:
+    if c.unit_free:
         delta, curvature = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
+        if private is None:  # the same clip, at the exact quantile of this round's norms: robust to a few ill-fitted users
+            bound = float(torch.quantile(flat_norms(delta), c.clip_quantile).clamp_min(1e-300))
+            sums, _ = clipped_round_parts(delta, curvature, bound=bound)
+            return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=c.gd_learning_rate)
         sums, _ = clipped_round_parts(delta, curvature, bound=private.clip_bounds[-1])
         sums = private.release_round(sums, event, normalizer)
         return preconditioned_step(U, sums["G"], sums["P"], normalizer=1.0, learning_rate=c.gd_learning_rate)
