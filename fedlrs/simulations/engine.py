@@ -49,7 +49,6 @@ from fedlrs.privacy import (
     PrivacyBudget,
     calibrate_noise_multiplier,
     clip_scales,
-    flat_norms,
     ls_part_scales,
     poisson_sample,
     write_privacy_report,
@@ -295,8 +294,6 @@ class PrivateServer:
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = config.budget
         self.noise_multiplier: float | None = None
-        self.clip_edges = clip_grid(dtype=config.torch_dtype, device=config.device)
-        self.clip_bounds: list[float] = []
         self.expected_count = 0.0
 
     def release_id(self, base: str) -> str:
@@ -333,20 +330,17 @@ class PrivateServer:
         """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E``, recorded as ``"init"`` (q = 1)."""
         return self.release({"M": moment_sum}, self.event("init", 0), {"M": self.moments_bound}, float(num_users), frozenset({"M"}))["M"]
 
-    def release_clip(self, histogram: dict[str, Tensor], event: DpEvent, expected_count: float) -> float:
-        """Release a clip histogram (sensitivity 1, over ``q N``) and return the next bound, its ``clip_quantile`` (:func:`fedlrs.privacy.adaptive.quantile_bound`)."""
-        fractions = self.release(histogram, event, {"H": 1.0}, expected_count)["H"]
-        bound = quantile_bound(fractions, self.clip_edges.to(fractions), self.config.clip_quantile)
-        self.clip_bounds.append(bound)
-        return bound
+    def release_clip(self, histogram: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
+        """Release a clip histogram (sensitivity 1) over ``q N``: the noised fractions of users in each bin."""
+        return self.release(histogram, event, {"H": 1.0}, expected_count)
 
-    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
+    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float, bound: float | None = None) -> dict[str, Tensor]:
         """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``, with adaptive clipping also ``P``) noised for their clipping bounds, over ``q N``."""
         c = self.config
         if c.mode == "ls":
             return self.release(sums, event, {"A": c.clip_a, "c": c.clip_c}, expected_count, frozenset({"A"}))
         if c.adaptive:
-            return self.release(sums, event, {"G": self.clip_bounds[-1], "P": 1.0}, expected_count, frozenset({"P"}), part_noise_weights(["G", "P"]))
+            return self.release(sums, event, {"G": bound, "P": 1.0}, expected_count, frozenset({"P"}), part_noise_weights(["G", "P"]))
         return self.release(sums, event, {"G": c.clip_g}, expected_count)
 
     @property
@@ -408,7 +402,8 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
     return top_eigenvectors(private.release_init(moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
 
 
-def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
+def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None,
+                    bound: float | None = None) -> Tensor:
     """The server's step from the contributions of the users at ``index``.
 
     Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a`` and ``c_i`` to
@@ -426,15 +421,12 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         if private is not None:
             sums, normalizer = private.release_round(sums, event, normalizer), 1.0
         return server_step(c, U, sums, normalizer)
-    if c.unit_free:
+    if c.unit_free:  # clipped at the round's bound also without privacy: robust to a few ill-fitted users
         delta, curvature = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
-        if private is None:  # the same clip, at the exact quantile of this round's norms: robust to a few ill-fitted users
-            bound = float(torch.quantile(flat_norms(delta), c.clip_quantile).clamp_min(1e-300))
-            sums, _ = clipped_round_parts(delta, curvature, bound=bound)
-            return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=c.gd_learning_rate)
-        sums, _ = clipped_round_parts(delta, curvature, bound=private.clip_bounds[-1])
-        sums = private.release_round(sums, event, normalizer)
-        return preconditioned_step(U, sums["G"], sums["P"], normalizer=1.0, learning_rate=c.gd_learning_rate)
+        sums, _ = clipped_round_parts(delta, curvature, bound=bound)
+        if private is not None:
+            sums, normalizer = private.release_round(sums, event, normalizer, bound), 1.0
+        return server_step(c, U, sums, normalizer)
     e = federation.residual_vectors(U, fit, index)
     weights = None
     if private is not None:
@@ -445,22 +437,28 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
     return server_step(c, U, sums, normalizer)
 
 
-def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer, round_number: int, generator: torch.Generator) -> LocalFit | None:
-    """Adaptive clipping's first phase of a round: its own Poisson sample sends the bins of its contributions' norms,
-    the server releases the histogram (a ``"clip"`` event) and sets the round's bound. Returns the full fit when it made one."""
-    index = sample_users(federation.num_users, federation.config.sample_rate, generator, federation.config.device)
+def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator) -> tuple[float, LocalFit | None]:
+    """The first phase of a round with the unit-free step: its own Poisson sample sends the bins of its contributions' norms,
+    the server (privately: releases the histogram as a ``"clip"`` event and) sets the round's bound, the
+    ``clip_quantile`` of the histogram (:func:`fedlrs.privacy.adaptive.quantile_bound`). Returns the bound and the full fit when it made one."""
+    c = federation.config
+    index = sample_users(federation.num_users, c.sample_rate, generator, c.device)
     if index is None and fit_all is None:
         fit_all = federation.local_fit(U)
     fit = fit_all if index is None else federation.local_fit(U, index)
     delta, _ = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
-    private.release_clip(clip_histogram(delta, private.clip_edges), private.event("clip", round_number), private.expected_count)
-    return fit_all
+    edges = clip_grid(dtype=c.torch_dtype, device=c.device)
+    histogram, normalizer = clip_histogram(delta, edges), c.sample_rate * federation.num_users
+    fractions = histogram["H"] / normalizer if private is None else private.release_clip(histogram, private.event("clip", round_number), normalizer)["H"]
+    return quantile_bound(fractions, edges, c.clip_quantile), fit_all
 
 
 def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float) -> Tensor:
-    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step; both over ``normalizer``."""
+    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step (unit-free: preconditioned by ``P``); all over ``normalizer``."""
     if config.mode == "ls":
         return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
+    if config.unit_free:
+        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
     return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
@@ -490,6 +488,7 @@ def run_engine(
     if private is not None:
         private.calibrate()
     history: list[dict] = []
+    clip_bounds: list[float] = []
     stopped = "rounds done"
 
     def record(round_number: int, U: Tensor) -> LocalFit | None:
@@ -515,22 +514,24 @@ def run_engine(
             except BudgetExceededError as error:
                 stopped = f"budget: {error}"
                 break
-        if config.adaptive:
-            fit_all = choose_clip_bound(federation, U, fit_all, private, round_number, generator)
+        bound = None
+        if config.unit_free:
+            bound, fit_all = choose_clip_bound(federation, U, fit_all, private, round_number, generator)
+            clip_bounds.append(bound)
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         # every user takes part (index None) and the evaluation already fitted them all for this U
         fit = fit_all if index is None and fit_all is not None else federation.local_fit(U, index)
-        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event)
+        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound)
         fit_all = record(round_number, U)
         task.advance()
     task.close()
     final_fit = fit_all if fit_all is not None else federation.local_fit(U)
     result = EngineResult(U, final_fit, history, asdict(config))
     result.stopped = stopped
+    result.clip_bounds = clip_bounds
     if private is not None:
         result.ledger = private.ledger
         result.noise_multiplier = private.noise_multiplier
-        result.clip_bounds = private.clip_bounds
     return result
 
 
