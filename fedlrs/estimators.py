@@ -93,7 +93,8 @@ class _LRSBase:
         clip_g: float = 5.0,
         clip_a: float = 300.0,
         clip_c: float = 50.0,
-        clip_moments: float = 1000.0,
+        clip_moments: float = 100.0,
+        clip_quantile: float = 0.5,
         init_noise_multiplier: float = 0.0,
         noise_seed: int = -1,
     ):
@@ -118,6 +119,7 @@ class _LRSBase:
         self.clip_a = clip_a
         self.clip_c = clip_c
         self.clip_moments = clip_moments
+        self.clip_quantile = clip_quantile
         self.init_noise_multiplier = init_noise_multiplier
         self.noise_seed = noise_seed
 
@@ -129,7 +131,7 @@ class _LRSBase:
         if private:
             privacy = dict(
                 private=True, target_epsilon=self.epsilon, delta=self.delta, accountant=self.accountant, clip_g=self.clip_g, clip_a=self.clip_a,
-                clip_c=self.clip_c, clip_moments=self.clip_moments, init_noise_multiplier=self.init_noise_multiplier, noise_seed=self.noise_seed,
+                clip_c=self.clip_c, clip_moments=self.clip_moments, clip_quantile=self.clip_quantile, init_noise_multiplier=self.init_noise_multiplier, noise_seed=self.noise_seed,
             )
         return EngineConfig(
             **privacy,
