@@ -50,6 +50,8 @@ def expected_parts(config: FederationConfig, phase: Phase, bound: float | None =
     if phase == "clip":
         return {"H": ((len(clip_grid()),), 1.0)}
     if phase == "round" and engine.unit_free:
+        if bound is None:
+            raise ValueError("a round of the unit-free step has no parts without the round's clip bound (bound == None).")
         return {"G": ((d, r), bound), "P": ((r, r), 1.0)}
     if phase == "moments":
         parts = {"M": ((d, d), 1.0 if engine.adaptive else config.clip_moments)}
