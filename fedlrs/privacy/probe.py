@@ -227,7 +227,8 @@ def probe_table(results: list[ProbeResult]) -> str:
     lines = [f"Empirical privacy audit (`fedlrs privacy probe`): {first['canaries']} canaries (each included with "
              f"probability 1/2), {first['background']} other users, {first['rounds']} rounds at q = "
              f"{first['sample_rate']}, delta = {first['delta']:g}, lower bound at {first['confidence']:.0%} "
-             f"confidence (Steinke, Nasr & Jagielski 2023).",
+             f"confidence (Steinke, Nasr & Jagielski 2023)"
+             + ("; adaptive clipping: each round's bound from a noised norm histogram, accounted." if first.get("adaptive") else "."),
              "",
              "| target epsilon | noise multiplier | accounted epsilon | empirical lower bound | correct / guesses | lower bound <= accounted |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -315,7 +315,9 @@ def config_grid(section: dict) -> list[dict]:
 
 
 def _select(candidates: list[dict], score: Callable[[dict], float]) -> tuple[dict, list[dict]]:
-    """The candidate with the lowest validation score, and every (candidate, score)."""
+    """The candidate with the lowest validation score, and every (candidate, score); a single candidate is not scored (nothing to choose, nothing spent)."""
+    if len(candidates) == 1:
+        return dict(candidates[0]), [{**candidates[0], "validation_rmse": None}]
     scored = [{**c, "validation_rmse": score(c)} for c in candidates]
     best = min(scored, key=lambda c: (math.inf if math.isnan(c["validation_rmse"]) else c["validation_rmse"]))
     return {k: v for k, v in best.items() if k != "validation_rmse"}, scored
