@@ -36,11 +36,13 @@ Tensor = torch.Tensor
 #: noise std of each bin count of the clip histogram, as a fraction of the expected count q N
 CLIP_COUNT_NOISE = 0.01
 #: the clip histogram's noise multiplier is at least this many times the round's
-CLIP_MIN_RATIO = 4.0
+CLIP_MIN_RATIO = 2.0
 #: noise of the curvature part P of a round, relative to that of the gradient part (per unit bound)
-CURVATURE_NOISE_RATIO = 10.0
+CURVATURE_NOISE_RATIO = 5.0
 #: the grid of candidate bounds for unit-free contributions: 2^-30 .. 2^10
 CLIP_GRID = (2.0 ** -30, 2.0, 41)
+#: the quantile is read within this many bins either side of the histogram's (noised) mode
+CLIP_WINDOW = 4
 
 
 def clip_grid(low: float = CLIP_GRID[0], ratio: float = CLIP_GRID[1], size: int = CLIP_GRID[2], *, dtype=torch.float64, device="cpu") -> Tensor:
@@ -59,13 +61,23 @@ def norm_bins(norms: Tensor, edges: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(index, len(edges)).to(norms.dtype)
 
 
-def quantile_bound(fractions: Tensor, edges: Tensor, quantile: float) -> float:
-    """The smallest ``C_k`` whose noised cumulative fraction ``sum_{j <= k} h_j`` reaches ``quantile`` (the largest if none does)."""
+def quantile_bound(fractions: Tensor, edges: Tensor, quantile: float, window: int = CLIP_WINDOW) -> float:
+    """The smallest ``C_k`` whose noised cumulative fraction reaches ``quantile`` of the mass near the mode.
+
+    Only the bins within ``window`` of the largest noised bin count (a factor ``2^window`` either
+    side) are summed: far from the mode the bins hold mostly noise, and summing dozens of them
+    would drown a small federation's quantile in it. Within the window,
+    ``k = min{k : sum_{lo <= j <= k} h_j >= quantile * sum_{lo <= j <= hi} h_j}``.
+    Post-processing of the released histogram.
+    """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile == {quantile}, must be in (0, 1].")
-    cumulative = fractions.cumsum(0)
-    reached = (cumulative >= quantile).nonzero()
-    k = int(reached[0, 0]) if len(reached) else len(edges) - 1
+    mode = int(fractions.argmax())
+    lo, hi = max(0, mode - window), min(len(edges) - 1, mode + window)
+    near = fractions[lo:hi + 1].clamp_min(0)
+    cumulative = near.cumsum(0)
+    reached = (cumulative >= quantile * cumulative[-1]).nonzero()
+    k = lo + (int(reached[0, 0]) if len(reached) else hi - lo)
     return float(edges[k])
 
 
@@ -120,3 +132,29 @@ def clipped_round_parts(delta: Tensor, curvature: Tensor, *, bound: float) -> tu
 def clip_histogram(delta: Tensor, edges: Tensor) -> dict[str, Tensor]:
     """``{"H": sum_i onehot(bin of ||Delta_i||)}`` (K,): the clip histogram's sum, sensitivity 1 (:func:`norm_bins`)."""
     return {"H": norm_bins(flat_norms(delta), edges).sum(dim=0)}
+
+
+def shrink_released_curvature(P: Tensor, *, noise_std: float) -> Tensor:
+    """James-Stein shrinkage of the released curvature ``P`` (r, r) toward ``tr(P)/r I``: ``T + max(0, 1 - p sigma^2 / ||P - T||_F^2)(P - T)``.
+
+    ``P`` enters the step through its inverse: a noise-dominated direction would be blown up.
+    Post-processing of released numbers.
+    """
+    r = P.shape[0]
+    target = torch.eye(r, dtype=P.dtype, device=P.device) * (torch.trace(P) / r)
+    spread = P - target
+    energy = float(spread.square().sum())
+    factor = max(0.0, 1.0 - spread.numel() * noise_std ** 2 / energy) if energy > 0 else 0.0
+    return target + factor * spread
+
+
+def shrink_released_mean(mean: Tensor, *, noise_std: float) -> Tensor:
+    """James-Stein shrinkage of a released noised mean: ``max(0, 1 - p sigma^2 / ||mean||^2) mean`` (p coordinates, noise std sigma each).
+
+    ``E||mean||^2 = ||true||^2 + p sigma^2``, so the factor estimates ``||true||^2 / E||mean||^2``: a step of
+    the noised mean is damped where the noise is as large as the signal (few users, small epsilon) and
+    untouched where it is not. Post-processing of released numbers, free of privacy cost.
+    """
+    energy = float(mean.square().sum())
+    factor = max(0.0, 1.0 - mean.numel() * noise_std ** 2 / energy) if energy > 0 else 0.0
+    return mean * factor

@@ -62,6 +62,8 @@ from fedlrs.privacy.adaptive import (
     part_noise_weights,
     quantile_bound,
     require_quantile,
+    shrink_released_curvature,
+    shrink_released_mean,
 )
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
@@ -340,7 +342,11 @@ class PrivateServer:
         if c.mode == "ls":
             return self.release(sums, event, {"A": c.clip_a, "c": c.clip_c}, expected_count, frozenset({"A"}))
         if c.adaptive:
-            return self.release(sums, event, {"G": bound, "P": 1.0}, expected_count, frozenset({"P"}), part_noise_weights(["G", "P"]))
+            bounds, weights = {"G": bound, "P": 1.0}, part_noise_weights(["G", "P"])
+            released = self.release(sums, event, bounds, expected_count, frozenset({"P"}), weights)
+            stds = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, noise_weights=weights).noise_stds()
+            return {"G": shrink_released_mean(released["G"], noise_std=stds["G"] / expected_count),
+                    "P": shrink_released_curvature(released["P"], noise_std=stds["P"] / expected_count)}
         return self.release(sums, event, {"G": c.clip_g}, expected_count)
 
     @property
