@@ -107,3 +107,25 @@ def test_quantile_must_be_zero_or_inside_the_unit_interval():
     for bad in (1.0, -0.1, True, float("nan")):
         with pytest.raises(ValueError, match="clip_quantile"):
             require_quantile(bad)
+
+
+def test_the_audit_recomputes_epsilon_with_the_clip_releases(tmp_path):
+    """A report that states the epsilon of its init and rounds alone, leaving out the clip histograms, fails the audit."""
+    import json
+
+    from fedlrs.privacy import audit_report
+    from fedlrs.simulations.engine import EngineConfig, run_engine
+    from fedlrs.simulations.synthetic import make_lrs_data
+
+    data = make_lrs_data(users=2000, examples=5, dim=10, rank=2, sparsity=0, seed=1)
+    config = EngineConfig(rank=2, sparsity=0, rounds=4, mode="gd", private=True, target_epsilon=1.0, delta=1e-6, noise_seed=0)
+    result = run_engine(data.train, config)
+    assert [e.kind for e in result.ledger.events].count("clip") == 4
+    result.write_privacy_report(tmp_path)
+    assert audit_report(tmp_path / "privacy_report.json").ok
+    report = json.loads((tmp_path / "privacy_report.json").read_text())
+    without = compute_epsilon([e for e in result.ledger.events if e.kind != "clip"], delta=1e-6).epsilon
+    report["epsilon"]["rdp"] = report["guarantee_epsilon"] = without
+    (tmp_path / "privacy_report.json").write_text(json.dumps(report))
+    audit = audit_report(tmp_path / "privacy_report.json")
+    assert not audit.ok and any("below the recomputed" in reason for reason in audit.reasons)
