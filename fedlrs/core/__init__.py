@@ -14,6 +14,7 @@ from .metrics import (
 )
 from .stats import UserData, UserStats, pad_by_group, sufficient_statistics
 from .subspace import (
+    averaging_step,
     gd_gradient_sum,
     gd_residual_vectors,
     gd_step,

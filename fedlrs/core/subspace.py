@@ -172,3 +172,14 @@ def preconditioned_step(U: Tensor, delta_sum: Tensor, curvature_sum: Tensor, *, 
     values = values.clamp_min(floor * max(float(values.max()), 1e-12))
     inverse = vectors @ torch.diag_embed(1 / values) @ vectors.T
     return orthonormalize(U - learning_rate * (delta_sum / normalizer) @ inverse)
+
+
+def averaging_step(round_number: int, rounds: int) -> float:
+    """Step factor of round t of T for the unit-free step: 1 for ``t <= T/2 + 1``, then ``1 / (t - floor(T/2))``.
+
+    The first half of the rounds take full (near-Newton) steps; the later ones take steps 1/2, 1/3, ...,
+    so U ends near the average of where those rounds would have put it (Polyak averaging) and not
+    at the last round's draw of noise, or of the pull of heterogeneous users whose clipped mean does
+    not vanish at the optimum. Public: depends on t and T only.
+    """
+    return 1.0 / max(1, round_number - rounds // 2)

@@ -351,7 +351,7 @@ class Billboard:
                     stopped = f"budget: {error}"
                     break
                 normalizer = 1.0
-            U = server_step(self.engine_config, U, sums, normalizer)
+            U = server_step(self.engine_config, U, sums, normalizer, round_number)
             self._checkpoint(round_number, {"U": U}, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),

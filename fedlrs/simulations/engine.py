@@ -29,6 +29,7 @@ from fedlrs.core import (
     logistic_residual_vectors,
     ls_solve,
     ls_system,
+    averaging_step,
     moment_sum,
     preconditioned_step,
     random_orthonormal,
@@ -409,8 +410,8 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
 
 
 def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None,
-                    bound: float | None = None) -> Tensor:
-    """The server's step from the contributions of the users at ``index``.
+                    bound: float | None = None, round_number: int = 1) -> Tensor:
+    """The server's step from the contributions of the users at ``index`` in round ``round_number``.
 
     Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a`` and ``c_i`` to
     ``clip_c``; "gd": ``G_i = e_i w_i^T`` to ``clip_g``) and the sums are released through the ledger.
@@ -432,7 +433,7 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         sums, _ = clipped_round_parts(delta, curvature, bound=bound)
         if private is not None:
             sums, normalizer = private.release_round(sums, event, normalizer, bound), 1.0
-        return server_step(c, U, sums, normalizer)
+        return server_step(c, U, sums, normalizer, round_number)
     e = federation.residual_vectors(U, fit, index)
     weights = None
     if private is not None:
@@ -459,12 +460,13 @@ def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | Non
     return quantile_bound(fractions, edges, c.clip_quantile), fit_all
 
 
-def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float) -> Tensor:
+def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float, round_number: int = 1) -> Tensor:
     """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step (unit-free: preconditioned by ``P``); all over ``normalizer``."""
     if config.mode == "ls":
         return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
     if config.unit_free:
-        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
+        rate = config.gd_learning_rate * averaging_step(round_number, config.rounds)
+        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=rate)
     return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
@@ -527,7 +529,7 @@ def run_engine(
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         # every user takes part (index None) and the evaluation already fitted them all for this U
         fit = fit_all if index is None and fit_all is not None else federation.local_fit(U, index)
-        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound)
+        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound, round_number)
         fit_all = record(round_number, U)
         task.advance()
     task.close()
