@@ -29,12 +29,15 @@ from fedlrs.core import (
     logistic_residual_vectors,
     ls_solve,
     ls_system,
+    averaging_step,
     moment_sum,
+    preconditioned_step,
     random_orthonormal,
     solve_local,
     solve_local_logistic,
     sufficient_statistics,
     top_eigenvectors,
+    unit_free_gradients,
     user_parameters,
 )
 
@@ -50,6 +53,18 @@ from fedlrs.privacy import (
     ls_part_scales,
     poisson_sample,
     write_privacy_report,
+)
+from fedlrs.privacy.adaptive import (
+    calibrate_adaptive,
+    clip_grid,
+    clip_histogram,
+    clip_noise_multiplier,
+    clipped_round_parts,
+    part_noise_weights,
+    quantile_bound,
+    require_quantile,
+    shrink_released_curvature,
+    shrink_released_mean,
 )
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
@@ -74,7 +89,14 @@ class EngineConfig(PrivacySettings):
     (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
     init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
     one z for the init and the rounds together;
-    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part.
+    clip_quantile: gamma of adaptive clipping (mode "gd"; :mod:`fedlrs.privacy.adaptive`): each
+    round's bound is the gamma-quantile of the users' unit-free contributions
+    (:func:`fedlrs.core.unit_free_gradients`), read from a noised histogram that is its own
+    ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
+    :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
+    units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
+    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
+    uses the fixed bounds.
     """
 
     rank: int
@@ -94,10 +116,11 @@ class EngineConfig(PrivacySettings):
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
-    init_noise_multiplier: float = 4.0
-    clip_a: float = 10.0
-    clip_c: float = 10.0
-    clip_g: float = 10.0
+    init_noise_multiplier: float = 0.0
+    clip_quantile: float = 0.5
+    clip_a: float = 300.0
+    clip_c: float = 50.0
+    clip_g: float = 5.0
     clip_moments: float = 100.0
 
     def __post_init__(self) -> None:
@@ -131,6 +154,7 @@ class EngineConfig(PrivacySettings):
             raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
         if self.init_noise_multiplier < 0:
             raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
+        require_quantile(self.clip_quantile)
         for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
@@ -145,6 +169,16 @@ class EngineConfig(PrivacySettings):
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def unit_free(self) -> bool:
+        """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
+        return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive clipping: private and the unit-free step."""
+        return self.private and self.unit_free
 
 
 @dataclass
@@ -161,6 +195,7 @@ class EngineResult(SpentEpsilon):
     stopped: str = "rounds done"
     ledger: Ledger | None = None
     noise_multiplier: float | None = None
+    clip_bounds: list[float] = field(default_factory=list)
 
     @property
     def theta(self) -> Tensor:
@@ -262,6 +297,7 @@ class PrivateServer:
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = config.budget
         self.noise_multiplier: float | None = None
+        self.expected_count = 0.0
 
     def release_id(self, base: str) -> str:
         """``base``, or with ``retry_ids`` the first ``base-retry-k`` not yet in the ledger."""
@@ -276,22 +312,42 @@ class PrivateServer:
         c = self.config
         if kind == "init":
             return DpEvent(release_id=self.release_id("init"), kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
+        if kind == "clip":
+            z = clip_noise_multiplier(self.noise_multiplier, self.expected_count)
+            return DpEvent(release_id=self.release_id(f"round-{round_number}-clip"), kind="clip", noise_multiplier=z, sample_rate=c.sample_rate, round=round_number, time=time.time(),
+                           note="noised histogram of the contributions' norms (adaptive clipping)")
         return DpEvent(release_id=self.release_id(f"round-{round_number}"), kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
 
-    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
+    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset(), noise_weights=None) -> dict[str, Tensor]:
         """Budget check, ledger record (flushed), then the noised sums divided by the expected count."""
-        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
+        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric,
+                                       noise_weights=noise_weights)
         return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
+
+    @property
+    def moments_bound(self) -> float:
+        """The init's bound: 1 with adaptive clipping (each user sends ``M_i / ||M_i||_F``), else ``clip_moments``."""
+        return 1.0 if self.config.adaptive else self.config.clip_moments
 
     def release_init(self, moment_sum: Tensor, num_users: int) -> Tensor:
         """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E``, recorded as ``"init"`` (q = 1)."""
-        return self.release({"M": moment_sum}, self.event("init", 0), {"M": self.config.clip_moments}, float(num_users), frozenset({"M"}))["M"]
+        return self.release({"M": moment_sum}, self.event("init", 0), {"M": self.moments_bound}, float(num_users), frozenset({"M"}))["M"]
 
-    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
-        """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``) noised for their clipping bounds, over ``q N``."""
+    def release_clip(self, histogram: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
+        """Release a clip histogram (sensitivity 1) over ``q N``: the noised fractions of users in each bin."""
+        return self.release(histogram, event, {"H": 1.0}, expected_count)
+
+    def release_round(self, sums: dict[str, Tensor], event: DpEvent, expected_count: float, bound: float | None = None) -> dict[str, Tensor]:
+        """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``, with adaptive clipping also ``P``) noised for their clipping bounds, over ``q N``."""
         c = self.config
         if c.mode == "ls":
             return self.release(sums, event, {"A": c.clip_a, "c": c.clip_c}, expected_count, frozenset({"A"}))
+        if c.adaptive:
+            bounds, weights = {"G": bound, "P": 1.0}, part_noise_weights(["G", "P"])
+            released = self.release(sums, event, bounds, expected_count, frozenset({"P"}), weights)
+            stds = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, noise_weights=weights).noise_stds()
+            return {"G": shrink_released_mean(released["G"], noise_std=stds["G"] / expected_count),
+                    "P": shrink_released_curvature(released["P"], noise_std=stds["P"] / expected_count)}
         return self.release(sums, event, {"G": c.clip_g}, expected_count)
 
     @property
@@ -302,11 +358,17 @@ class PrivateServer:
     def plan_joint(self) -> float:
         """One z for the moments init (q = 1) and every round, calibrated together to the target."""
         if self.noise_multiplier is None:
-            c = self.config
-            self.noise_multiplier = c.noise_multiplier or calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, init_ratio=1.0
-            )
+            self.noise_multiplier = self.config.noise_multiplier or self._calibrated(init_ratio=1.0, prior=())
         return self.noise_multiplier
+
+    def _calibrated(self, *, init_ratio: float, prior) -> float:
+        """z of the rounds for the planned releases after ``prior`` (with adaptive clipping, its clip histograms too)."""
+        c = self.config
+        if c.adaptive:
+            return calibrate_adaptive(target_epsilon=c.target_epsilon, delta=c.delta, rounds=c.rounds, sample_rate=c.sample_rate, expected_count=self.expected_count,
+                                      init_ratio=init_ratio, accountant=c.accountant, prior_events=prior)
+        return calibrate_noise_multiplier(target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant,
+                                          init_ratio=init_ratio, prior_events=prior)
 
     def calibrate(self) -> float | None:
         """The round noise multiplier: the configured one, or calibrated after the events already spent."""
@@ -316,9 +378,7 @@ class PrivateServer:
         if c.noise_multiplier > 0:
             self.noise_multiplier = c.noise_multiplier
         else:
-            self.noise_multiplier = calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, prior_events=self.ledger.events
-            )
+            self.noise_multiplier = self._calibrated(init_ratio=0.0, prior=self.ledger.events)
         return self.noise_multiplier
 
     def write_report(self, out_dir: str | Path, config: dict) -> dict:
@@ -341,12 +401,17 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
         return random_orthonormal(federation.data.dim, c.rank, generator=generator, dtype=c.torch_dtype, device=c.device)
     if private is None:
         return top_eigenvectors(moment_sum(federation.data), c.rank)
-    scales = clip_scales(moment_norms(federation.data), bound=c.clip_moments)
+    norms = moment_norms(federation.data)
+    if c.adaptive:  # unit-free: every user sends M_i / ||M_i||_F
+        scales = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    else:
+        scales = clip_scales(norms, bound=c.clip_moments)
     return top_eigenvectors(private.release_init(moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
 
 
-def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
-    """The server's step from the contributions of the users at ``index``.
+def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None,
+                    bound: float | None = None, round_number: int = 1) -> Tensor:
+    """The server's step from the contributions of the users at ``index`` in round ``round_number``.
 
     Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a`` and ``c_i`` to
     ``clip_c``; "gd": ``G_i = e_i w_i^T`` to ``clip_g``) and the sums are released through the ledger.
@@ -363,6 +428,12 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         if private is not None:
             sums, normalizer = private.release_round(sums, event, normalizer), 1.0
         return server_step(c, U, sums, normalizer)
+    if c.unit_free:  # clipped at the round's bound also without privacy: robust to a few ill-fitted users
+        delta, curvature = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
+        sums, _ = clipped_round_parts(delta, curvature, bound=bound)
+        if private is not None:
+            sums, normalizer = private.release_round(sums, event, normalizer, bound), 1.0
+        return server_step(c, U, sums, normalizer, round_number)
     e = federation.residual_vectors(U, fit, index)
     weights = None
     if private is not None:
@@ -373,10 +444,29 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
     return server_step(c, U, sums, normalizer)
 
 
-def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float) -> Tensor:
-    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step; both over ``normalizer``."""
+def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator) -> tuple[float, LocalFit | None]:
+    """The first phase of a round with the unit-free step: its own Poisson sample sends the bins of its contributions' norms,
+    the server (privately: releases the histogram as a ``"clip"`` event and) sets the round's bound, the
+    ``clip_quantile`` of the histogram (:func:`fedlrs.privacy.adaptive.quantile_bound`). Returns the bound and the full fit when it made one."""
+    c = federation.config
+    index = sample_users(federation.num_users, c.sample_rate, generator, c.device)
+    if index is None and fit_all is None:
+        fit_all = federation.local_fit(U)
+    fit = fit_all if index is None else federation.local_fit(U, index)
+    delta, _ = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
+    edges = clip_grid(dtype=c.torch_dtype, device=c.device)
+    histogram, normalizer = clip_histogram(delta, edges), c.sample_rate * federation.num_users
+    fractions = histogram["H"] / normalizer if private is None else private.release_clip(histogram, private.event("clip", round_number), normalizer)["H"]
+    return quantile_bound(fractions, edges, c.clip_quantile), fit_all
+
+
+def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float, round_number: int = 1) -> Tensor:
+    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step (unit-free: preconditioned by ``P``); all over ``normalizer``."""
     if config.mode == "ls":
         return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
+    if config.unit_free:
+        rate = config.gd_learning_rate * averaging_step(round_number, config.rounds)
+        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=rate)
     return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
@@ -400,10 +490,13 @@ def run_engine(
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     private = PrivateServer(config, ledger if ledger is not None else Ledger()) if config.private else None
+    if private is not None:
+        private.expected_count = config.sample_rate * federation.num_users
     U = initial_subspace(federation, generator, private)
     if private is not None:
         private.calibrate()
     history: list[dict] = []
+    clip_bounds: list[float] = []
     stopped = "rounds done"
 
     def record(round_number: int, U: Tensor) -> LocalFit | None:
@@ -429,16 +522,21 @@ def run_engine(
             except BudgetExceededError as error:
                 stopped = f"budget: {error}"
                 break
+        bound = None
+        if config.unit_free:
+            bound, fit_all = choose_clip_bound(federation, U, fit_all, private, round_number, generator)
+            clip_bounds.append(bound)
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         # every user takes part (index None) and the evaluation already fitted them all for this U
         fit = fit_all if index is None and fit_all is not None else federation.local_fit(U, index)
-        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event)
+        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound, round_number)
         fit_all = record(round_number, U)
         task.advance()
     task.close()
     final_fit = fit_all if fit_all is not None else federation.local_fit(U)
     result = EngineResult(U, final_fit, history, asdict(config))
     result.stopped = stopped
+    result.clip_bounds = clip_bounds
     if private is not None:
         result.ledger = private.ledger
         result.noise_multiplier = private.noise_multiplier

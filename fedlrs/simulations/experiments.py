@@ -9,6 +9,7 @@ runs every seed and writes ``OUT/table.md``, ``OUT/results.json`` and PNG plots:
   global and the oracle that knows ``U*`` (:func:`fedlrs.simulations.compare.compare_methods`).
 - ``privacy``: synthetic data for each k; private AMHT-LRS ("gd") for each epsilon next to
   the non-private run and a private low-rank-only run (k = 0) done the same way.
+- ``fedrep``: the Private FedRep protocol, fedlrs defaults against Private FedRep (:mod:`.fedrep_protocol`).
 - ``real``: a shipped real federation (:mod:`.realdata`): global (non-private and
   DP-FedAvg), local only, low rank only and LRS (non-private and private), MixedLM on HSB.
 
@@ -44,7 +45,7 @@ from .realdata import RealFederation, load_hsb, load_movielens
 from .synthetic import make_lrs_data
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb")
+NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb", "fedrep-protocol", "fedrep-other")
 INF = float("inf")
 
 
@@ -70,8 +71,8 @@ def load_experiment(name: str, *, quick: bool = False, directory: Path | None = 
     if quick:
         config = merge_config(config, quick_part)
     config.setdefault("name", name)
-    if config.get("kind") not in ("sample-complexity", "privacy", "real"):
-        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'sample-complexity', 'privacy' or 'real'.")
+    if config.get("kind") not in RUNNERS:
+        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be one of {sorted(RUNNERS)}.")
     config["quick"] = quick
     return config
 
@@ -314,7 +315,9 @@ def config_grid(section: dict) -> list[dict]:
 
 
 def _select(candidates: list[dict], score: Callable[[dict], float]) -> tuple[dict, list[dict]]:
-    """The candidate with the lowest validation score, and every (candidate, score)."""
+    """The candidate with the lowest validation score, and every (candidate, score); a single candidate is not scored (nothing to choose, nothing spent)."""
+    if len(candidates) == 1:
+        return dict(candidates[0]), [{**candidates[0], "validation_rmse": None}]
     scored = [{**c, "validation_rmse": score(c)} for c in candidates]
     best = min(scored, key=lambda c: (math.inf if math.isnan(c["validation_rmse"]) else c["validation_rmse"]))
     return {k: v for k, v in best.items() if k != "validation_rmse"}, scored
@@ -427,7 +430,14 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
 
 # ---------------------------------------------------------------- entry point
 
-RUNNERS = {"sample-complexity": run_sample_complexity, "privacy": run_privacy, "real": run_real}
+def run_fedrep(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dict:
+    """fedlrs defaults against Private FedRep (:mod:`.fedrep_protocol`)."""
+    from .fedrep_protocol import run_fedrep_protocol
+
+    return run_fedrep_protocol(config, seeds, echo)
+
+
+RUNNERS = {"sample-complexity": run_sample_complexity, "privacy": run_privacy, "real": run_real, "fedrep": run_fedrep}
 
 
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print, directory: Path | None = None) -> dict:
