@@ -137,10 +137,11 @@ def simulate(
     accountant: str = typer.Option("rdp", "--accountant", help="Accountant of the budget: rdp, prv or pld."),
     noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Round noise multiplier z (0: calibrated to --epsilon)."),
     init_noise_multiplier: float = typer.Option(0.0, "--init-noise-multiplier", help="z of the private moments init (0: calibrated with the rounds)."),
-    clip_g: float = typer.Option(5.0, "--clip-g", help="L2 bound of a user's gd contribution."),
+    clip_quantile: float = typer.Option(0.5, "--clip-quantile", help="gd: clip each round at this quantile of the unit-free contributions' norms, learned privately (0: the fixed bounds below)."),
+    clip_g: float = typer.Option(5.0, "--clip-g", help="L2 bound of a user's gd contribution (with --clip-quantile 0)."),
     clip_a: float = typer.Option(300.0, "--clip-a", help="L2 bound of a user's A_i (ls)."),
     clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls)."),
-    clip_moments: float = typer.Option(1000.0, "--clip-moments", help="L2 bound of a user's M_i (moments init)."),
+    clip_moments: float = typer.Option(100.0, "--clip-moments", help="L2 bound of a user's M_i (moments init, with --clip-quantile 0)."),
     out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="If --out holds an earlier run, move it aside to OUT.old-<time> (never deleted) and start over."),
 ) -> None:
@@ -163,7 +164,7 @@ def simulate(
         sample_rate=sample_rate, seed=seed, device=device, dtype=dtype,
         private=private, target_epsilon=epsilon if private else 2.0, delta=delta, accountant=accountant,
         noise_multiplier=noise_multiplier, init_noise_multiplier=init_noise_multiplier,
-        clip_g=clip_g, clip_a=clip_a, clip_c=clip_c, clip_moments=clip_moments,
+        clip_g=clip_g, clip_a=clip_a, clip_c=clip_c, clip_moments=clip_moments, clip_quantile=clip_quantile,
     )
     if private and out is None:
         out = Path("runs/simulate")

@@ -65,8 +65,14 @@ PARAMETERS_DOC = """
         L2 bound of a user's "ls" matrix ``A_i`` in a private fit.
     clip_c : float, default=50.0
         L2 bound of a user's "ls" vector ``c_i`` in a private fit.
-    clip_moments : float, default=1000.0
-        L2 bound of a user's moments ``M_i`` in a private "moments" init.
+    clip_moments : float, default=100.0
+        L2 bound of a user's moments ``M_i`` in a private "moments" init with fixed
+        bounds (``clip_quantile == 0``); with adaptive clipping each user sends
+        ``M_i / ||M_i||_F`` (bound 1) instead.
+    clip_quantile : float, default=0.5
+        Adaptive clipping (mode "gd"): each round's bound is this quantile of the
+        users' unit-free contributions, read from a noised histogram that is its own
+        ledger event; 0 uses the fixed bounds and the raw gradient step.
     init_noise_multiplier : float, default=0.0
         z of the private moments init (>= 0); 0 calibrates one z for the init and the
         rounds together.
@@ -103,13 +109,13 @@ ENGINE_FIELDS = {
     "ridge_w": "ridge_w", "ridge_b": "ridge_b", "ridge_u": "ridge_u", "gd_learning_rate": "gd_learning_rate",
     "random_state": "seed", "device": "device", "dtype": "dtype", "epsilon": "target_epsilon", "delta": "delta",
     "accountant": "accountant", "clip_g": "clip_g", "clip_a": "clip_a", "clip_c": "clip_c", "clip_moments": "clip_moments",
-    "init_noise_multiplier": "init_noise_multiplier", "noise_seed": "noise_seed",
+    "clip_quantile": "clip_quantile", "init_noise_multiplier": "init_noise_multiplier", "noise_seed": "noise_seed",
 }
 #: integer parameters and their smallest value; the engine checks the other ranges
 _INTEGER_PARAMETERS = {"rank": 1, "sparsity": 0, "rounds": 0, "random_state": 0, "noise_seed": -1}
 _REAL_PARAMETERS = (
     "sample_rate", "ridge_w", "ridge_b", "ridge_u", "gd_learning_rate", "epsilon", "delta",
-    "clip_g", "clip_a", "clip_c", "clip_moments", "init_noise_multiplier",
+    "clip_g", "clip_a", "clip_c", "clip_moments", "clip_quantile", "init_noise_multiplier",
 )
 _CHOICES = {"mode": ("auto", "ls", "gd"), "init": ("moments", "random"), "dtype": tuple(DTYPES), "progress": (False, True)}
 

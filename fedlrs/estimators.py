@@ -77,7 +77,8 @@ class _LRSBase(BaseEstimator):
         clip_g: float = 5.0,
         clip_a: float = 300.0,
         clip_c: float = 50.0,
-        clip_moments: float = 1000.0,
+        clip_moments: float = 100.0,
+        clip_quantile: float = 0.5,
         init_noise_multiplier: float = 0.0,
         noise_seed: int = -1,
     ):
@@ -102,6 +103,7 @@ class _LRSBase(BaseEstimator):
         self.clip_a = clip_a
         self.clip_c = clip_c
         self.clip_moments = clip_moments
+        self.clip_quantile = clip_quantile
         self.init_noise_multiplier = init_noise_multiplier
         self.noise_seed = noise_seed
 

@@ -62,10 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "delta": 1e-5,
     "accountant": "rdp",
     "noise-multiplier": 0.0,
-    "init-noise-multiplier": 4.0,
-    "clip-a": 10.0,
-    "clip-c": 10.0,
-    "clip-g": 10.0,
+    "init-noise-multiplier": 0.0,
+    "clip-quantile": 0.5,
+    "clip-a": 300.0,
+    "clip-c": 50.0,
+    "clip-g": 5.0,
     "clip-moments": 100.0,
     "noise-seed": -1,
     # the billboard: rounds, faults, checkpoints, report
@@ -108,8 +109,9 @@ class FederationConfig:
     ``noise-multiplier`` is the *accounted* z of a round (0: calibrated to
     ``target-epsilon`` at ``delta`` for ``num-server-rounds`` rounds, after the init);
     ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
-    0: one z for the init and the rounds, calibrated jointly to the target); ``clip-*``
-    the L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
+    0: one z for the init and the rounds, calibrated jointly to the target); ``clip-quantile``
+    the target quantile of adaptive clipping in mode "gd" (each round a clip phase, message
+    ``train.clip``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
     reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
     "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
     (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its
@@ -152,6 +154,7 @@ class FederationConfig:
     accountant: str = DEFAULTS["accountant"]
     noise_multiplier: float = DEFAULTS["noise-multiplier"]
     init_noise_multiplier: float = DEFAULTS["init-noise-multiplier"]
+    clip_quantile: float = DEFAULTS["clip-quantile"]
     clip_a: float = DEFAULTS["clip-a"]
     clip_c: float = DEFAULTS["clip-c"]
     clip_g: float = DEFAULTS["clip-g"]
@@ -205,6 +208,9 @@ class FederationConfig:
             raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r}, must be one of {list(SECURE_AGGREGATION)}.")
         if self.secure_aggregation == "distributed-noise" and not self.private:
             raise ConfigError("secure-aggregation == 'distributed-noise' needs private == true (the devices add the noise).")
+        if self.secure_aggregation != "off" and engine.unit_free:
+            raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r} with mode == 'gd' and clip-quantile == {self.clip_quantile}: "
+                              "SecAgg+ runs with fixed clip bounds only; set clip-quantile = 0 (and clip-g), or secure-aggregation = 'off'.")
         if not 0 < self.secagg_shares <= 1:
             raise ConfigError(f"secagg-shares == {self.secagg_shares}, must be in (0, 1] (a fraction of the cohort).")
         if not 0.5 < self.secagg_threshold <= 1:

@@ -108,9 +108,25 @@ def test_private_fit_spends_its_budget_and_writes_the_report(tmp_path):
     X, y, groups = long_table(data, 3000, 10, 10)
     model = LRSRegressor(rank=2, sparsity=0, rounds=5, epsilon=4.0, delta=1e-6, noise_seed=0).fit(X, y, groups)
     assert 3.9 <= model.epsilon_ <= 4.0
-    assert [e.release_id for e in model.ledger_.events][0] == "init" and len(model.ledger_) == 6
+    # the init, then per round the clip histogram of adaptive clipping and the round itself
+    assert [e.release_id for e in model.ledger_.events][:3] == ["init", "round-1-clip", "round-1"] and len(model.ledger_) == 11
+    assert [e.kind for e in model.ledger_.events].count("clip") == 5
     report = model.write_privacy_report(tmp_path)
     assert (tmp_path / "privacy_report.json").exists() and (tmp_path / "epsilon.png").exists()
     assert report["epsilon"]["rdp"] == model.epsilon_
     with pytest.raises(ValueError, match="give both for a private fit"):
         LRSRegressor(epsilon=1.0).fit(X, y, groups)
+
+
+def test_private_defaults_are_unit_free():
+    """The same users in other units (X x10, y x100), same noise seed: the same U and the same relative error (issue 13)."""
+    import torch
+
+    from fedlrs.core import principal_angle_distance
+
+    data = make_lrs_data(users=3000, examples=5, dim=10, rank=2, sparsity=0, unit_weights=True, seed=7)
+    X, y, groups = long_table(data, 3000, 5, 10)
+    fits = [LRSRegressor(rank=2, sparsity=0, epsilon=2.0, delta=1e-6, noise_seed=3).fit(X * a, y * b, groups) for a, b in ((1, 1), (10, 100))]
+    assert principal_angle_distance(torch.as_tensor(fits[0].U_), torch.as_tensor(fits[1].U_)) < 1e-3
+    assert principal_angle_distance(torch.as_tensor(fits[0].U_), data.U_star) < 0.05
+    assert np.allclose(fits[1].thetas_ * 10 / 100, fits[0].thetas_, atol=1e-3)

@@ -29,12 +29,12 @@ from flwr.clientapp import ClientApp
 
 from fedlrs.core import sufficient_statistics
 from fedlrs.federation_config import FederationConfig, parse_run_config
-from fedlrs.client.contribution import local_fit, moments_contribution, round_contribution
+from fedlrs.client.contribution import clip_contribution, local_fit, moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
 from fedlrs.client.network import personalize_nn, train_nn
 from fedlrs.client.secure_aggregation import secure_aggregation_mod, secure_train
 from fedlrs.client.state import LocalState, load_state, store_state
-from fedlrs.protocol.messages import BILLBOARD, CONTRIBUTION, ROUND_CONFIG
+from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, CONTRIBUTION, ROUND_CONFIG
 
 LOCAL_METRICS = "fedlrs.local-metrics"
 
@@ -45,6 +45,12 @@ def _published_U(message: Message, dtype: torch.dtype) -> torch.Tensor:
 
 def _round(message: Message) -> int:
     return int(message.content.config_records[ROUND_CONFIG]["round"])
+
+
+def _clip_bound(message: Message) -> float | None:
+    """The round's clip bound of the unit-free step, when the server sent one."""
+    record = message.content.config_records[ROUND_CONFIG]
+    return float(record[CLIP_BOUND]) if CLIP_BOUND in record else None
 
 
 def _reply(message: Message, parts: dict[str, torch.Tensor]) -> Message:
@@ -58,7 +64,7 @@ def train(message: Message, context: Context, config: FederationConfig) -> Messa
         return secure_train(message, context, config)
     data = load_user_data(config, context.node_config)
     stats = sufficient_statistics(data)
-    parts, fit = round_contribution(_published_U(message, config.torch_dtype), stats, config)
+    parts, fit = round_contribution(_published_U(message, config.torch_dtype), stats, config, _clip_bound(message))
     store_state(context, LocalState.from_fit(fit, _round(message)))
     return _reply(message, parts)
 
@@ -66,6 +72,12 @@ def train(message: Message, context: Context, config: FederationConfig) -> Messa
 def moments(message: Message, context: Context, config: FederationConfig) -> Message:
     """The clipped ``M_i`` of the method-of-moments initialization."""
     return _reply(message, moments_contribution(load_user_data(config, context.node_config), config))
+
+
+def clip(message: Message, context: Context, config: FederationConfig) -> Message:
+    """The clip phase of a round: the one-hot bin of the norm of this device's unit-free contribution, nothing else."""
+    stats = sufficient_statistics(load_user_data(config, context.node_config))
+    return _reply(message, clip_contribution(_published_U(message, config.torch_dtype), stats, config))
 
 
 def personalize(message: Message, context: Context, config: FederationConfig) -> Message:
@@ -116,6 +128,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, *, mods: Sequenc
 
     client_app.train()(handler(train))
     client_app.train("moments")(handler(moments))
+    client_app.train("clip")(handler(clip))
     client_app.query("personalize")(handler(personalize))
     client_app.train("nn")(handler(train_nn))
     client_app.query("nn_personalize")(handler(personalize_nn))

@@ -5,11 +5,16 @@ No Flower here: tensors in, tensors out. The parts and their bounds are the prot
 
 Phases:
 
-* ``"moments"`` (private init): ``M_i = sum_j y_ij^2 x_ij x_ij^T`` (d, d), clipped to ``clip-moments``.
+* ``"moments"`` (private init): ``M_i = sum_j y_ij^2 x_ij x_ij^T`` (d, d), clipped to ``clip-moments``
+  (with adaptive clipping ``M_i / ||M_i||_F``, bound 1).
+* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): the one-hot bin (K,) of the norm of the
+  user's unit-free contribution (:mod:`fedlrs.privacy.adaptive`), bound 1.
 * ``"round"`` in mode "ls": ``A_i`` (dr, dr) and ``c_i`` (dr), clipped to ``clip-a`` and ``clip-c``;
-  in mode "gd": ``G_i = e_i w_i^T`` (d, r), clipped to ``clip-g``.
+  in mode "gd": ``G_i = e_i w_i^T`` (d, r), clipped to ``clip-g``; with the unit-free step
+  ``G = Delta_i`` (d, r) clipped to the round's bound (sent by the server) and ``P = s_i P_i`` (r, r)
+  (:func:`fedlrs.core.unit_free_gradients`, :func:`fedlrs.privacy.adaptive.clipped_round_parts`).
 
-Outside private mode the bounds are infinite (nothing is scaled).
+Outside private mode the bounds of "moments" and "ls"/raw "gd" parts are infinite (nothing is scaled).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from fedlrs.core import (
     moment_sum,
     solve_local,
 )
+from fedlrs.core import unit_free_gradients
 from fedlrs.federation_config import FederationConfig
+from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
 from fedlrs.privacy.clipping import clip_scales
 from fedlrs.protocol.parts import expected_parts
 
@@ -54,9 +61,14 @@ def local_fit(U: Tensor, stats: UserStats, config: FederationConfig) -> LocalFit
                        refine_steps=config.refine_steps, starts=config.starts)
 
 
-def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig) -> tuple[dict[str, Tensor], LocalFit]:
+def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig, bound: float | None = None) -> tuple[dict[str, Tensor], LocalFit]:
     """The clipped contribution of one user to the U update, and the user's new ``w_i, b_i`` (kept locally)."""
     fit = local_fit(U, stats, config)
+    if config.engine_config().unit_free:
+        if bound is None or not bound > 0:
+            raise ValueError(f"clip bound == {bound!r}: the unit-free step needs the round's bound (> 0) from the server.")
+        delta, curvature = unit_free_gradients(stats, U, fit.w, fit.b)
+        return clipped_round_parts(delta, curvature, bound=bound)[0], fit
     if config.mode == "ls":
         A, c = ls_system(stats, fit.w, fit.b)
         parts = {"A": A, "c": c}
@@ -67,6 +79,17 @@ def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig) ->
 
 
 def moments_contribution(data: UserData, config: FederationConfig) -> dict[str, Tensor]:
-    """The clipped ``M_i`` of one user for the method-of-moments init."""
+    """The clipped ``M_i`` of one user for the method-of-moments init (with adaptive clipping ``M_i / ||M_i||_F``)."""
+    M = moment_sum(data)
+    if config.engine_config().adaptive:
+        norm = torch.linalg.vector_norm(M)
+        return {"M": M / norm if norm > 0 else M}
     bounds = {name: bound for name, (_, bound) in expected_parts(config, "moments").items()}
-    return clip_parts({"M": moment_sum(data)}, bounds)
+    return clip_parts({"M": M}, bounds)
+
+
+def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig) -> dict[str, Tensor]:
+    """The one-hot bin of the norm of the user's unit-free contribution for ``U`` (:func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+    fit = local_fit(U, stats, config)
+    delta, _ = unit_free_gradients(stats, U, fit.w, fit.b)
+    return clip_histogram(delta, clip_grid(dtype=delta.dtype))

@@ -14,6 +14,7 @@ from .metrics import (
 )
 from .stats import UserData, UserStats, pad_by_group, sufficient_statistics
 from .subspace import (
+    averaging_step,
     gd_gradient_sum,
     gd_residual_vectors,
     gd_step,
@@ -23,8 +24,10 @@ from .subspace import (
     moment_norms,
     moment_sum,
     orthonormalize,
+    preconditioned_step,
     random_orthonormal,
     top_eigenvectors,
+    unit_free_gradients,
 )
 from .thresholding import hard_threshold
 

@@ -131,3 +131,55 @@ def gd_gradient_sum(residual_vectors: Tensor, W: Tensor, weights: Tensor | None 
 def gd_step(U: Tensor, gradient_sum: Tensor, *, normalizer: float, learning_rate: float) -> Tensor:
     """``U <- QR(U - lr * G / N)`` with ``N`` the (expected) number of contributors."""
     return orthonormalize(U - learning_rate * gradient_sum / normalizer)
+
+
+def unit_free_gradients(stats: UserStats, U: Tensor, W: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """Each user's gradient of U in its own curvature's units: ``(Delta_i, P_i)``, both free of the data's units.
+
+    ``Delta_i = X_i^T (X_i theta_i - y_i) w_i^T / (c_i ||w_i||^2)`` (n, d, r) with
+    ``theta_i = U w_i + b_i`` and ``c_i = tr(H_i) / (d - r)``, ``H_i = S_i - S_i U (U^T S_i U)^+ U^T S_i``
+    (``S_i = X_i^T X_i``): the user's curvature of its loss in U, ``H_i kron w_i w_i^T`` on the
+    directions that ``w_i`` can still move, taken as a scalar per unit of ``||w_i||^2``.
+    ``P_i = w_i w_i^T / ||w_i||^2`` (n, r, r), trace 1: the direction of the user's curvature in R^r.
+    Scaling X by a and y by b leaves both unchanged (``w`` scales by b/a, the residual by b,
+    ``c_i`` by a^2), and ``U - (sum_i Delta_i)(sum_i P_i)^{-1}`` is a Newton step of
+    ``sum_i ||y_i - X_i (U w_i + b_i)||^2`` under that Kronecker approximation of its Hessian.
+    A user with ``w_i = 0`` or ``c_i = 0`` (at most r examples) contributes zeros.
+    """
+    n, d, r = stats.num_users, U.shape[0], U.shape[1]
+    V = stats.xtx @ U
+    inner = torch.linalg.pinv(U.T @ V, hermitian=True)
+    explained = (inner * (V.transpose(1, 2) @ V)).sum(dim=(1, 2))
+    curvature = (torch.diagonal(stats.xtx, dim1=1, dim2=2).sum(dim=1) - explained).clamp_min(0) / max(d - r, 1)
+    w_norm2 = W.square().sum(dim=1)
+    scale = curvature * w_norm2
+    theta = W @ U.T + B
+    residual = (stats.xtx @ theta.unsqueeze(-1)).squeeze(-1) - stats.xty
+    factor = torch.where(scale > 0, 1 / torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(scale))
+    delta = (residual * factor.unsqueeze(-1)).unsqueeze(-1) * W.unsqueeze(1)
+    w_unit = W * torch.where(w_norm2 > 0, w_norm2.rsqrt(), torch.zeros_like(w_norm2)).unsqueeze(-1)
+    return delta, w_unit.unsqueeze(2) * w_unit.unsqueeze(1)
+
+
+def preconditioned_step(U: Tensor, delta_sum: Tensor, curvature_sum: Tensor, *, normalizer: float, learning_rate: float = 1.0, floor: float = 0.05) -> Tensor:
+    """``U <- QR(U - lr (D / N) (P / N)^{-1})`` with ``D = sum_i Delta_i`` (d, r) and ``P = sum_i P_i`` (r, r).
+
+    ``P`` (noised, maybe indefinite) is symmetrized and its eigenvalues are floored at
+    ``floor`` times the largest, so a direction few users move is not blown up by noise.
+    """
+    P = (curvature_sum + curvature_sum.T) / (2 * normalizer)
+    values, vectors = torch.linalg.eigh(P)
+    values = values.clamp_min(floor * max(float(values.max()), 1e-12))
+    inverse = vectors @ torch.diag_embed(1 / values) @ vectors.T
+    return orthonormalize(U - learning_rate * (delta_sum / normalizer) @ inverse)
+
+
+def averaging_step(round_number: int, rounds: int) -> float:
+    """Step factor of round t of T for the unit-free step: 1 for ``t <= T/2 + 1``, then ``1 / (t - floor(T/2))``.
+
+    The first half of the rounds take full (near-Newton) steps; the later ones take steps 1/2, 1/3, ...,
+    so U ends near the average of where those rounds would have put it (Polyak averaging) and not
+    at the last round's draw of noise, or of the pull of heterogeneous users whose clipped mean does
+    not vanish at the optimum. Public: depends on t and T only.
+    """
+    return 1.0 / max(1, round_number - rounds // 2)

@@ -97,6 +97,11 @@ class NetworkConfig(PrivacySettings):
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive clipping (:mod:`fedlrs.privacy.adaptive`) is not in the network loop: it clips at the fixed ``clip``."""
+        return False
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fedlrs.privacy.accountants import Accountant, compute_epsilon, validate_accountant, validate_delta
 from fedlrs.privacy.events import DpEvent
@@ -17,7 +17,10 @@ class CalibrationError(ValueError):
 
 
 def _planned_epsilon(z: float, *, sample_rate: float, rounds: int, delta: float,
-                     accountant: Accountant, prior_events: Sequence[DpEvent], init_ratio: float = 0.0) -> float:
+                     accountant: Accountant, prior_events: Sequence[DpEvent], init_ratio: float = 0.0,
+                     planned_events: Callable[[float], Sequence[DpEvent]] | None = None) -> float:
+    if planned_events is not None:
+        return compute_epsilon([*prior_events, *planned_events(z)], delta=delta, accountant=accountant).epsilon
     planned = [DpEvent(release_id="planned-rounds", kind="round", noise_multiplier=z,
                        sample_rate=sample_rate, count=rounds, round=1, time=0.0,
                        note="calibration only, never recorded")]
@@ -30,12 +33,15 @@ def _planned_epsilon(z: float, *, sample_rate: float, rounds: int, delta: float,
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float,
                                rounds: int, accountant: Accountant = "rdp",
                                prior_events: Sequence[DpEvent] = (),
-                               tolerance: float = 1e-3, init_ratio: float = 0.0) -> float:
+                               tolerance: float = 1e-3, init_ratio: float = 0.0,
+                               planned_events: Callable[[float], Sequence[DpEvent]] | None = None) -> float:
     """Smallest noise multiplier z (to ``tolerance``, relative) with epsilon <= target.
 
     With ``init_ratio > 0`` the plan also holds one init release of every user
     (q = 1, no amplification) with noise multiplier ``init_ratio * z``: the private
-    method-of-moments init calibrated jointly with the rounds.
+    method-of-moments init calibrated jointly with the rounds. ``planned_events(z)``, when
+    given, replaces the plan (rounds and init) by the events it returns for a trial z
+    (e.g. the clip histograms of adaptive clipping, :mod:`fedlrs.privacy.adaptive`).
 
     Finds z such that ``epsilon(prior_events + rounds x SGM(q, z), delta) <=
     target_epsilon`` under ``accountant`` (see :func:`compute_epsilon`), by
@@ -74,7 +80,8 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
 
     def eps(z: float) -> float:
         return _planned_epsilon(z, sample_rate=sample_rate, rounds=rounds, delta=delta,
-                                accountant=accountant, prior_events=prior, init_ratio=init_ratio)
+                                accountant=accountant, prior_events=prior, init_ratio=init_ratio,
+                                planned_events=planned_events)
 
     lo, hi = 0.0, 1.0
     eps_hi = eps(hi)

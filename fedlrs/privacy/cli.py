@@ -123,6 +123,7 @@ def probe(
     repeats: int = typer.Option(3, "--repeats", help="Independent runs (seeds) per target; each is a row."),
     noise_off: bool = typer.Option(True, "--noise-off/--no-noise-off", help="Also a test-only row without noise."),
     out: Path = typer.Option(None, "--out", help="Write table.md and table.json to this folder."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Learn each round's clip bound by adaptive clipping (its histograms accounted too)."),
 ) -> None:
     """Plant canary users, run private rounds, print the empirical epsilon lower bound beside the accounted one."""
     from fedlrs.privacy.probe import ProbeConfig, probe_table, run_probe, write_probe_table
@@ -130,9 +131,9 @@ def probe(
     try:
         targets = [float(e) for e in epsilons.split(",") if e.strip()]
         configs = [ProbeConfig(target_epsilon=None, noise_off=True, delta=delta, canaries=canaries, rounds=rounds,
-                               sample_rate=sample_rate)] if noise_off else []
+                               sample_rate=sample_rate, adaptive=adaptive)] if noise_off else []
         configs += [ProbeConfig(target_epsilon=e, delta=delta, canaries=canaries, rounds=rounds,
-                                sample_rate=sample_rate, seed=seed) for e in targets for seed in range(repeats)]
+                                sample_rate=sample_rate, seed=seed, adaptive=adaptive) for e in targets for seed in range(repeats)]
         results = [run_probe(config) for config in configs]
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-EventKind = Literal["init", "round", "metric"]
+EventKind = Literal["init", "round", "metric", "clip"]
 
-EVENT_KINDS: frozenset[str] = frozenset({"init", "round", "metric"})
+EVENT_KINDS: frozenset[str] = frozenset({"init", "round", "metric", "clip"})
 MECHANISMS: frozenset[str] = frozenset({"poisson_gaussian"})
 
 
@@ -66,9 +66,10 @@ class DpEvent:
     release_id : str
         Unique name of the release (e.g. ``"round-17"``); a ledger refuses a
         second event with the same id, so a replayed release is never counted twice.
-    kind : {"init", "round", "metric"}
-        What was released: the private initialisation, a training round, or a
-        privatized metric.
+    kind : {"init", "round", "metric", "clip"}
+        What was released: the private initialisation, a training round, a
+        privatized metric, or the noised histogram of contribution norms that
+        sets a clip bound (adaptive clipping, :mod:`fedlrs.privacy.adaptive`).
     noise_multiplier : float
         The *accounted* noise multiplier z > 0: noise std divided by the L2
         sensitivity of the whole release (for P parts clipped separately, see

@@ -30,7 +30,11 @@ class GaussianSumRelease:
 
     which is the Gaussian mechanism with multiplier z on all parts scaled by
     1/C_p (joint sensitivity sqrt(P); see :func:`accounted_noise_multiplier`).
-    Parts in ``symmetric_parts`` get symmetric noise (:meth:`GaussianNoise.sample`).
+    With ``noise_weights`` a_p part p gets ``sigma_p = z a_p sqrt(sum_q a_q^-2)`` instead
+    (scaled by 1/(sigma_p C_p) the parts have unit noise and joint sensitivity
+    ``sqrt(sum_p sigma_p^-2) = 1/z``): equal weights are the rule above; a part with a
+    large weight (a side statistic such as the curvature of adaptive clipping) costs
+    little of the budget. Parts in ``symmetric_parts`` get symmetric noise (:meth:`GaussianNoise.sample`).
     The divisor is the expected count ``q N``, never the realized count.
 
     Parameters
@@ -46,7 +50,8 @@ class GaussianSumRelease:
     """
 
     def __init__(self, *, noise_multiplier: float, bounds: Mapping[str, float], expected_count: float,
-                 noise: GaussianNoise, symmetric_parts: frozenset[str] = frozenset()) -> None:
+                 noise: GaussianNoise, symmetric_parts: frozenset[str] = frozenset(),
+                 noise_weights: Mapping[str, float] | None = None) -> None:
         for name, value in [("noise_multiplier", noise_multiplier), ("expected_count", expected_count),
                             *((f"bounds[{p!r}]", c) for p, c in bounds.items())]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -65,11 +70,19 @@ class GaussianSumRelease:
         self.expected_count = float(expected_count)
         self.noise = noise
         self.symmetric_parts = frozenset(symmetric_parts)
+        weights = {p: 1.0 for p in bounds} if noise_weights is None else dict(noise_weights)
+        if set(weights) != set(bounds) or not all(isinstance(a, (int, float)) and math.isfinite(a) and a > 0 for a in weights.values()):
+            raise ValueError(f"noise_weights == {noise_weights!r}, must give a finite number > 0 for each part {sorted(bounds)}.")
+        self.noise_weights = {p: float(a) for p, a in weights.items()}
 
     def noise_stds(self) -> dict[str, float]:
-        """Std of the noise added to each part's sum: ``z sqrt(P) C_p``."""
-        sigma = per_part_noise_multiplier(accounted=self.noise_multiplier, parts=len(self.bounds))
-        return {p: sigma * c for p, c in self.bounds.items()}
+        """Std of the noise added to each part's sum: ``z a_p sqrt(sum_q a_q^-2) C_p`` (``z sqrt(P) C_p`` for equal weights)."""
+        a = self.noise_weights
+        if len(set(a.values())) == 1:
+            sigma = per_part_noise_multiplier(accounted=self.noise_multiplier, parts=len(self.bounds))
+            return {p: sigma * c for p, c in self.bounds.items()}
+        k = math.sqrt(sum(w ** -2 for w in a.values()))
+        return {p: self.noise_multiplier * a[p] * k * c for p, c in self.bounds.items()}
 
     def release(self, sums: Mapping[str, Tensor], *, ledger: Ledger, event: DpEvent,
                 budget: PrivacyBudget | None = None) -> dict[str, Tensor]:

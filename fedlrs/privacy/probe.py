@@ -29,6 +29,12 @@ epsilon rejected at confidence ``1 - alpha`` is the lower bound. Several
 ``k`` are tried, Bonferroni-corrected (each at ``alpha / len(k)``), so the
 reported maximum is still a valid lower bound at ``1 - alpha``.
 
+With ``adaptive`` the bound C of each round is learned as the server does with adaptive
+clipping (:mod:`fedlrs.privacy.adaptive`): every round first releases the noised histogram of
+the contributions' norms of its own Poisson sample (a ``"clip"`` event; the canaries' norm is
+``4 clip``, the others' spread over two octaves around ``clip``), the bound is its median, the
+canaries contribute ``C e_j`` clipped to it, and z is calibrated with the clip events included.
+
 A lower bound above the accounted epsilon means a bug in clipping, noise or
 accounting. A lower bound below it proves nothing about the guarantee; this
 one-run audit is known to be loose for Gaussian mechanisms at small epsilon.
@@ -45,6 +51,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from fedlrs.privacy.adaptive import calibrate_adaptive, clip_grid, clip_noise_multiplier, norm_bins, quantile_bound
 from fedlrs.privacy.calibration import calibrate_noise_multiplier
 from fedlrs.privacy.clipping import clip
 from fedlrs.privacy.events import DpEvent
@@ -118,6 +125,7 @@ class ProbeConfig:
     noise_off: bool = False
     seed: int = 0
     accountant: str = "rdp"
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.noise_off == (self.target_epsilon is not None):
@@ -165,24 +173,39 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     expected = c.sample_rate * (c.canaries + c.background)  # q N, N = registered users (as the server knows it)
     if c.noise_off:
         z = NOISE_OFF
+    elif c.adaptive:
+        z = calibrate_adaptive(target_epsilon=c.target_epsilon, delta=c.delta, rounds=c.rounds, sample_rate=c.sample_rate, expected_count=expected,
+                               init_ratio=0.0, accountant=c.accountant)
     else:
         z = _calibrated(c.target_epsilon, c.delta, c.sample_rate, c.rounds, c.accountant)
     ledger = Ledger()
-    release = GaussianSumRelease(noise_multiplier=z, bounds={"G": c.clip}, expected_count=expected,
-                                 noise=GaussianNoise(secure=False, seed=c.seed))
+    noise = GaussianNoise(secure=False, seed=c.seed)
+    edges = clip_grid()
     canary_ids = np.flatnonzero(included)
     background = torch.from_numpy(rng.standard_normal((c.background, size - c.canaries)))
     background = clip(background * (2 * c.clip / math.sqrt(size - c.canaries)), bound=c.clip)[0]
     scores = np.zeros(c.canaries)
+    spread = torch.from_numpy(2.0 ** rng.uniform(-1, 1, c.background))  # the others' norms, relative to clip
     for round_number in range(1, c.rounds + 1):
+        bound = c.clip
+        if c.adaptive:
+            counted = poisson_sample(users, sample_rate=c.sample_rate, generator=generator).numpy()
+            norms = torch.cat([torch.full((int(counted[:len(canary_ids)].sum()),), 4 * c.clip, dtype=torch.float64),
+                               c.clip * spread[torch.from_numpy(counted[len(canary_ids):])]])
+            clip_event = DpEvent(release_id=f"round-{round_number}-clip", kind="clip", noise_multiplier=clip_noise_multiplier(z, expected),
+                                 sample_rate=c.sample_rate, round=round_number, time=0.0, note="privacy probe")
+            histogram = GaussianSumRelease(noise_multiplier=clip_event.noise_multiplier, bounds={"H": 1.0}, expected_count=expected, noise=noise)
+            fractions = histogram.release({"H": norm_bins(norms, edges).sum(dim=0)}, ledger=ledger, event=clip_event)["H"]
+            bound = quantile_bound(fractions, edges, 0.5)
+        release = GaussianSumRelease(noise_multiplier=z, bounds={"G": bound}, expected_count=expected, noise=noise)
         taking_part = poisson_sample(users, sample_rate=c.sample_rate, generator=generator).numpy()
         total = torch.zeros(size, dtype=torch.float64)
-        total[torch.from_numpy(canary_ids[taking_part[:len(canary_ids)]])] += c.clip
-        total[c.canaries:] += background[torch.from_numpy(taking_part[len(canary_ids):])].sum(dim=0)
+        total[torch.from_numpy(canary_ids[taking_part[:len(canary_ids)]])] += bound
+        total[c.canaries:] += background[torch.from_numpy(taking_part[len(canary_ids):])].sum(dim=0) * (bound / c.clip)
         event = DpEvent(release_id=f"round-{round_number}", kind="round", noise_multiplier=z,
                         sample_rate=c.sample_rate, round=round_number, time=0.0, note="privacy probe")
         released = release.release({"G": total.reshape(dim, c.rank)}, ledger=ledger, event=event)["G"]
-        scores += released.reshape(-1)[:c.canaries].numpy() * expected / c.clip  # the observer knows q N and C
+        scores += released.reshape(-1)[:c.canaries].numpy() * expected / bound  # the observer knows q N and C
     accounted = math.inf if c.noise_off else ledger.epsilon(delta=c.delta, accountant=c.accountant)
     order = np.argsort(-scores, kind="stable")  # best "in" first
     best = (0.0, 0, 0)
@@ -204,7 +227,8 @@ def probe_table(results: list[ProbeResult]) -> str:
     lines = [f"Empirical privacy audit (`fedlrs privacy probe`): {first['canaries']} canaries (each included with "
              f"probability 1/2), {first['background']} other users, {first['rounds']} rounds at q = "
              f"{first['sample_rate']}, delta = {first['delta']:g}, lower bound at {first['confidence']:.0%} "
-             f"confidence (Steinke, Nasr & Jagielski 2023).",
+             f"confidence (Steinke, Nasr & Jagielski 2023)"
+             + ("; adaptive clipping: each round's bound from a noised norm histogram, accounted." if first.get("adaptive") else "."),
              "",
              "| target epsilon | noise multiplier | accounted epsilon | empirical lower bound | correct / guesses | lower bound <= accounted |",
              "| --- | --- | --- | --- | --- | --- |"]

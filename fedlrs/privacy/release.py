@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fedlrs.privacy.adaptive import calibrate_adaptive, clip_noise_multiplier
 from fedlrs.privacy.calibration import calibrate_noise_multiplier
 from fedlrs.privacy.events import DpEvent
 from fedlrs.privacy.ledger import Ledger
@@ -32,8 +33,8 @@ class PrivateServer:
     ``config``: an :class:`~fedlrs.simulations.engine_config.EngineConfig` or a
     :class:`~fedlrs.nn.federated.NetworkConfig` (its privacy settings, rounds, sample rate).
 
-    Events: ``"init"`` (the moments init, all users, q = 1) and ``"round-t"`` (Poisson
-    rate q), each recorded in the ledger before its noised sum is used
+    Events: ``"init"`` (the moments init, all users, q = 1), ``"round-t"`` (Poisson
+    rate q) and, with adaptive clipping, ``"round-t-clip"`` (the noised norm histogram), each recorded in the ledger before its noised sum is used
     (:class:`fedlrs.privacy.GaussianSumRelease`). ``retry_ids`` (the billboard, which
     resumes on a persistent ledger): a release id already in the ledger becomes
     ``"<id>-retry-k"`` (a crash-replayed round, accounted again, conservatively); the
@@ -47,6 +48,7 @@ class PrivateServer:
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = config.budget
         self.noise_multiplier: float | None = None
+        self.expected_count = 0.0
 
     def release_id(self, base: str) -> str:
         """``base``, or with ``retry_ids`` the first ``base-retry-k`` not yet in the ledger."""
@@ -61,18 +63,23 @@ class PrivateServer:
         c = self.config
         if kind == "init":
             return DpEvent(release_id=self.release_id("init"), kind="init", noise_multiplier=self.init_noise_multiplier, sample_rate=1.0, round=0, time=time.time())
+        if kind == "clip":
+            z = clip_noise_multiplier(self.noise_multiplier, self.expected_count)
+            return DpEvent(release_id=self.release_id(f"round-{round_number}-clip"), kind="clip", noise_multiplier=z, sample_rate=c.sample_rate, round=round_number, time=time.time(),
+                           note="noised histogram of the contributions' norms (adaptive clipping)")
         return DpEvent(release_id=self.release_id(f"round-{round_number}"), kind="round", noise_multiplier=self.noise_multiplier, sample_rate=c.sample_rate, round=round_number, time=time.time())
 
-    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset()) -> dict[str, Tensor]:
+    def release(self, sums: dict[str, Tensor], event: DpEvent, bounds: dict[str, float], expected_count: float, symmetric=frozenset(), noise_weights=None) -> dict[str, Tensor]:
         """Budget check, ledger record (flushed), then the noised sums divided by the expected count."""
-        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric)
+        mechanism = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds=bounds, expected_count=expected_count, noise=self.noise, symmetric_parts=symmetric,
+                                       noise_weights=noise_weights)
         return mechanism.release(sums, ledger=self.ledger, event=event, budget=self.budget)
 
-    def release_parts(self, sums: dict[str, Tensor], event: DpEvent, parts: Iterable, expected_count: float) -> dict[str, Tensor]:
+    def release_parts(self, sums: dict[str, Tensor], event: DpEvent, parts: Iterable, expected_count: float, noise_weights=None) -> dict[str, Tensor]:
         """:meth:`release` for the parts of a contribution spec (:class:`fedlrs.protocol.parts.Part`: name, bound, symmetric)."""
         parts = list(parts)
         return self.release(sums, event, {p.name: p.bound for p in parts}, expected_count,
-                            frozenset(p.name for p in parts if p.symmetric))
+                            frozenset(p.name for p in parts if p.symmetric), noise_weights)
 
     @property
     def init_noise_multiplier(self) -> float:
@@ -82,11 +89,17 @@ class PrivateServer:
     def plan_joint(self) -> float:
         """One z for the moments init (q = 1) and every round, calibrated together to the target."""
         if self.noise_multiplier is None:
-            c = self.config
-            self.noise_multiplier = c.noise_multiplier or calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, init_ratio=1.0
-            )
+            self.noise_multiplier = self.config.noise_multiplier or self._calibrated(init_ratio=1.0, prior=())
         return self.noise_multiplier
+
+    def _calibrated(self, *, init_ratio: float, prior) -> float:
+        """z of the rounds for the planned releases after ``prior`` (with adaptive clipping, its clip histograms too)."""
+        c = self.config
+        if c.adaptive:
+            return calibrate_adaptive(target_epsilon=c.target_epsilon, delta=c.delta, rounds=c.rounds, sample_rate=c.sample_rate, expected_count=self.expected_count,
+                                      init_ratio=init_ratio, accountant=c.accountant, prior_events=prior)
+        return calibrate_noise_multiplier(target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant,
+                                          init_ratio=init_ratio, prior_events=prior)
 
     def calibrate(self) -> float | None:
         """The round noise multiplier: the configured one, or calibrated after the events already spent."""
@@ -96,9 +109,7 @@ class PrivateServer:
         if c.noise_multiplier > 0:
             self.noise_multiplier = c.noise_multiplier
         else:
-            self.noise_multiplier = calibrate_noise_multiplier(
-                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant, prior_events=self.ledger.events
-            )
+            self.noise_multiplier = self._calibrated(init_ratio=0.0, prior=self.ledger.events)
         return self.noise_multiplier
 
     def write_report(self, out_dir: str | Path, config: dict) -> dict:

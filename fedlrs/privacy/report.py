@@ -59,11 +59,11 @@ def _tight_subset(n: int, *, max_points: int) -> list[int]:
 
 
 def _guarantee(*, epsilon: float, delta: float, accountant: str, events: Sequence[DpEvent]) -> str:
-    kinds = {k: sum(e.count for e in events if e.kind == k) for k in ("init", "round", "metric")}
+    kinds = {k: sum(e.count for e in events if e.kind == k) for k in ("init", "round", "metric", "clip")}
     rates = sorted({e.sample_rate for e in events})
     return (f"Under the add/remove-one-user neighbouring relation (user-level DP), everything this run "
-            f"published ({kinds['init']} initialisation, {kinds['round']} round and {kinds['metric']} "
-            f"metric release(s), users Poisson-sampled at rate q in {rates}) is "
+            f"published ({kinds['init']} initialisation, {kinds['round']} round, {kinds['metric']} "
+            f"metric and {kinds['clip']} clip-bound release(s), users Poisson-sampled at rate q in {rates}) is "
             f"({epsilon:.4g}, {delta:g})-differentially private by the {accountant.upper()} accountant.")
 
 

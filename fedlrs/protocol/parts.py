@@ -8,9 +8,13 @@ wire format quantizes it (:mod:`fedlrs.protocol.wire`). Written once, here.
 
 AMHT-LRS (``task = "linear"``):
 
-* ``"moments"`` (private init): ``M`` (d, d), symmetric, bound ``clip-moments``;
+* ``"moments"`` (private init): ``M`` (d, d), symmetric, bound ``clip-moments`` (adaptive clipping:
+  each user sends ``M_i / ||M_i||_F``, bound 1);
+* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): ``H`` (K,), the one-hot bin of the
+  norm of the user's unit-free contribution (:mod:`fedlrs.privacy.adaptive`), bound 1;
 * ``"round"`` in mode "ls": ``A`` (dr, dr), symmetric, bound ``clip-a``, and ``c`` (dr,), bound ``clip-c``;
-  in mode "gd": ``G`` (d, r), bound ``clip-g``.
+  in mode "gd": ``G`` (d, r), bound ``clip-g``; with the unit-free step ``G`` (d, r) bounded by the
+  round's bound (the clip phase's quantile) and ``P`` (r, r), symmetric, bound 1.
 
 A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``.
 """
@@ -21,9 +25,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Phase = Literal["moments", "round"]
-#: the phases of a run: the private moments init, then the rounds
-PHASES = ("moments", "round")
+from fedlrs.privacy.adaptive import clip_grid
+
+Phase = Literal["moments", "clip", "round"]
+#: the phases of a run: the private moments init, then the rounds (each preceded by a clip phase in the unit-free step)
+PHASES = ("moments", "clip", "round")
 
 
 @dataclass(frozen=True)
@@ -42,25 +48,38 @@ class Part:
         return n * (n + 1) // 2 if self.symmetric else math.prod(self.shape)
 
 
-def linear_parts(config: Any, phase: Phase, dim: int) -> list[Part]:
+def _engine(config: Any) -> Any:
+    """The run's :class:`~fedlrs.simulations.engine_config.EngineConfig` (``config`` itself when it is one)."""
+    return config.engine_config() if hasattr(config, "engine_config") else config
+
+
+def linear_parts(config: Any, phase: Phase, dim: int, bound: float | None = None) -> list[Part]:
     """The AMHT-LRS parts of ``phase`` for dimension ``dim`` (``config``: rank, mode and the ``clip_*`` bounds).
 
     ``config`` is a :class:`~fedlrs.federation_config.FederationConfig` or an
-    :class:`~fedlrs.simulations.engine.EngineConfig`; the bounds are finite (the configured ``clip_*``).
+    :class:`~fedlrs.simulations.engine_config.EngineConfig`; the bounds are finite. ``bound`` is the
+    round's clip bound of the unit-free step (required there, ignored elsewhere).
     """
     if phase not in PHASES:
         raise ValueError(f"phase == {phase!r}, must be one of {list(PHASES)}.")
+    engine = _engine(config)
     d, r = dim, config.rank
+    if phase == "clip":
+        return [Part("H", (len(clip_grid()),), 1.0)]
     if phase == "moments":
-        return [Part("M", (d, d), float(config.clip_moments), True)]
+        return [Part("M", (d, d), 1.0 if engine.adaptive else float(config.clip_moments), True)]
+    if engine.unit_free:
+        if bound is None:
+            raise ValueError("a round of the unit-free step has no parts without the round's clip bound (bound == None).")
+        return [Part("G", (d, r), float(bound)), Part("P", (r, r), 1.0, True)]
     if config.mode == "ls":
         return [Part("A", (d * r, d * r), float(config.clip_a), True), Part("c", (d * r,), float(config.clip_c))]
     return [Part("G", (d, r), float(config.clip_g))]
 
 
-def contribution_parts(config: Any, phase: Phase) -> list[Part]:
+def contribution_parts(config: Any, phase: Phase, bound: float | None = None) -> list[Part]:
     """The parts of a contribution of the run ``config`` (a :class:`~fedlrs.federation_config.FederationConfig`)
-    in ``phase``, with their (finite) clipping bounds.
+    in ``phase``, with their (finite) clipping bounds; ``bound``: the round's bound of the unit-free step.
 
     A network task (``task != "linear"``) has one part, ``contribution`` (D,), bounded by ``nn-clip``,
     D being the length of its method's flattened contribution.
@@ -69,10 +88,16 @@ def contribution_parts(config: Any, phase: Phase) -> list[Part]:
         from fedlrs.nn.run_config import PART, contribution_dimension
 
         return [Part(PART, (contribution_dimension(config),), float(config.nn_clip))]
-    return linear_parts(config, phase, config.dim)
+    return linear_parts(config, phase, config.dim, bound)
 
 
-def expected_parts(config: Any, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
+def expected_parts(config: Any, phase: Phase, bound: float | None = None) -> dict[str, tuple[tuple[int, ...], float]]:
     """``{name: (shape, L2 bound)}`` of the parts of ``phase``: the bounds a device clips to and a reply
-    is checked against (infinite when the run is not private: nothing is scaled)."""
-    return {p.name: (p.shape, p.bound if config.private else math.inf) for p in contribution_parts(config, phase)}
+    is checked against; ``bound`` is the round's clip bound of the unit-free step.
+
+    Outside private mode the bounds of the "moments" and the "ls" / raw "gd" parts are infinite
+    (nothing is scaled); those of the clip phase and of the unit-free step stay (they are the step's own).
+    """
+    parts = contribution_parts(config, phase, bound)
+    scaled = config.private or phase == "clip" or (phase == "round" and _engine(config).unit_free and config.task == "linear")
+    return {p.name: (p.shape, p.bound if scaled else math.inf) for p in parts}

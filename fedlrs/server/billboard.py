@@ -30,15 +30,16 @@ from flwr.serverapp import Grid
 from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import BudgetExceededError, Ledger
+from fedlrs.privacy.adaptive import clip_grid, quantile_bound
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_nodes
-from fedlrs.protocol.messages import BILLBOARD, PERSONALIZE, ROUND_CONFIG, message_type
+from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, PERSONALIZE, ROUND_CONFIG, message_type
 from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.exchange import exchange
 from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
-from fedlrs.simulations.engine import release_init, release_round, server_step
+from fedlrs.simulations.engine import release_clip, release_init, release_round, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 
@@ -90,6 +91,7 @@ class Billboard:
         self.counted: dict[int, int] = {}  # round (0: the moments init) -> replies counted
         self.engine_config = config.engine_config()
         self.private: PrivateServer | None = None
+        self.clip_bound: float | None = None
         self.secure = None if config.secure_aggregation == "off" else SecureAggregation(config)
 
     # ------------------------------------------------------------------ messaging
@@ -102,7 +104,10 @@ class Billboard:
             time.sleep(0.5)
 
     def _content(self, U: torch.Tensor | None, round_number: int) -> RecordDict:
-        content = RecordDict({ROUND_CONFIG: ConfigRecord({"round": round_number})})
+        settings = {"round": round_number}
+        if self.clip_bound is not None:
+            settings[CLIP_BOUND] = self.clip_bound
+        content = RecordDict({ROUND_CONFIG: ConfigRecord(settings)})
         if U is not None:
             content[BILLBOARD] = ArrayRecord({"U": Array(U.detach().cpu().numpy())})
         return content
@@ -118,11 +123,29 @@ class Billboard:
 
     def _parts(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], float]]:
         """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.protocol.parts.expected_parts`)."""
-        return expected_parts(self.config, phase)
+        return expected_parts(self.config, phase, self.clip_bound)
 
     def _message_type(self, phase: Phase) -> str:
         """The message that asks the nodes for their contribution in ``phase``."""
         return message_type(phase)
+
+    def _choose_clip_bound(self, grid: Grid, nodes: list[int], U: torch.Tensor, round_number: int, generator: torch.Generator) -> None:
+        """The clip phase of a round of the unit-free step (the engine's :func:`~fedlrs.simulations.engine.choose_clip_bound`):
+        its own Poisson sample sends the bins of its norms, the server (privately: releases them as a ``"clip"`` event and)
+        sets ``clip_bound`` to the ``clip-quantile`` of the histogram."""
+        c = self.config
+        sampled = sample_nodes(nodes, c.sample_rate, generator)
+        normalizer = max(c.sample_rate * len(nodes), 1e-12)
+        self.clip_bound = None
+        if self.private is not None:
+            event = self.private.event("clip", round_number)
+            self.private.budget.check(self.private.ledger, event)
+        histogram = self._collect(grid, sampled, "clip", U, round_number)
+        if self.private is not None:
+            fractions = release_clip(self.private, histogram, event, normalizer)["H"]
+        else:
+            fractions = histogram["H"] / normalizer
+        self.clip_bound = quantile_bound(fractions, clip_grid(dtype=fractions.dtype), c.clip_quantile)
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
@@ -249,6 +272,8 @@ class Billboard:
         _log(INFO, "%d nodes connected", len(nodes))
         # the engine's private server step: events, calibration, budget, release (one implementation)
         self.private = None if ledger is None else PrivateServer(self.engine_config, ledger, retry_ids=True)
+        if self.private is not None:  # the clip histograms' noise is planned for the expected count at the start
+            self.private.expected_count = c.sample_rate * len(nodes)
         checkpoint = self._resume(ledger, generator)
         if checkpoint is not None:
             U, start = checkpoint.shared["U"].to(c.torch_dtype), checkpoint.round
@@ -264,30 +289,32 @@ class Billboard:
         completed = start
         for round_number in range(start + 1, c.num_server_rounds + 1):
             nodes = sorted(int(n) for n in grid.get_node_ids())
+            event = None
+            try:
+                if self.private is not None:
+                    event = self.private.event("round", round_number)
+                    self.private.budget.check(ledger, event)
+                if self.engine_config.unit_free:  # its own sample, drawn before the round's (as in the engine)
+                    self._choose_clip_bound(grid, nodes, U, round_number, generator)
+            except BudgetExceededError as error:
+                stopped = f"budget: {error}"
+                _log(WARNING, "round %d not started: %s", round_number, error)
+                break
             sampled = sample_nodes(nodes, c.sample_rate, generator)
             self.sampled[round_number] = sampled
             normalizer = c.sample_rate * len(nodes)
-            event = None
-            if self.private is not None:
-                event = self.private.event("round", round_number)
-                try:
-                    self.private.budget.check(ledger, event)
-                except BudgetExceededError as error:
-                    stopped = f"budget: {error}"
-                    _log(WARNING, "round %d not started: %s", round_number, error)
-                    break
             sums = self._collect(grid, sampled, "round", U, round_number)
             if self.private is not None:
                 try:
                     if self.secure is not None:
                         sums = self.secure.release(self.private, sums, event, max(normalizer, 1e-12))
                     else:
-                        sums = release_round(self.private, sums, event, max(normalizer, 1e-12), c.dim)
+                        sums = release_round(self.private, sums, event, max(normalizer, 1e-12), c.dim, self.clip_bound)
                 except BudgetExceededError as error:
                     stopped = f"budget: {error}"
                     break
                 normalizer = 1.0
-            U = server_step(self.engine_config, U, sums, normalizer)
+            U = server_step(self.engine_config, U, sums, normalizer, round_number)
             self._checkpoint(round_number, {"U": U}, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),

@@ -29,23 +29,36 @@ from fedlrs.core import (
     logistic_residual_vectors,
     ls_solve,
     ls_system,
+    averaging_step,
     moment_sum,
+    preconditioned_step,
     random_orthonormal,
     solve_local,
     solve_local_logistic,
     sufficient_statistics,
     top_eigenvectors,
+    unit_free_gradients,
     user_parameters,
 )
 
 from fedlrs.privacy import (
     BudgetExceededError,
     DpEvent,
+    GaussianSumRelease,
     Ledger,
     PrivacyBudget,
     clip_scales,
     ls_part_scales,
     write_privacy_report,
+)
+from fedlrs.privacy.adaptive import (
+    clip_grid,
+    clip_histogram,
+    clipped_round_parts,
+    part_noise_weights,
+    quantile_bound,
+    shrink_released_curvature,
+    shrink_released_mean,
 )
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
@@ -71,6 +84,7 @@ class EngineResult(SpentEpsilon):
     stopped: str = "rounds done"
     ledger: Ledger | None = None
     noise_multiplier: float | None = None
+    clip_bounds: list[float] = field(default_factory=list)
 
     @property
     def theta(self) -> Tensor:
@@ -148,9 +162,24 @@ def release_init(private: PrivateServer, moment_sum: Tensor, num_users: int) -> 
     return private.release_parts({"M": moment_sum}, private.event("init", 0), parts, float(num_users))["M"]
 
 
-def release_round(private: PrivateServer, sums: dict[str, Tensor], event: DpEvent, expected_count: float, dim: int) -> dict[str, Tensor]:
-    """A round's sums ("ls": ``A`` symmetric and ``c``; "gd": ``G``) noised for the spec's clipping bounds, over ``q N``."""
-    return private.release_parts(sums, event, linear_parts(private.config, "round", dim), expected_count)
+def release_clip(private: PrivateServer, histogram: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
+    """Release a clip histogram (the spec's part ``H``, sensitivity 1) over ``q N``: the noised fractions of users in each bin."""
+    return private.release_parts(histogram, event, linear_parts(private.config, "clip", 0), expected_count)
+
+
+def release_round(private: PrivateServer, sums: dict[str, Tensor], event: DpEvent, expected_count: float, dim: int,
+                  bound: float | None = None) -> dict[str, Tensor]:
+    """A round's sums noised for the spec's clipping bounds, over ``q N`` ("ls": ``A`` symmetric and ``c``; "gd": ``G``;
+    with adaptive clipping ``G`` at the round's ``bound`` and ``P`` symmetric, both shrunk after the release)."""
+    parts = linear_parts(private.config, "round", dim, bound)
+    if not private.config.adaptive:
+        return private.release_parts(sums, event, parts, expected_count)
+    weights = part_noise_weights([p.name for p in parts])
+    released = private.release_parts(sums, event, parts, expected_count, weights)
+    stds = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds={p.name: p.bound for p in parts}, expected_count=expected_count,
+                              noise=private.noise, noise_weights=weights).noise_stds()
+    return {"G": shrink_released_mean(released["G"], noise_std=stds["G"] / expected_count),
+            "P": shrink_released_curvature(released["P"], noise_std=stds["P"] / expected_count)}
 
 
 def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
@@ -164,12 +193,17 @@ def initial_subspace(federation: Federation, generator: torch.Generator, private
         return random_orthonormal(federation.data.dim, c.rank, generator=generator, dtype=c.torch_dtype, device=c.device)
     if private is None:
         return top_eigenvectors(moment_sum(federation.data), c.rank)
-    scales = clip_scales(moment_norms(federation.data), bound=c.clip_moments)
+    norms = moment_norms(federation.data)
+    if c.adaptive:  # unit-free: every user sends M_i / ||M_i||_F
+        scales = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    else:
+        scales = clip_scales(norms, bound=c.clip_moments)
     return top_eigenvectors(release_init(private, moment_sum(federation.data, weights=scales), federation.num_users), c.rank)
 
 
-def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None) -> Tensor:
-    """The server's step from the contributions of the users at ``index``.
+def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Tensor, normalizer: float, private: PrivateServer | None = None, event: DpEvent | None = None,
+                    bound: float | None = None, round_number: int = 1) -> Tensor:
+    """The server's step from the contributions of the users at ``index`` in round ``round_number``.
 
     Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a`` and ``c_i`` to
     ``clip_c``; "gd": ``G_i = e_i w_i^T`` to ``clip_g``) and the sums are released through the ledger.
@@ -186,6 +220,12 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
         if private is not None:
             sums, normalizer = release_round(private, sums, event, normalizer, U.shape[0]), 1.0
         return server_step(c, U, sums, normalizer)
+    if c.unit_free:  # clipped at the round's bound also without privacy: robust to a few ill-fitted users
+        delta, curvature = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
+        sums, _ = clipped_round_parts(delta, curvature, bound=bound)
+        if private is not None:
+            sums, normalizer = release_round(private, sums, event, normalizer, U.shape[0], bound), 1.0
+        return server_step(c, U, sums, normalizer, round_number)
     e = federation.residual_vectors(U, fit, index)
     weights = None
     if private is not None:
@@ -196,10 +236,29 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit, index: Ten
     return server_step(c, U, sums, normalizer)
 
 
-def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float) -> Tensor:
-    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step; both over ``normalizer``."""
+def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator) -> tuple[float, LocalFit | None]:
+    """The first phase of a round with the unit-free step: its own Poisson sample sends the bins of its contributions' norms,
+    the server (privately: releases the histogram as a ``"clip"`` event and) sets the round's bound, the
+    ``clip_quantile`` of the histogram (:func:`fedlrs.privacy.adaptive.quantile_bound`). Returns the bound and the full fit when it made one."""
+    c = federation.config
+    index = sample_users(federation.num_users, c.sample_rate, generator, c.device)
+    if index is None and fit_all is None:
+        fit_all = federation.local_fit(U)
+    fit = fit_all if index is None else federation.local_fit(U, index)
+    delta, _ = unit_free_gradients(federation.selected_stats(index), U, fit.w, fit.b)
+    edges = clip_grid(dtype=c.torch_dtype, device=c.device)
+    histogram, normalizer = clip_histogram(delta, edges), c.sample_rate * federation.num_users
+    fractions = histogram["H"] / normalizer if private is None else release_clip(private, histogram, private.event("clip", round_number), normalizer)["H"]
+    return quantile_bound(fractions, edges, c.clip_quantile), fit_all
+
+
+def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float, round_number: int = 1) -> Tensor:
+    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step (unit-free: preconditioned by ``P``); all over ``normalizer``."""
     if config.mode == "ls":
         return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
+    if config.unit_free:
+        rate = config.gd_learning_rate * averaging_step(round_number, config.rounds)
+        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=rate)
     return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
@@ -223,10 +282,13 @@ def run_engine(
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     private = PrivateServer(config, ledger if ledger is not None else Ledger()) if config.private else None
+    if private is not None:
+        private.expected_count = config.sample_rate * federation.num_users
     U = initial_subspace(federation, generator, private)
     if private is not None:
         private.calibrate()
     history: list[dict] = []
+    clip_bounds: list[float] = []
     stopped = "rounds done"
 
     def record(round_number: int, U: Tensor) -> LocalFit | None:
@@ -252,16 +314,21 @@ def run_engine(
             except BudgetExceededError as error:
                 stopped = f"budget: {error}"
                 break
+        bound = None
+        if config.unit_free:
+            bound, fit_all = choose_clip_bound(federation, U, fit_all, private, round_number, generator)
+            clip_bounds.append(bound)
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         # every user takes part (index None) and the evaluation already fitted them all for this U
         fit = fit_all if index is None and fit_all is not None else federation.local_fit(U, index)
-        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event)
+        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound, round_number)
         fit_all = record(round_number, U)
         task.advance()
     task.close()
     final_fit = fit_all if fit_all is not None else federation.local_fit(U)
     result = EngineResult(U, final_fit, history, asdict(config))
     result.stopped = stopped
+    result.clip_bounds = clip_bounds
     if private is not None:
         result.ledger = private.ledger
         result.noise_multiplier = private.noise_multiplier

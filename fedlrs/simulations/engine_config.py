@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from fedlrs.privacy.adaptive import require_quantile
 from fedlrs.privacy.settings import PrivacySettings
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -28,7 +29,14 @@ class EngineConfig(PrivacySettings):
     (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
     init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
     one z for the init and the rounds together;
-    clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments: L2 bounds of each part.
+    clip_quantile: gamma of adaptive clipping (mode "gd"; :mod:`fedlrs.privacy.adaptive`): each
+    round's bound is the gamma-quantile of the users' unit-free contributions
+    (:func:`fedlrs.core.unit_free_gradients`), read from a noised histogram that is its own
+    ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
+    :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
+    units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
+    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
+    uses the fixed bounds.
     """
 
     rank: int
@@ -48,10 +56,11 @@ class EngineConfig(PrivacySettings):
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
-    init_noise_multiplier: float = 4.0
-    clip_a: float = 10.0
-    clip_c: float = 10.0
-    clip_g: float = 10.0
+    init_noise_multiplier: float = 0.0
+    clip_quantile: float = 0.5
+    clip_a: float = 300.0
+    clip_c: float = 50.0
+    clip_g: float = 5.0
     clip_moments: float = 100.0
 
     def __post_init__(self) -> None:
@@ -85,6 +94,7 @@ class EngineConfig(PrivacySettings):
             raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
         if self.init_noise_multiplier < 0:
             raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
+        require_quantile(self.clip_quantile)
         for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
@@ -99,3 +109,13 @@ class EngineConfig(PrivacySettings):
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def unit_free(self) -> bool:
+        """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
+        return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive clipping: private and the unit-free step."""
+        return self.private and self.unit_free

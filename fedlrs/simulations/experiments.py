@@ -9,6 +9,7 @@ runs every seed and writes ``OUT/table.md``, ``OUT/results.json`` and PNG plots:
   global and the oracle that knows ``U*`` (:func:`fedlrs.simulations.compare.compare_methods`).
 - ``privacy``: synthetic data for each k; private AMHT-LRS ("gd") for each epsilon next to
   the non-private run and a private low-rank-only run (k = 0) done the same way.
+- ``fedrep``: the Private FedRep protocol, fedlrs defaults against Private FedRep (:mod:`.fedrep_protocol`).
 - ``real``: a shipped real federation (:mod:`.realdata`): global (non-private and
   DP-FedAvg), local only, low rank only and LRS (non-private and private), MixedLM on HSB.
 
@@ -20,7 +21,6 @@ and the total epsilon is reported (``epsilon_with_tuning``).
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -41,21 +41,13 @@ from .engine import EngineConfig, run_engine, synthetic_evaluator
 from .private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
 from .realdata import RealFederation, load_hsb, load_movielens
 from .synthetic import make_lrs_data
+from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config
 from .tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb")
+NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb", "fedrep-protocol", "fedrep-other")
 
 
 # ---------------------------------------------------------------- configuration
-
-
-def merge_config(base: dict, override: dict) -> dict:
-    """A deep copy of ``base`` with ``override`` merged in: nested tables merge key by key, any other value replaces."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def load_experiment(name: str, *, quick: bool = False, directory: Path | None = None) -> dict:
@@ -69,25 +61,10 @@ def load_experiment(name: str, *, quick: bool = False, directory: Path | None = 
     if quick:
         config = merge_config(config, quick_part)
     config.setdefault("name", name)
-    if config.get("kind") not in ("sample-complexity", "privacy", "real"):
-        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'sample-complexity', 'privacy' or 'real'.")
+    if config.get("kind") not in RUNNERS:
+        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be one of {sorted(RUNNERS)}.")
     config["quick"] = quick
     return config
-
-
-def epsilon_sweep(config: dict) -> list[float]:
-    """The epsilon sweep; ``"inf"`` (or inf) means the non-private run."""
-    return [INF if str(e).lower() in ("inf", "infinity") else float(e) for e in config.get("epsilons", [])]
-
-
-def config_delta(config: dict, num_users: int) -> float:
-    """``delta`` from the config: a number, or ``"1/N^1.1"`` (N = users)."""
-    value = config.get("delta", 1e-6)
-    if isinstance(value, str):
-        if value.replace(" ", "") != "1/N^1.1":
-            raise ValueError(f"delta == {value!r}, must be a number or '1/N^1.1'.")
-        return 1.0 / num_users**1.1
-    return float(value)
 
 
 # ---------------------------------------------------------------- metrics and tables
@@ -185,7 +162,9 @@ def config_grid(section: dict) -> list[dict]:
 
 
 def _select(candidates: list[dict], score: Callable[[dict], float]) -> tuple[dict, list[dict]]:
-    """The candidate with the lowest validation score, and every (candidate, score)."""
+    """The candidate with the lowest validation score, and every (candidate, score); a single candidate is not scored (nothing to choose, nothing spent)."""
+    if len(candidates) == 1:
+        return dict(candidates[0]), [{**candidates[0], "validation_rmse": None}]
     scored = [{**c, "validation_rmse": score(c)} for c in candidates]
     best = min(scored, key=lambda c: (math.inf if math.isnan(c["validation_rmse"]) else c["validation_rmse"]))
     return {k: v for k, v in best.items() if k != "validation_rmse"}, scored
@@ -298,7 +277,14 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
 
 # ---------------------------------------------------------------- entry point
 
-RUNNERS = {"sample-complexity": run_sample_complexity, "privacy": run_privacy, "real": run_real}
+def run_fedrep(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dict:
+    """fedlrs defaults against Private FedRep (:mod:`.fedrep_protocol`)."""
+    from .fedrep_protocol import run_fedrep_protocol
+
+    return run_fedrep_protocol(config, seeds, echo)
+
+
+RUNNERS = {"sample-complexity": run_sample_complexity, "privacy": run_privacy, "real": run_real, "fedrep": run_fedrep}
 
 
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print, directory: Path | None = None) -> dict:

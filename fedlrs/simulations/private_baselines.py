@@ -179,3 +179,19 @@ def mixedlm_random_slopes(data: UserData, *, random_columns: list[int], feature_
         "converged": bool(fit.converged),
     }
     return torch.as_tensor(theta, dtype=data.X.dtype, device=data.X.device), summary
+
+
+def private_fedrep_config(*, clip: float, init_clip: float, rounds: int, learning_rate: float, epsilon: float, delta: float, rank: int, seed: int = 0,
+                          dtype: str = "float64") -> "EngineConfig":
+    """Private FedRep of Jain, Rush, Smith, Song and Thakurta (2021) as an engine configuration (no second copy of the loop).
+
+    A private spectral init (``M_i = sum_j y_ij^2 x_ij x_ij^T`` clipped to ``init_clip``), then
+    T = ``rounds`` rounds: ``w_i`` by least squares on the device, the gradient
+    ``G_i = X_i^T (X_i U w_i - y_i) w_i^T / m_i`` clipped to ``clip``, ``U <- QR(U - lr (sum_i G_i + N(0, (z clip)^2)) / n)``;
+    one noise multiplier z for the T + 1 full-batch Gaussian releases, calibrated to (epsilon, delta).
+    It is the engine's mode "gd" with fixed bounds (``clip_quantile = 0``) and the joint init calibration.
+    """
+    from fedlrs.simulations.engine import EngineConfig
+
+    return EngineConfig(rank=rank, sparsity=0, rounds=rounds, mode="gd", init="moments", private=True, target_epsilon=epsilon, delta=delta, clip_quantile=0.0,
+                        clip_g=clip, clip_moments=init_clip, init_noise_multiplier=0.0, gd_learning_rate=learning_rate, noise_seed=seed, seed=seed, dtype=dtype)

@@ -55,6 +55,8 @@ def make_lrs_data(
     test_examples: int = 20,
     sparse_scale: float = 1.0,
     logistic: bool = False,
+    unit_weights: bool = False,
+    features: str = "gaussian",
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
@@ -63,8 +65,12 @@ def make_lrs_data(
 
     User i gets ``m_i = examples`` training examples, or ``m_i ~ Uniform{examples..examples_max}``
     when ``examples_max`` is given (padded with a mask), and ``test_examples`` test examples
-    from the same distribution: the per-user train/test split.
+    from the same distribution: the per-user train/test split. ``unit_weights``: ``w*_i`` scaled
+    to unit norm (the Private FedRep protocol of Jain et al. 2021). ``features``: ``"gaussian"``
+    (``x ~ N(0, I)``) or ``"uniform"`` (coordinates uniform on [-sqrt 3, sqrt 3], unit variance).
     """
+    if features not in ("gaussian", "uniform"):
+        raise ValueError(f"features == {features!r}, must be 'gaussian' or 'uniform'.")
     _check("users", users, 1)
     _check("examples", examples, 1)
     _check("dim", dim, 1)
@@ -84,6 +90,8 @@ def make_lrs_data(
     gen = torch.Generator().manual_seed(seed)
     U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
     W_star = torch.randn(users, rank, generator=gen, dtype=torch.float64)
+    if unit_weights:
+        W_star = W_star / W_star.norm(dim=1, keepdim=True).clamp_min(1e-12)
     B_star = torch.zeros(users, dim, dtype=torch.float64)
     if sparsity:
         support = torch.rand(users, dim, generator=gen).argsort(dim=1)[:, :sparsity]
@@ -91,7 +99,10 @@ def make_lrs_data(
     theta = W_star @ U_star.T + B_star
 
     def draw(m_max: int, counts: Tensor) -> UserData:
-        X = torch.randn(users, m_max, dim, generator=gen, dtype=torch.float64)
+        if features == "uniform":
+            X = (torch.rand(users, m_max, dim, generator=gen, dtype=torch.float64) * 2 - 1) * 3**0.5
+        else:
+            X = torch.randn(users, m_max, dim, generator=gen, dtype=torch.float64)
         eta = (X @ theta.unsqueeze(-1)).squeeze(-1)
         if logistic:
             y = (torch.rand(users, m_max, generator=gen, dtype=torch.float64) < torch.sigmoid(eta)).to(torch.float64)

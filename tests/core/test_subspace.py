@@ -100,3 +100,34 @@ def test_one_clear_contribution_reveals_w_direction_and_gram_up_to_scale():
     assert cosine(w_seen, W[0]) > 1 - 1e-12 and cosine(gram, stats.xtx[0]) > 1 - 1e-12
     G = gd_gradient_sum(gd_residual_vectors(stats, torch.linalg.qr(torch.randn(d, r, dtype=f64))[0], W, B), W, scale)
     assert cosine(torch.linalg.svd(G).Vh[0], W[0]) > 1 - 1e-12
+
+
+def test_unit_free_gradients_do_not_change_with_the_units_of_x_and_y():
+    from fedlrs.core import orthonormalize, random_orthonormal, solve_local, sufficient_statistics, unit_free_gradients
+    from fedlrs.simulations.synthetic import make_lrs_data
+
+    data = make_lrs_data(users=30, examples=6, dim=8, rank=2, sparsity=1, seed=3)
+    U = random_orthonormal(8, 2, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for a, b in ((1.0, 1.0), (10.0, 100.0), (0.01, 3.0)):
+        stats = sufficient_statistics(type(data.train)(data.train.X * a, data.train.y * b, data.train.mask))
+        fit = solve_local(U, stats, sparsity=1, ridge_w=0.0, ridge_b=0.0)
+        outputs.append(unit_free_gradients(stats, U, fit.w, fit.b))
+    for delta, P in outputs[1:]:
+        assert torch.allclose(delta, outputs[0][0], atol=1e-8) and torch.allclose(P, outputs[0][1], atol=1e-10)
+    assert torch.allclose(torch.diagonal(outputs[0][1], dim1=1, dim2=2).sum(dim=1), torch.ones(30, dtype=torch.float64))
+
+
+def test_the_preconditioned_step_is_close_to_newton_on_noiseless_data():
+    """One unit-free step from a perturbed U* shrinks the distance many times (a raw gradient step of lr 1 halves it at best)."""
+    from fedlrs.core import orthonormalize, preconditioned_step, principal_angle_distance, solve_local, sufficient_statistics, unit_free_gradients
+    from fedlrs.simulations.synthetic import make_lrs_data
+
+    data = make_lrs_data(users=4000, examples=10, dim=20, rank=2, sparsity=0, noise=0.0, seed=4)
+    stats = sufficient_statistics(data.train)
+    U = orthonormalize(data.U_star + 0.05 * torch.randn(20, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    before = principal_angle_distance(U, data.U_star)
+    fit = solve_local(U, stats, sparsity=0)
+    delta, P = unit_free_gradients(stats, U, fit.w, fit.b)
+    after = principal_angle_distance(preconditioned_step(U, delta.sum(0), P.sum(0), normalizer=4000.0), data.U_star)
+    assert after < before / 10

@@ -33,7 +33,7 @@ def _engine_U(overrides, users=USERS):
     return run_engine(data.train, config.engine_config()).U
 
 
-@pytest.mark.parametrize("mode,init,q", [("ls", "moments", 1.0), ("ls", "random", 0.5), ("gd", "moments", 0.6)])
+@pytest.mark.parametrize("mode,init,q", [("ls", "moments", 1.0), ("ls", "random", 0.5), ("gd", "moments", 0.6), ("gd", "random", 1.0)])
 def test_same_U_as_the_engine(small, mode, init, q):
     overrides = {**small, "mode": mode, "init": init, "sample-rate": q, "seed": 3}
     result, _ = _run(overrides)
@@ -65,7 +65,7 @@ def test_server_app_runs_on_a_fake_grid(small):
 
 def test_private_run_records_init_and_every_round(small, tmp_path):
     overrides = {**small, "private": True, "sample-rate": 0.5, "target-epsilon": 5.0, "noise-seed": 0,
-                 "checkpoint-dir": str(tmp_path)}
+                 "init-noise-multiplier": 4.0, "checkpoint-dir": str(tmp_path)}
     result, _ = _run(overrides)
     events = result.ledger.events
     assert [e.release_id for e in events] == ["init", "round-1", "round-2", "round-3"]
@@ -102,7 +102,7 @@ def _strip(ledger):
 
 
 @pytest.mark.parametrize("mode,init,q,z_init", [("ls", "moments", 0.5, 0.0), ("gd", "moments", 0.6, 3.0),
-                                                ("ls", "random", 1.0, 4.0)])
+                                                ("ls", "random", 1.0, 4.0), ("gd", "moments", 0.7, 0.0), ("gd", "random", 1.0, 0.0)])
 def test_private_flower_run_and_private_engine_run_agree(small, mode, init, q, z_init):
     """Same seed, config and noise seed: the same ledger (time aside) and the same U (the noise draws line up)."""
     overrides = {**small, "mode": mode, "init": init, "sample-rate": q, "seed": 5, "private": True,
@@ -113,8 +113,8 @@ def test_private_flower_run_and_private_engine_run_agree(small, mode, init, q, z
                          sparsity=config.sparsity, noise=config.data_noise, seed=config.data_seed)
     engine = run_engine(data.train, config.engine_config())
     assert _strip(flower.ledger) == _strip(engine.ledger)
-    assert len(flower.ledger) == 4 + (init == "moments")
-    if z_init == 0.0:  # joint calibration: the init and the rounds share one z
+    assert len(flower.ledger) == 4 + (init == "moments") + 4 * config.engine_config().unit_free  # a clip histogram per round
+    if z_init == 0.0 and init == "moments":  # joint calibration: the init and the rounds share one z
         assert flower.ledger.events[0].noise_multiplier == flower.noise_multiplier == engine.noise_multiplier
     assert torch.allclose(flower.U, engine.U, atol=1e-6, rtol=0)
 
@@ -269,3 +269,18 @@ def test_fewer_replies_than_min_nodes_fail_the_round(small):
         _run(overrides, tamper=_silence({1, 2, 3}, "train"))
     result, _ = _run({**overrides, "min-nodes": 9}, tamper=_silence({1, 2, 3}, "train"))
     assert result.rounds_completed == 3
+
+
+def test_adaptive_clipping_flower_run_sends_a_clip_phase_and_clips_to_its_bound(small, tmp_path):
+    """Mode gd, clip-quantile 0.5: each round a train.clip exchange, then replies within the bound the server sent; audit passes."""
+    overrides = {**small, "mode": "gd", "private": True, "target-epsilon": 4.0, "noise-seed": 1, "seed": 2,
+                 "checkpoint-dir": str(tmp_path / "ckpt"), "report-dir": str(tmp_path / "report")}
+    result, grid = _run(overrides)
+    types = [m.metadata.message_type for m in grid.sent]
+    assert types.count("train.clip") == 3 * USERS and types.count("train") == 3 * USERS
+    kinds = [e.kind for e in result.ledger.events]
+    assert kinds == ["init", "clip", "round", "clip", "round", "clip", "round"]
+    bounds = [m.content.config_records["round-config"]["clip-bound"] for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(set(bounds)) >= 1 and all(b > 0 for b in bounds)
+    audit = audit_report(tmp_path / "report" / "privacy_report.json", ledger_path=tmp_path / "ckpt" / "ledger.jsonl")
+    assert audit.ok, audit.reasons

@@ -34,7 +34,7 @@ def U(small):
 
 @pytest.mark.parametrize("mode,names", [("ls", {"A", "c"}), ("gd", {"G"})])
 def test_private_reply_is_exactly_the_clipped_contribution(small, U, mode, names):
-    overrides = {**small, "mode": mode, "private": True, "clip-a": 0.5, "clip-c": 0.25, "clip-g": 0.1}
+    overrides = {**small, "mode": mode, "private": True, "clip-a": 0.5, "clip-c": 0.25, "clip-g": 0.1, "clip-quantile": 0.0}
     reply = make_client_app(overrides)(_message("train", U), _context())
     content = reply.content
     assert set(content.keys()) == {"contribution"}
@@ -49,6 +49,24 @@ def test_private_reply_is_exactly_the_clipped_contribution(small, U, mode, names
         assert value.shape == shapes[name] and value.dtype == np.float64
         assert np.linalg.norm(value) <= bounds[name] * (1 + 1e-12)
         assert math.isclose(np.linalg.norm(value), bounds[name], rel_tol=1e-9)  # these bounds do bind
+
+
+def test_adaptive_clip_phase_and_round_reply(small, U):
+    """clip-quantile > 0 in mode gd: train.clip answers one one-hot bin; train answers G within the server's bound and P (trace <= 1)."""
+    from fedlrs.privacy.adaptive import clip_grid
+
+    overrides = {**small, "mode": "gd", "private": True}
+    app = make_client_app(overrides)
+    histogram = app(_message("train.clip", U), _context()).content.array_records["contribution"]["H"].numpy()
+    assert histogram.shape == (len(clip_grid()),) and sorted(histogram.tolist())[-2:] == [0.0, 1.0] and histogram.sum() == 1.0
+    message = _message("train", U)
+    message.content["round-config"]["clip-bound"] = 1e-4
+    record = app(message, _context()).content.array_records["contribution"]
+    G, P = record["G"].numpy(), record["P"].numpy()
+    assert G.shape == (small["dim"], small["rank"]) and math.isclose(np.linalg.norm(G), 1e-4, rel_tol=1e-9)  # the bound binds
+    assert P.shape == (small["rank"],) * 2 and np.allclose(P, P.T) and 0 < np.trace(P) <= 1 + 1e-12
+    with pytest.raises(Exception):  # a round without the server's bound is an error on the device, not an unclipped reply
+        app(_message("train", U), _context())
 
 
 def test_non_private_reply_is_the_unclipped_contribution(small, U):

@@ -41,7 +41,7 @@ PHASES = {"ls": ("moments", "round"), "gd": ("round",)}
 
 # ---------------------------------------------------------------------------------------- strategies
 def _parts(mode: str, phase: str) -> dict:
-    return expected_parts(parse_run_config({**BASE, "mode": mode}), phase)
+    return expected_parts(parse_run_config({**BASE, "mode": mode}), phase, bound=1.0)  # gd: the unit-free step's parts at bound 1
 
 
 _DTYPES = st.sampled_from(["float64", "float32", "float16", "int64", "int8", "uint8", "bool", "complex128"])

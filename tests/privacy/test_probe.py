@@ -32,6 +32,14 @@ def test_the_lower_bound_never_exceeds_the_accounted_epsilon(epsilon):
     assert 0 <= result.lower_bound <= result.accounted_epsilon
 
 
+@pytest.mark.parametrize("epsilon", [1.0, 8.0])
+def test_with_adaptive_clipping_the_lower_bound_stays_under_the_accounted_epsilon(epsilon):
+    """The clip histograms are releases too: accounted with the rounds, the total stays at the target and above the audit's bound."""
+    result = run_probe(ProbeConfig(target_epsilon=epsilon, seed=2, adaptive=True))
+    assert result.accounted_epsilon <= epsilon and result.accounted_epsilon > 0.95 * epsilon
+    assert 0 <= result.lower_bound <= result.accounted_epsilon
+
+
 def test_the_config_refuses_a_target_with_noise_off():
     with pytest.raises(ValueError, match="exactly one"):
         ProbeConfig(target_epsilon=4.0, noise_off=True)

@@ -105,7 +105,7 @@ def test_data_that_does_not_fit_the_configuration_is_refused():
 
 def private_config(**overrides):
     base = dict(rank=2, sparsity=0, rounds=5, mode="gd", private=True, target_epsilon=4.0, delta=1e-6, noise_seed=0,
-                clip_g=5.0, clip_moments=2000.0, init_noise_multiplier=30.0)
+                clip_g=5.0, clip_moments=2000.0, init_noise_multiplier=30.0, clip_quantile=0.0)  # fixed bounds
     return EngineConfig(**{**base, **overrides})
 
 

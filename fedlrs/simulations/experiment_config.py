@@ -1,0 +1,33 @@
+"""The experiments' configs: where they live, how ``[quick]`` merges in, the epsilon sweep and delta."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .tables import INF
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """A deep copy of ``base`` with ``override`` merged in: nested tables merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def epsilon_sweep(config: dict) -> list[float]:
+    """The epsilon sweep; ``"inf"`` (or inf) means the non-private run."""
+    return [INF if str(e).lower() in ("inf", "infinity") else float(e) for e in config.get("epsilons", [])]
+
+
+def config_delta(config: dict, num_users: int) -> float:
+    """``delta`` from the config: a number, or ``"1/N^1.1"`` (N = users)."""
+    value = config.get("delta", 1e-6)
+    if isinstance(value, str):
+        if value.replace(" ", "") != "1/N^1.1":
+            raise ValueError(f"delta == {value!r}, must be a number or '1/N^1.1'.")
+        return 1.0 / num_users**1.1
+    return float(value)
