@@ -284,6 +284,14 @@ class Ledger:
         """The plan in the header (some of :data:`PLAN_KEYS`), or None (unknown, version 1)."""
         return self.header["plan"]
 
+    def save_as(self, path: str | os.PathLike[str]) -> Ledger:
+        """A file ledger at ``path`` holding this ledger's header and events, in order (a new file: an
+        existing ledger there is refused, never overwritten). Persists an in-memory ledger for its report."""
+        saved = Ledger(path, budget=self.budget, plan=self.plan)
+        for event in self._events:
+            saved.record(event)
+        return saved
+
     @property
     def events(self) -> tuple[DpEvent, ...]:
         """All recorded events, in recording order."""

@@ -211,13 +211,17 @@ def write_privacy_report(ledger: Ledger, *, out_dir: str | Path, delta: float,
     most ``max_tight_points`` rounds, else at that many evenly spaced rounds, the
     last included (each is a full PRV / PLD composition; the report says where).
     ``planned_rounds`` and ``calibrated_noise_multiplier`` are what
-    :mod:`.audit` checks the run against. Returns the report dict.
+    :mod:`.audit` checks the run against. An in-memory ledger is first saved as
+    ``out_dir/ledger.jsonl`` (refused if a ledger is there), so the audit can verify the
+    report against it. Returns the report dict.
     """
+    out = Path(out_dir)
+    if ledger.path is None:  # a report always names a ledger file the audit can verify: persist the in-memory one beside it
+        ledger = ledger.save_as(out / "ledger.jsonl")
     report = build_privacy_report(ledger, delta=delta, config=config, accountants=accountants,
                                   budget=budget, planned_rounds=planned_rounds,
                                   calibrated_noise_multiplier=calibrated_noise_multiplier,
                                   max_tight_points=max_tight_points)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, allow_nan=False, default=str)
     (out / REPORT_JSON).write_text(text + "\n")

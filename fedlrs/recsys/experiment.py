@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from fedlrs.privacy import audit_report
+from fedlrs.privacy import audit_report, move_aside
 from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_lines,
                                             plot_privacy)
 
@@ -89,6 +89,8 @@ def _private_run(split: RatingSplit, params: dict, *, epsilon: float, seed: int,
         result = fit_private_lrs(split.stats(split.train_full), RecsysConfig(**rest, **settings), rating_range=split.rating_range, bias_share=params["bias_share"])
     else:
         result = _fit(split, split.train_full, params, **settings)
+    if keep is not None and (keep / "ledger.jsonl").exists():  # an earlier run's: kept aside, never deleted
+        move_aside(keep)
     with tempfile.TemporaryDirectory() as tmp:
         folder = keep or Path(tmp)
         result.write_privacy_report(folder)

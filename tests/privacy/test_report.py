@@ -67,3 +67,17 @@ def test_report_refuses_delta_above_budget(tmp_path):
     with pytest.raises(ValueError, match="delta == 0.001"):
         write_privacy_report(Ledger(), out_dir=tmp_path, delta=1e-3, config={},
                              budget=PrivacyBudget(epsilon=1.0, delta=1e-5))
+
+
+def test_an_in_memory_ledger_is_saved_beside_its_report_and_never_overwritten(tmp_path):
+    from fedlrs.privacy import audit_report
+
+    ledger = make_ledger(None, rounds=3)
+    write_privacy_report(ledger, out_dir=tmp_path, delta=1e-5, config={}, accountants=("rdp",))
+    saved = Ledger.load(tmp_path / "ledger.jsonl")
+    assert saved.events == ledger.events and ledger.path is None
+    assert audit_report(tmp_path / "privacy_report.json").ok
+    before = (tmp_path / "ledger.jsonl").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a ledger"):
+        write_privacy_report(make_ledger(None, rounds=5), out_dir=tmp_path, delta=1e-5, config={}, accountants=("rdp",))
+    assert (tmp_path / "ledger.jsonl").read_bytes() == before
