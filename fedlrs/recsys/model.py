@@ -29,7 +29,8 @@ import torch
 
 from fedlrs.core.sparse import (ItemFit, ItemStats, extended_coordinates, item_contribution_norms, item_gd_step, item_gradient_rows, item_gradient_sum,
                                 item_normal_equations, item_residual_totals, item_solve, length_buckets, rating_predictions, solve_local_items)
-from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, calibrate_noise_multiplier, clip_scales, poisson_sample, write_privacy_report
+from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, calibrate_noise_multiplier, clip_scales, write_privacy_report
+from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
 
 Tensor = torch.Tensor
@@ -236,7 +237,8 @@ def fit_recsys(stats: ItemStats, config: RecsysConfig, *, rating_range: tuple[fl
     private = _PrivateRelease(config, rating_range, ledger if ledger is not None else Ledger()) if config.private else None
     history: list[dict] = []
     for round_number in range(1, config.rounds + 1):
-        index = poisson_sample(n, sample_rate=config.sample_rate, generator=generator).nonzero().squeeze(-1) if config.sample_rate < 1 else torch.arange(n)
+        index = sample_users(n, config.sample_rate, generator, "cpu")
+        index = torch.arange(n) if index is None else index
         selected = stats.select(index)
         fit = local_fit(P, selected, config, offset)
         weights = contribution_weights(selected, config.rating_cap if private is not None else 0, generator)

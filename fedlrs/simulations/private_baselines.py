@@ -32,8 +32,8 @@ from fedlrs.privacy import (
     SpentEpsilon,
     calibrate_noise_multiplier,
     clip_scales,
-    poisson_sample,
 )
+from fedlrs.privacy.sampling import sample_users
 
 Tensor = torch.Tensor
 
@@ -121,11 +121,8 @@ def dp_fedavg_global(data: UserData, config: FedAvgConfig, *, ledger: Ledger | N
         budget = config.budget
         result.ledger, result.noise_multiplier, result.delta = ledger, z, config.delta
     for round_number in range(1, config.rounds + 1):
-        if config.sample_rate < 1:
-            index = poisson_sample(n, sample_rate=config.sample_rate, generator=generator).nonzero().squeeze(-1)
-            selected = data.select(index)
-        else:
-            selected = data
+        index = sample_users(n, config.sample_rate, generator, "cpu")
+        selected = data if index is None else data.select(index)
         updates = local_prox_updates(selected, theta, prox=config.prox, ridge=config.ridge)
         if release is None:
             mean_update = updates.sum(0) / (config.sample_rate * n)
