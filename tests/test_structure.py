@@ -124,6 +124,7 @@ FORBIDDEN = {
     "core": {"privacy", "protocol", "nn", "simulations", "server", "client", "federation_config"},
     "privacy": {"protocol", "nn", "simulations", "server", "client", "federation_config"},
     "protocol": {"server", "client", "simulations"},
+    "tasks": {"server", "client"},
     "nn": {"protocol", "server", "client"},
     "simulations": {"server", "client"},
     "recsys": {"protocol", "server", "client"},

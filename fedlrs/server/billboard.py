@@ -7,7 +7,7 @@ contribution (:func:`fedlrs.protocol.validation.validate_reply`), release the su
 engine's own :class:`fedlrs.privacy.release.PrivateServer` (events, calibration,
 budget check, ledger record, noise, normalisation by the expected count ``q N``)
 or, outside private mode, divide by ``q N`` as the engine does, update ``U`` with
-the engine's :func:`~fedlrs.simulations.engine.server_step`, checkpoint, publish.
+the engine's :func:`~fedlrs.tasks.linear.server_step`, checkpoint, publish.
 Resumes from its checkpoint directory; writes the privacy report of
 :func:`fedlrs.privacy.write_privacy_report` and ``run.json``.
 """
@@ -39,7 +39,7 @@ from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, s
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.exchange import exchange
 from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
-from fedlrs.simulations.engine import release_clip, release_init, release_round, server_step
+from fedlrs.tasks.linear import release_clip, release_init, release_round, server_step
 
 _LOG = logging.getLogger("fedlrs.server")
 

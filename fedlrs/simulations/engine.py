@@ -25,13 +25,9 @@ from fedlrs.core import (
     UserStats,
     gd_gradient_sum,
     gd_residual_vectors,
-    gd_step,
     logistic_residual_vectors,
-    ls_solve,
     ls_system,
-    averaging_step,
     moment_sum,
-    preconditioned_step,
     random_orthonormal,
     solve_local,
     solve_local_logistic,
@@ -44,7 +40,6 @@ from fedlrs.core import (
 from fedlrs.privacy import (
     BudgetExceededError,
     DpEvent,
-    GaussianSumRelease,
     Ledger,
     PrivacyBudget,
     clip_scales,
@@ -55,15 +50,12 @@ from fedlrs.privacy.adaptive import (
     clip_grid,
     clip_histogram,
     clipped_round_parts,
-    part_noise_weights,
     quantile_bound,
-    shrink_released_curvature,
-    shrink_released_mean,
 )
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import SpentEpsilon
-from fedlrs.protocol.parts import linear_parts
+from fedlrs.tasks.linear import release_clip, release_init, release_round, server_step
 
 from .engine_config import DTYPES, EngineConfig  # noqa: F401 - DTYPES: the engine's dtypes, also for the network loop
 from .synthetic import synthetic_evaluator  # noqa: F401 - run_engine's usual evaluate, importable beside it
@@ -156,32 +148,6 @@ class Federation:
         return logistic_residual_vectors(data, user_parameters(U, fit))
 
 
-def release_init(private: PrivateServer, moment_sum: Tensor, num_users: int) -> Tensor:
-    """The private moments init: ``(sum_i s_i M_i + E) / N``, symmetric ``E`` (the spec's part ``M``), recorded as ``"init"`` (q = 1)."""
-    parts = linear_parts(private.config, "moments", moment_sum.shape[-1])
-    return private.release_parts({"M": moment_sum}, private.event("init", 0), parts, float(num_users))["M"]
-
-
-def release_clip(private: PrivateServer, histogram: dict[str, Tensor], event: DpEvent, expected_count: float) -> dict[str, Tensor]:
-    """Release a clip histogram (the spec's part ``H``, sensitivity 1) over ``q N``: the noised fractions of users in each bin."""
-    return private.release_parts(histogram, event, linear_parts(private.config, "clip", 0), expected_count)
-
-
-def release_round(private: PrivateServer, sums: dict[str, Tensor], event: DpEvent, expected_count: float, dim: int,
-                  bound: float | None = None) -> dict[str, Tensor]:
-    """A round's sums noised for the spec's clipping bounds, over ``q N`` ("ls": ``A`` symmetric and ``c``; "gd": ``G``;
-    with adaptive clipping ``G`` at the round's ``bound`` and ``P`` symmetric, both shrunk after the release)."""
-    parts = linear_parts(private.config, "round", dim, bound)
-    if not private.config.adaptive:
-        return private.release_parts(sums, event, parts, expected_count)
-    weights = part_noise_weights([p.name for p in parts])
-    released = private.release_parts(sums, event, parts, expected_count, weights)
-    stds = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds={p.name: p.bound for p in parts}, expected_count=expected_count,
-                              noise=private.noise, noise_weights=weights).noise_stds()
-    return {"G": shrink_released_mean(released["G"], noise_std=stds["G"] / expected_count),
-            "P": shrink_released_curvature(released["P"], noise_std=stds["P"] / expected_count)}
-
-
 def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
     """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments").
 
@@ -250,16 +216,6 @@ def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | Non
     histogram, normalizer = clip_histogram(delta, edges), c.sample_rate * federation.num_users
     fractions = histogram["H"] / normalizer if private is None else release_clip(private, histogram, private.event("clip", round_number), normalizer)["H"]
     return quantile_bound(fractions, edges, c.clip_quantile), fit_all
-
-
-def server_step(config: EngineConfig, U: Tensor, sums: dict[str, Tensor], normalizer: float, round_number: int = 1) -> Tensor:
-    """The new ``U`` from the (released) sums: "ls" solves ``A vec(U) = c``, "gd" takes a gradient step (unit-free: preconditioned by ``P``); all over ``normalizer``."""
-    if config.mode == "ls":
-        return ls_solve(sums["A"], sums["c"], rank=config.rank, normalizer=normalizer, ridge=config.ridge_u)
-    if config.unit_free:
-        rate = config.gd_learning_rate * averaging_step(round_number, config.rounds)
-        return preconditioned_step(U, sums["G"], sums["P"], normalizer=normalizer, learning_rate=rate)
-    return gd_step(U, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate)
 
 
 def run_engine(
