@@ -186,10 +186,12 @@ def compare(
 
 def _mount_subcommands() -> None:
     """Sub-commands owned by other rooms of the package: privacy tools and experiments."""
+    from fedlrs.data.cli import data_app
     from fedlrs.personalized.cli import pr_simulation
     from fedlrs.privacy.cli import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
+    app.add_typer(data_app, name="data")
     experiment_app.command("pr-simulation")(pr_simulation)
     try:
         from fedlrs.simulations.experiments_cli import experiment_commands

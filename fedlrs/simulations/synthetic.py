@@ -55,12 +55,14 @@ def make_lrs_data(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    U_star: Tensor | None = None,
 ) -> SyntheticLRS:
     """Draw a federation from the Gaussian LRS model.
 
     User i gets ``m_i = examples`` training examples, or ``m_i ~ Uniform{examples..examples_max}``
     when ``examples_max`` is given (padded with a mask), and ``test_examples`` test examples
-    from the same distribution: the per-user train/test split.
+    from the same distribution: the per-user train/test split. ``U_star`` (dim, rank, orthonormal)
+    fixes the shared subspace instead of drawing it (chunks of one federation drawn apart share it).
     """
     _check("users", users, 1)
     _check("examples", examples, 1)
@@ -77,7 +79,11 @@ def make_lrs_data(
     if noise < 0:
         raise ValueError(f"noise == {noise}, must be >= 0.")
     gen = torch.Generator().manual_seed(seed)
-    U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
+    if U_star is None:
+        U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
+    elif U_star.shape != (dim, rank):
+        raise ValueError(f"U_star has shape {tuple(U_star.shape)}, must be {(dim, rank)}.")
+    U_star = U_star.to(torch.float64)
     W_star = torch.randn(users, rank, generator=gen, dtype=torch.float64)
     B_star = torch.zeros(users, dim, dtype=torch.float64)
     if sparsity:

@@ -1,0 +1,36 @@
+"""``fedlrs data``: write federations to disk (Parquet, one row group per chunk of users)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(help="Federations on disk: write users to Parquet, streamed a chunk at a time by runs.", no_args_is_help=True)
+
+
+@data_app.command()
+def synth(
+    users: int = typer.Option(..., "--users", help="Number of users N."),
+    out: Path = typer.Option(..., "--out", help="Directory for train.parquet, test.parquet and federation.json."),
+    examples: int = typer.Option(25, "--examples", help="Training examples per user m."),
+    dim: int = typer.Option(50, "--dim", help="Dimension d."),
+    rank: int = typer.Option(5, "--rank", help="Rank r of the shared subspace U*."),
+    sparsity: int = typer.Option(4, "--sparsity", help="Non-zeros k of each b*_i."),
+    noise: float = typer.Option(0.01, "--noise", help="Label noise sigma."),
+    test_examples: int = typer.Option(20, "--test-examples", help="Test examples per user."),
+    chunk_users: int = typer.Option(16384, "--chunk-users", help="Users per row group (the chunk a run holds at a time)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of U* and of every chunk's draw."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64 on disk."),
+) -> None:
+    """Write a synthetic Gaussian LRS federation of USERS users, drawn a chunk at a time."""
+    from fedlrs.data.synth import synthesize_federation
+
+    try:
+        synthesize_federation(out, users=users, examples=examples, dim=dim, rank=rank, sparsity=sparsity, noise=noise,
+                              test_examples=test_examples, chunk_users=chunk_users, seed=seed, dtype=dtype)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    size = sum(p.stat().st_size for p in out.glob("*.parquet"))
+    typer.echo(f"wrote {users} users to {out} ({size / 2**30:.2f} GiB): train.parquet, test.parquet, federation.json")
