@@ -131,6 +131,16 @@ def split_index(index: Tensor | None, bounds: Sequence[tuple[int, int]]) -> Iter
             yield j, index[cuts[j] : cuts[j + 1]] - start
 
 
+def check_users(counts: Tensor, dim: int, config: "EngineConfig") -> None:
+    """Refuse a federation with no users, a user with no examples, or data that does not fit ``config``."""
+    if len(counts) == 0:
+        raise ValueError("the federation has no users.")
+    if bool((counts == 0).any()):
+        empty = int((counts == 0).nonzero()[0, 0])
+        raise ValueError(f"user {empty} has no examples; every user needs at least one.")
+    config.check_data(dim)
+
+
 class MemorySource:
     """Users held in memory, cut into chunks of ``chunk_users``: the in-process federation's source.
 
@@ -172,13 +182,7 @@ class Federation:
 
     def __init__(self, data, config: "EngineConfig", *, chunk_users: int = DEFAULT_CHUNK_USERS):
         source = MemorySource(data, chunk_users) if isinstance(data, UserData) else data
-        if source.num_users == 0:
-            raise ValueError("the federation has no users.")
-        counts = source.counts()
-        if bool((counts == 0).any()):
-            empty = int((counts == 0).nonzero()[0, 0])
-            raise ValueError(f"user {empty} has no examples; every user needs at least one.")
-        config.check_data(source.dim)
+        check_users(source.counts(), source.dim, config)
         self.config, self.num_users, self.dim, self.bounds = config, source.num_users, source.dim, source.bounds
         self._moments: Sums | None = None
         self._kept: list[LeanUsers] | None = None
