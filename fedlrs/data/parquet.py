@@ -1,8 +1,9 @@
 """A federation on disk: one Parquet file per split, one row per user, one row group per chunk of users.
 
-Columns: ``user`` (int64), ``count`` (int32, real examples), ``X`` (``m_max * d`` numbers),
-``y`` (``m_max``), ``mask`` (``m_max`` bools): :class:`fedlrs.core.UserData` flattened
-per user. The file's metadata (key ``fedlrs``) holds ``dim``, ``m_max`` and the
+Columns: ``user`` (int64), ``count`` (int32, real examples), and per user the raw bytes
+(fixed-size binary, decoded by one copy instead of number by number) of ``X`` (``m_max * d``
+numbers), ``y`` (``m_max``) and ``mask`` (``m_max`` bools): :class:`fedlrs.core.UserData`
+flattened per user. The file's metadata (key ``fedlrs``) holds ``dim``, ``m_max`` and the
 format version. A run reads one row group at a time (:meth:`ParquetFederation.read`),
 so its memory is set by the chunk size, not by the number of users.
 """
@@ -24,10 +25,10 @@ NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def _schema(dim: int, m_max: int, dtype: str) -> pa.Schema:
-    value = pa.float32() if dtype == "float32" else pa.float64()
+    width = np.dtype(NUMPY_DTYPES[dtype]).itemsize
     meta = {"fedlrs": json.dumps({"version": FORMAT_VERSION, "dim": dim, "m_max": m_max, "dtype": dtype})}
     return pa.schema(
-        [("user", pa.int64()), ("count", pa.int32()), ("X", pa.list_(value, m_max * dim)), ("y", pa.list_(value, m_max)), ("mask", pa.list_(pa.bool_(), m_max))],
+        [("user", pa.int64()), ("count", pa.int32()), ("X", pa.binary(m_max * dim * width)), ("y", pa.binary(m_max * width)), ("mask", pa.binary(m_max))],
         metadata=meta,
     )
 
@@ -41,7 +42,7 @@ class FederationWriter:
         self.path, self.dim, self.m_max, self.dtype = Path(path), dim, m_max, dtype
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = _schema(dim, m_max, dtype)
-        self._writer = pq.ParquetWriter(self.path, self.schema, compression="none")
+        self._writer = pq.ParquetWriter(self.path, self.schema, compression="none", use_dictionary=False, write_statistics=["user", "count"])
         self.num_users = 0
 
     def write(self, data: UserData) -> None:
@@ -50,15 +51,13 @@ class FederationWriter:
         if (m_max, dim) != (self.m_max, self.dim):
             raise ValueError(f"a chunk has (m_max, d) == {(m_max, dim)}, must be {(self.m_max, self.dim)} like the file.")
         kind = NUMPY_DTYPES[self.dtype]
-        X = data.X.detach().cpu().numpy().astype(kind, copy=False).reshape(-1)
-        y = data.y.detach().cpu().numpy().astype(kind, copy=False).reshape(-1)
-        mask = data.mask.cpu().numpy().reshape(-1)
+        X = data.X.detach().cpu().numpy().astype(kind, copy=False)
+        y = data.y.detach().cpu().numpy().astype(kind, copy=False)
+        mask = data.mask.cpu().numpy()
         columns = [
             pa.array(np.arange(self.num_users, self.num_users + n, dtype=np.int64)),
             pa.array(data.counts.cpu().numpy().astype(np.int32)),
-            pa.FixedSizeListArray.from_arrays(pa.array(X), m_max * dim),
-            pa.FixedSizeListArray.from_arrays(pa.array(y), m_max),
-            pa.FixedSizeListArray.from_arrays(pa.array(mask), m_max),
+            *(_blob(values, field.type, n) for values, field in zip((X, y, mask.astype(np.uint8)), (self.schema.field(i) for i in (2, 3, 4)))),
         ]
         self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema), row_group_size=max(n, 1))
         self.num_users += n
@@ -83,9 +82,18 @@ def write_federation(data: UserData, path: str | Path, *, chunk_users: int, dtyp
     return Path(path)
 
 
-def _flat(table: pa.Table, name: str) -> np.ndarray:
-    """A list column's values as one writable numpy array (copied only where Arrow's buffer is read-only)."""
-    return np.require(table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False), requirements="W")
+def _blob(values: np.ndarray, kind: pa.DataType, n: int) -> pa.Array:
+    """``n`` fixed-size binary values, row i = the bytes of ``values`` for user i (no per-number encoding)."""
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.ascontiguousarray(values).tobytes())])
+
+
+def _unblob(table: pa.Table, name: str, kind, shape: tuple[int, ...]) -> np.ndarray:
+    """A fixed-size binary column back to one writable numpy array of ``shape`` (one copy of its bytes)."""
+    column = table.column(name).combine_chunks()
+    width = column.type.byte_width
+    data = column.buffers()[1]
+    raw = np.frombuffer(data, dtype=np.uint8)[column.offset * width : (column.offset + len(column)) * width]
+    return raw.view(kind).reshape(shape).copy()
 
 
 class ParquetFederation:
@@ -124,12 +132,18 @@ class ParquetFederation:
         """Chunk ``j`` (row group ``j``) as :class:`UserData` of ``dtype`` on ``device``."""
         table = self._file.read_row_group(j, columns=["X", "y", "mask"])
         n = table.num_rows
-        X = torch.from_numpy(_flat(table, "X").reshape(n, self.m_max, self.dim))
-        y = torch.from_numpy(_flat(table, "y").reshape(n, self.m_max))
-        mask = torch.from_numpy(_flat(table, "mask").reshape(n, self.m_max))
+        kind = NUMPY_DTYPES[self.dtype]
+        X = torch.from_numpy(_unblob(table, "X", kind, (n, self.m_max, self.dim)))
+        y = torch.from_numpy(_unblob(table, "y", kind, (n, self.m_max)))
+        mask = torch.from_numpy(_unblob(table, "mask", np.bool_, (n, self.m_max)))
         return UserData(X, y, mask).to(device=device, dtype=dtype)
 
     def load(self, dtype: torch.dtype = torch.float64, device="cpu") -> UserData:
         """Every user at once (small federations: tests, the estimators' in-memory path)."""
-        chunks = [self.read(j, dtype, device) for j in range(len(self.bounds))]
-        return UserData(torch.cat([c.X for c in chunks]), torch.cat([c.y for c in chunks]), torch.cat([c.mask for c in chunks]))
+        X = torch.empty(self.num_users, self.m_max, self.dim, dtype=dtype, device=device)
+        y = torch.empty(self.num_users, self.m_max, dtype=dtype, device=device)
+        mask = torch.empty(self.num_users, self.m_max, dtype=torch.bool, device=device)
+        for j, (start, stop) in enumerate(self.bounds):  # filled a chunk at a time: no second copy of the whole
+            chunk = self.read(j, dtype, device)
+            X[start:stop], y[start:stop], mask[start:stop] = chunk.X, chunk.y, chunk.mask
+        return UserData(X, y, mask)

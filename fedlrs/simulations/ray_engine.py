@@ -74,6 +74,12 @@ class ShardWorker:
         fit = self.federation.local_fit(U, index)
         return fit.w, fit.b
 
+    def peak_memory_mb(self) -> float:
+        """This actor process's peak resident memory (``ru_maxrss``), for the benchmarks."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` consecutive ranges covering ``range(n)`` as evenly as possible (empty ones dropped)."""
