@@ -106,6 +106,9 @@ def simulate(
     clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls)."),
     clip_moments: float = typer.Option(1000.0, "--clip-moments", help="L2 bound of a user's M_i (moments init)."),
     out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
+    data_dir: Path = typer.Option(None, "--data", help="A federation on disk (fedlrs data synth --out DIR), streamed each round, instead of drawing the users."),
+    ray_workers: int = typer.Option(0, "--ray-workers", help="Shard the users over K Ray actors (0: in process); see docs/scale.md."),
+    ray_address: str = typer.Option(None, "--ray-address", help="An existing Ray cluster for --ray-workers (default: a local Ray)."),
 ) -> None:
     """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print a per-round table.
 
@@ -132,9 +135,15 @@ def simulate(
         out.mkdir(parents=True, exist_ok=True)
         (out / "ledger.jsonl").unlink(missing_ok=True)
         ledger = Ledger(out / "ledger.jsonl")
-    data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
-    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), progress=True, ledger=ledger)
-    title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
+    if data_dir is not None or ray_workers:
+        from fedlrs.data.cli import run_at_scale
+
+        synthetic = lambda: _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)  # noqa: E731
+        result, title = run_at_scale(config, ledger=ledger, data_dir=data_dir, workers=ray_workers, address=ray_address, synthetic=synthetic)
+    else:
+        data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
+        result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), progress=True, ledger=ledger)
+        title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
     print_table(result.history, title + (f", epsilon={epsilon}, delta={delta}" if private else ", not private"))
     final = result.history[-1]
     console.print("final: " + ", ".join(f"{k}={_fmt(v)}" for k, v in final.items() if k != "round"))

@@ -96,6 +96,7 @@ class _LRSBase:
         clip_moments: float = 1000.0,
         init_noise_multiplier: float = 0.0,
         noise_seed: int = -1,
+        ray_workers: int = 0,
     ):
         self.rank = rank
         self.sparsity = sparsity
@@ -120,6 +121,7 @@ class _LRSBase:
         self.clip_moments = clip_moments
         self.init_noise_multiplier = init_noise_multiplier
         self.noise_seed = noise_seed
+        self.ray_workers = ray_workers
 
     def _engine_config(self) -> EngineConfig:
         private = self.epsilon is not None or self.delta is not None
@@ -152,8 +154,12 @@ class _LRSBase:
     def _prepare_target(self, y, rows: int) -> np.ndarray:
         return _as_target(y, rows)
 
-    def fit(self, X, y, groups):
+    def fit(self, X, y=None, groups=None):
         """Learn ``U`` over all users and each user's ``w_i, b_i``; returns ``self``.
+
+        ``X`` may also be a federation on disk (:class:`fedlrs.data.ParquetFederation`, with
+        ``y`` and ``groups`` None; the users are streamed each round and labelled 0..N-1).
+        ``ray_workers=K`` runs the rounds on K Ray actors (docs/scale.md).
 
         Sets ``U_`` (d, r), ``W_`` (users, r), ``B_`` (users, d), ``groups_`` (the user labels,
         row i of ``W_``/``B_`` belongs to ``groups_[i]``), ``history_`` and ``n_features_in_``.
@@ -161,23 +167,44 @@ class _LRSBase:
         section 3): ``ledger_`` holds every release and ``epsilon_`` is recomputed from it.
         """
         config = self._engine_config()
-        Xa = _as_matrix(X)
-        ya = self._prepare_target(y, Xa.shape[0])
-        ga = _as_vector(groups, Xa.shape[0], "groups")
-        config.check_data(Xa.shape[1])
-        labels, group_index = np.unique(ga, return_inverse=True)
-        data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
-        result = run_engine(data, config, progress=self.progress)
+        if hasattr(X, "streamed"):  # a federation on disk (fedlrs.data.ParquetFederation): user i is row i
+            if y is not None or groups is not None:
+                raise ValueError("X is a federation on disk, which holds y and the users: give y=None and groups=None.")
+            data, labels, features = X, np.arange(X.num_users), X.dim
+            if self._loss == "logistic":
+                self.classes_ = np.array([0.0, 1.0])  # the labels on disk are the 0/1 targets
+        else:
+            if y is None or groups is None:
+                raise ValueError("y and groups are None: give both with a table X (None only with a federation on disk).")
+            Xa = _as_matrix(X)
+            ya = self._prepare_target(y, Xa.shape[0])
+            ga = _as_vector(groups, Xa.shape[0], "groups")
+            config.check_data(Xa.shape[1])
+            labels, group_index = np.unique(ga, return_inverse=True)
+            data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
+            features = Xa.shape[1]
+        result = self._run(data, config)
         self.U_ = result.U.cpu().numpy()
         self.W_ = result.fit.w.cpu().numpy()
         self.B_ = result.fit.b.cpu().numpy()
         self.groups_ = labels
         self.history_ = result.history
-        self.n_features_in_ = Xa.shape[1]
+        self.n_features_in_ = features
         self.result_ = result
         self.ledger_ = result.ledger
         self.epsilon_ = result.epsilon(self.accountant) if result.ledger is not None else None
         return self
+
+    def _run(self, data, config: EngineConfig):
+        """The engine in process, or on ``ray_workers`` Ray actors (a local Ray, or the cluster of ``RAY_ADDRESS``)."""
+        if self.ray_workers < 0:
+            raise ValueError(f"ray_workers == {self.ray_workers}, must be >= 0 (0: in process).")
+        if not self.ray_workers:
+            return run_engine(data, config, progress=self.progress)
+        from fedlrs.simulations.ray_engine import RayFederation
+
+        with RayFederation(data, config, workers=self.ray_workers) as shards:
+            return run_engine(shards, config, progress=self.progress)
 
     def write_privacy_report(self, out_dir) -> dict:
         """The privacy report of a private fit: ``privacy_report.json``, ``.md`` and ``epsilon.png`` in ``out_dir``."""
@@ -275,7 +302,7 @@ class LRSClassifier(_LRSBase):
             self.classes_ = classes
         return (labels == self.classes_[1]).astype(np.float64)
 
-    def fit(self, X, y, groups):
+    def fit(self, X, y=None, groups=None):
         if hasattr(self, "classes_"):
             del self.classes_
         return super().fit(X, y, groups)

@@ -34,3 +34,40 @@ def synth(
         raise typer.Exit(2) from error
     size = sum(p.stat().st_size for p in out.glob("*.parquet"))
     typer.echo(f"wrote {users} users to {out} ({size / 2**30:.2f} GiB): train.parquet, test.parquet, federation.json")
+
+
+def run_at_scale(config, *, ledger, data_dir: Path | None, workers: int, address: str | None, synthetic):
+    """``fedlrs simulate --data DIR`` / ``--ray-workers K``: the run on a federation on disk and/or on K Ray actors.
+
+    On disk the users are streamed from ``DIR/train.parquet`` each round and the final
+    distance to ``U*`` (``DIR/federation.json``) is added to the last history entry (no
+    per-round evaluation: that would fit every user again). Otherwise ``synthetic()`` draws
+    the in-memory data and the usual synthetic metrics are evaluated. Returns the result and a title.
+    """
+    from fedlrs.core import principal_angle_distance
+    from fedlrs.data import ParquetFederation, true_subspace
+    from fedlrs.simulations.engine import run_engine, synthetic_evaluator
+
+    if workers < 0:
+        raise typer.BadParameter(f"--ray-workers == {workers}, must be >= 0 (0: in process).")
+    if data_dir is not None:
+        source, evaluate = ParquetFederation(data_dir), None
+        title = f"AMHT-LRS on {data_dir} ({source.num_users} users, d={source.dim}, m<={source.m_max}), mode={config.mode}"
+    else:
+        data = synthetic()
+        source, evaluate = data.train, synthetic_evaluator(data, logistic=config.loss == "logistic")
+        title = f"AMHT-LRS, {data.train.num_users} users, d={data.train.dim}, mode={config.mode}"
+    keep_fit = data_dir is None
+    if workers:
+        from fedlrs.simulations.ray_engine import RayFederation
+
+        with RayFederation(source, config, workers=workers, address=address) as shards:
+            result = run_engine(shards, config, evaluate=evaluate, progress=True, ledger=ledger, keep_fit=keep_fit)
+        title += f", Ray {workers} workers"
+    else:
+        result = run_engine(source, config, evaluate=evaluate, progress=True, ledger=ledger, keep_fit=keep_fit)
+    if data_dir is not None and result.history:
+        U_star = true_subspace(data_dir) if (Path(data_dir) / "federation.json").exists() else None
+        if U_star is not None:
+            result.history[-1]["distance"] = principal_angle_distance(result.U.double().cpu(), U_star)
+    return result, title

@@ -69,3 +69,19 @@ def test_data_synth_cli_writes_a_federation_the_engine_learns_from(tmp_path):
     torch.testing.assert_close(ParquetFederation(again).read(3).X, source.read(3).X)  # same seed, same users
     bad = CliRunner().invoke(app, ["data", "synth", "--users", "0", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "users == 0" in bad.output
+
+
+def test_simulate_and_the_estimator_accept_a_federation_on_disk(tmp_path):
+    from fedlrs import LRSRegressor
+
+    out = tmp_path / "fed"
+    assert CliRunner().invoke(app, ["data", "synth", "--users", "800", "--out", str(out), "--dim", "12", "--rank", "2", "--sparsity", "1", "--chunk-users", "300"]).exit_code == 0
+    result = CliRunner().invoke(app, ["simulate", "--data", str(out), "--rank", "2", "--sparsity", "1", "--rounds", "4", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 5 and metrics["final"]["distance"] < 0.05
+    model = LRSRegressor(rank=2, sparsity=1, rounds=4).fit(ParquetFederation(out))
+    assert model.W_.shape == (800, 2) and list(model.groups_[:3]) == [0, 1, 2]
+    assert float(principal_angle_distance(torch.as_tensor(model.U_), true_subspace(out))) < 0.05
+    with pytest.raises(ValueError, match="give y=None and groups=None"):
+        LRSRegressor(rank=2, sparsity=1).fit(ParquetFederation(out), [1.0], None)

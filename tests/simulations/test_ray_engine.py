@@ -45,6 +45,18 @@ def test_two_workers_give_the_in_process_u_and_ledger(local_cluster, tmp_path):
     memory = run_engine(data, config)
     assert float((sharded.U - memory.U).abs().max()) < 1e-10
     assert releases(sharded.ledger) == releases(memory.ledger) and len(memory.ledger) == 4
+    # the estimator and the CLI take the Ray backend with one option (on this running cluster)
+    from typer.testing import CliRunner
+
+    from fedlrs import LRSRegressor
+    from fedlrs.cli import app
+
+    model = LRSRegressor(rank=2, sparsity=1, rounds=3, random_state=5, ray_workers=2).fit(source)
+    in_process = LRSRegressor(rank=2, sparsity=1, rounds=3, random_state=5).fit(source)
+    assert abs(model.U_ - in_process.U_).max() < 1e-10 and model.B_.shape == (600, 10)
+    cli = CliRunner().invoke(app, ["simulate", "--users", "300", "--dim", "10", "--rank", "2", "--sparsity", "1", "--rounds", "2", "--ray-workers", "2", "--out", str(tmp_path / "run")])
+    assert cli.exit_code == 0, cli.output
+    assert "Ray 2 workers" in cli.output and (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.slow
