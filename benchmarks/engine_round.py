@@ -67,7 +67,7 @@ def child(users: int, mode: str, backend: str, args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     seconds = []
-    for _ in range(args.repeats + 1):  # the first round warms up kernels, caches and actors; not counted
+    for _ in range(args.repeats + args.warmup):  # warm-up rounds (kernels, caches, actors) are not counted
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -82,7 +82,7 @@ def child(users: int, mode: str, backend: str, args) -> dict:
         workers_peak = max(ray.get([w.peak_memory_mb.remote() for w in federation.workers]))
         federation.close()
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mb()
-    return {"users": users, "mode": mode, "backend": backend, "seconds": statistics.median(seconds[1:]), "runs": seconds[1:], "setup_seconds": setup,
+    return {"users": users, "mode": mode, "backend": backend, "seconds": statistics.median(seconds[args.warmup :]), "runs": seconds[args.warmup :], "setup_seconds": setup,
             "peak_mb": peak, "workers_peak_mb": workers_peak}
 
 
@@ -100,7 +100,7 @@ def ensure_data(users: int, args) -> None:
 def table(rows: list[dict], args, load: str) -> str:
     lines = [
         f"engine round: d=50, r=5, k=4, m=25, {args.dtype}, device={args.device}, {args.threads} threads per process, "
-        f"q={args.sample_rate}, median of {args.repeats} rounds, {args.chunk_users} users per chunk",
+        f"q={args.sample_rate}, median of {args.repeats} rounds after {args.warmup} warm-up, {args.chunk_users} users per chunk",
         f"load average before the runs: {load}",
         "peak MB: the driver process (GPU memory with cuda); worker MB: the largest Ray actor; ratio: s/round over the memory backend's",
         f"{'mode':>4} {'users':>9} {'backend':>9} {'s/round':>9} {'us/user-round':>14} {'peak MB':>9} {'worker MB':>10} {'ratio':>7}",
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--sample-rate", type=float, default=1.0)
     parser.add_argument("--chunk-users", type=int, default=16384)
     parser.add_argument("--data-dir", default=os.environ.get("FEDLRS_BENCH_DATA", "/tmp/fedlrs-bench"))

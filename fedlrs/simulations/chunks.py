@@ -13,6 +13,7 @@ than one chunk's statistics (``n_chunk`` x d x d) at a time.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -175,8 +176,9 @@ class Federation:
 
     In memory (``data`` a :class:`UserData`, or a source with ``streamed = False``) every chunk is
     kept as :class:`fedlrs.core.LeanUsers`: the examples when ``m_max < d``, else the statistics,
-    never both. A streamed source (Parquet on disk) is read chunk by chunk at every pass, so the
-    peak memory is set by the chunk size, not by the number of users. The moments init's sums are
+    never both. A streamed source (Parquet on disk) is read chunk by chunk at every pass (the next
+    chunk read in a thread while one is computed), so the peak memory is set by the chunk size,
+    not by the number of users. The moments init's sums are
     formed in the first pass (at construction in memory) and kept.
     """
 
@@ -199,25 +201,37 @@ class Federation:
     def _lean(self, data: UserData) -> LeanUsers:
         return LeanUsers.from_data(data, keep_examples=self.config.loss != "squared")
 
-    def chunk(self, j: int) -> LeanUsers:
-        """Chunk ``j``'s users: kept in memory, or read from the source."""
-        if self._kept is not None:
-            return self._kept[j]
-        return self._lean(self.source.read(j, self.config.torch_dtype, self.config.device))
+    def _stream(self, chunks: list[int]) -> Iterator[UserData]:
+        """The source's chunks ``chunks`` in order, chunk k+1 read in a thread while chunk k is used (one chunk ahead)."""
+        read = lambda j: self.source.read(j, self.config.torch_dtype, self.config.device)  # noqa: E731
+        if len(chunks) < 2:
+            yield from (read(j) for j in chunks)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read, chunks[0])
+            for k in range(len(chunks)):
+                data = ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(read, chunks[k + 1])
+                yield data
 
     def moments(self) -> Sums:
         """``{"M": sum_i s_i M_i, "users": N}`` over every user (:func:`moment_partial_sums`), from one pass."""
         if self._moments is None:
             if self.source is None:
                 raise ValueError("the moments of an in-memory federation are formed at construction, with init == 'moments'.")
-            for j in range(len(self.bounds)):
-                self._moments = add_sums(self._moments, moment_partial_sums(self.config, self.source.read(j, self.config.torch_dtype, self.config.device)))
+            for data in self._stream(list(range(len(self.bounds)))):
+                self._moments = add_sums(self._moments, moment_partial_sums(self.config, data))
         return self._moments
 
     def parts(self, index: Tensor | None) -> Iterator[tuple[LeanUsers, int]]:
         """The sampled users of each chunk with their number, in user order (``index`` sorted; None: all)."""
-        for j, local in split_index(index, self.bounds):
-            users = self.chunk(j)
+        wanted = list(split_index(index, self.bounds))
+        if self._kept is not None:
+            chunks = (self._kept[j] for j, _ in wanted)
+        else:
+            chunks = (self._lean(data) for data in self._stream([j for j, _ in wanted]))
+        for (j, local), users in zip(wanted, chunks):
             yield (users if isinstance(local, slice) else users.select(local.to(self.config.device))), j
 
     def local_fit(self, U: Tensor, index: Tensor | None = None) -> LocalFit:

@@ -36,7 +36,7 @@ def test_chunked_round_sums_equal_one_batch(examples, mode):
     config = EngineConfig(rank=2, sparsity=1, mode=mode, private=True, target_epsilon=2.0, noise_seed=0, clip_a=5.0, clip_c=5.0, clip_g=0.5)
     whole, chunked = Federation(data, config, chunk_users=100), Federation(data, config, chunk_users=7)
     assert len(chunked.bounds) == 8 and chunked.source is None  # in memory: the kept chunks only
-    assert (chunked.chunk(0).stats is None) == (examples < 10)
+    assert (chunked._kept[0].stats is None) == (examples < 10)
     U = torch.linalg.qr(torch.randn(10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
     index = torch.tensor([0, 3, 7, 8, 20, 21, 22, 49])
     for idx in (None, index):
