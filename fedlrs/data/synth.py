@@ -69,6 +69,7 @@ def synthesize_federation(
 def true_subspace(directory: str | Path) -> torch.Tensor:
     """``U*`` of a federation written by :func:`synthesize_federation` (float64)."""
     path = Path(directory) / "federation.json"
-    if not path.exists():
-        raise ValueError(f"{path} does not exist: {directory} was not written by `fedlrs data synth`.")
-    return torch.tensor(json.loads(path.read_text())["U_star"], dtype=torch.float64)
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    if "U_star" not in meta:
+        raise ValueError(f"{directory} has no true subspace: it was not written by `fedlrs data synth`.")
+    return torch.tensor(meta["U_star"], dtype=torch.float64)

@@ -4,9 +4,10 @@ Each backend (users in memory, streamed from Parquet, sharded on Ray actors) hol
 or reads its users a chunk at a time and calls the same two functions:
 :func:`moment_partial_sums` (the moments init) and :func:`round_partial_sums`
 (the batched local step, then the contributions, clipped when private, summed).
-A partial sum is a dict of named sums; the parts the server releases ("M",
-"A" and "c", "G") and counts ("users": the number of contributors, checked by
-the driver before a release). Partial sums of disjoint chunks add up
+A partial sum is a dict of named sums: the parts the server releases ("M";
+"A" and "c", or "G": :data:`RELEASED_PARTS`) and counts ("users", the number of
+contributors, checked by the driver before a release; a new count, such as one that
+adaptive clipping needs, is one more name). Partial sums of disjoint chunks add up
 (:func:`add_sums`) to the sums of their union, so a driver never needs more
 than one chunk's statistics (``n_chunk`` x d x d) at a time.
 """
@@ -45,6 +46,8 @@ Sums = dict[str, Tensor]
 DEFAULT_CHUNK_USERS = 16384
 #: the count entry of every partial sum; never released
 USERS = "users"
+#: the sums the server releases (noised, through the ledger) per mode; any other name in a partial sum is a count
+RELEASED_PARTS = {"ls": ("A", "c"), "gd": ("G",)}
 
 
 def _count(n: int) -> Tensor:

@@ -32,7 +32,7 @@ from fedlrs.privacy import (
 )
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
 
-from .chunks import USERS, Federation, as_federation
+from .chunks import RELEASED_PARTS, USERS, Federation, as_federation
 
 Tensor = torch.Tensor
 
@@ -303,7 +303,7 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit | None, ind
     """
     sums = federation.round_sums(U, index, fit)
     check_contributors(sums, federation.num_users if index is None else len(index))
-    sums = {name: value for name, value in sums.items() if name != USERS}
+    sums = {name: sums[name] for name in RELEASED_PARTS[federation.config.mode]}  # the other names are counts
     if private is not None:
         sums, normalizer = private.release_round(sums, event, normalizer), 1.0
     return server_step(federation.config, U, sums, normalizer)

@@ -85,3 +85,18 @@ def test_simulate_and_the_estimator_accept_a_federation_on_disk(tmp_path):
     assert float(principal_angle_distance(torch.as_tensor(model.U_), true_subspace(out))) < 0.05
     with pytest.raises(ValueError, match="give y=None and groups=None"):
         LRSRegressor(rank=2, sparsity=1).fit(ParquetFederation(out), [1.0], None)
+
+
+def test_data_real_writes_a_real_data_set_the_engine_runs_on(tmp_path):
+    from fedlrs.simulations.realdata import load_hsb
+
+    result = CliRunner().invoke(app, ["data", "real", "hsb", "--out", str(tmp_path / "hsb"), "--chunk-users", "50"])
+    assert result.exit_code == 0, result.output
+    source, fed = ParquetFederation(tmp_path / "hsb"), load_hsb()
+    assert source.num_users == 160 and source.bounds[-1] == (150, 160)
+    torch.testing.assert_close(source.load().X, fed.train_full.X)
+    config = EngineConfig(rank=2, sparsity=1, rounds=3)
+    assert float((run_engine(source, config).U - run_engine(fed.train_full, config).U).abs().max()) < 1e-10
+    with pytest.raises(ValueError, match="no true subspace"):
+        true_subspace(tmp_path / "hsb")
+    assert CliRunner().invoke(app, ["data", "real", "mnist", "--out", str(tmp_path / "x")]).exit_code == 2
