@@ -229,7 +229,7 @@ class Federation:
 
     def parts(self, index: Tensor | None) -> Iterator[tuple[LeanUsers, int]]:
         """The sampled users of each chunk with their number, in user order (``index`` sorted; None: all)."""
-        wanted = list(split_index(index, self.bounds))
+        wanted = list(split_index(index, self.bounds)) or [(0, index[:0])]  # nobody sampled: zero sums, from no user
         if self._kept is not None:
             chunks = (self._kept[j] for j, _ in wanted)
         else:

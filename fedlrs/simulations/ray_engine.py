@@ -150,7 +150,8 @@ class RayFederation:
         return [answers[s] for s in sorted(answers)]
 
     def _per_shard(self, index: Tensor | None) -> dict[int, Tensor | None]:
-        return {s: None if isinstance(local, slice) else local for s, local in split_index(index, self.shard_bounds)}
+        shards = {s: None if isinstance(local, slice) else local for s, local in split_index(index, self.shard_bounds)}
+        return shards or {0: index[:0].cpu()}  # nobody sampled: shard 0 answers zero sums, from no user
 
     def moments(self) -> dict[str, Tensor]:
         """The moments init's sums over every shard (:func:`~fedlrs.simulations.chunks.moment_partial_sums`)."""

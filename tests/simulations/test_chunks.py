@@ -54,3 +54,13 @@ def test_float32_engine_stays_close_to_float64():
     U64, U32 = runs["float64"].U, runs["float32"].U.double()
     assert float(torch.linalg.matrix_norm(U64 @ U64.T - U32 @ U32.T, ord=2)) < 1e-5
     assert float((runs["float64"].theta - runs["float32"].theta.double()).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["ls", "gd"])
+def test_a_round_with_nobody_sampled_sums_to_zero(mode):
+    data = make_lrs_data(users=20, examples=6, dim=8, rank=2, sparsity=1, seed=3).train
+    federation = Federation(data, EngineConfig(rank=2, sparsity=1, mode=mode), chunk_users=7)
+    U = torch.linalg.qr(torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))[0]
+    sums = federation.round_sums(U, torch.tensor([], dtype=torch.long))
+    assert float(sums["users"]) == 0 and all(float(v.abs().sum()) == 0 for v in sums.values())
+    assert set(sums) == ({"A", "c", "users"} if mode == "ls" else {"G", "users"})
