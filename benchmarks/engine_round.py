@@ -97,11 +97,15 @@ def ensure_data(users: int, args) -> None:
         print(f"drew {users} users to {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def table(rows: list[dict], args, load: str) -> str:
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def table(rows: list[dict], args, load: str, contended: bool) -> str:
     lines = [
         f"engine round: d=50, r=5, k=4, m=25, {args.dtype}, device={args.device}, {args.threads} threads per process, "
         f"q={args.sample_rate}, median of {args.repeats} rounds after {args.warmup} warm-up, {args.chunk_users} users per chunk",
-        f"load average before the runs: {load}",
+        f"load average (1, 5, 15 min) before the runs: {load}; after: {_load()}" + (" -- MEASURED UNDER CONTENTION (load above the 2 cores)" if contended else ""),
         "peak MB: the driver process (GPU memory with cuda); worker MB: the largest Ray actor; ratio: s/round over the memory backend's",
         f"{'mode':>4} {'users':>9} {'backend':>9} {'s/round':>9} {'us/user-round':>14} {'peak MB':>9} {'worker MB':>10} {'ratio':>7}",
     ]
@@ -135,7 +139,7 @@ def main() -> None:
         users, mode, backend = args.child.split(":")
         print(json.dumps(child(int(users), mode, backend, args)))
         return
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load, busiest = _load(), max(os.getloadavg()[0], 0.0)
     rows = []
     for users in (int(u) for u in args.users.split(",")):
         ensure_data(users, args)
@@ -145,8 +149,9 @@ def main() -> None:
                 command = [sys.executable, __file__, *flags, "--child", f"{users}:{mode}:{backend}"]
                 out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
+                busiest = max(busiest, os.getloadavg()[0])
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), file=sys.stderr)
-    text = table(rows, args, load)
+    text = table(rows, args, load, contended=busiest > (os.cpu_count() or 1) + 0.5)
     print(text, end="")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
