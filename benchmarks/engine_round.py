@@ -87,14 +87,34 @@ def child(users: int, mode: str, backend: str, args) -> dict:
 
 
 def ensure_data(users: int, args) -> None:
-    """Draw the federation of ``users`` users once (reused by later invocations)."""
-    from fedlrs.data import synthesize_federation
+    """Draw the federation of ``users`` users once (reused by later invocations).
+
+    With ``--tile-from N`` (N divides ``users``) the N drawn users' row groups are written
+    ``users / N`` times instead (users renumbered): the same work per round and the same
+    memory, without drawing every user (the draw, not the engine, is then the slow part).
+    """
+    from fedlrs.data import FederationWriter, ParquetFederation, synthesize_federation
 
     directory = Path(args.data_dir) / f"users-{users}"
-    if not (directory / "federation.json").exists():
-        started = time.perf_counter()
-        synthesize_federation(directory, users=users, test_examples=1, chunk_users=args.chunk_users, seed=0, **SHAPE)
-        print(f"drew {users} users to {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if (directory / "federation.json").exists():
+        return
+    started = time.perf_counter()
+    if args.tile_from and users != args.tile_from:
+        if users % args.tile_from:
+            raise ValueError(f"--tile-from {args.tile_from} must divide users == {users}.")
+        ensure_data(args.tile_from, args)
+        base = Path(args.data_dir) / f"users-{args.tile_from}"
+        source = ParquetFederation(base)
+        with FederationWriter(directory / "train.parquet", dim=source.dim, m_max=source.m_max, dtype=source.dtype) as writer:
+            for _ in range(users // args.tile_from):
+                for j in range(len(source.bounds)):
+                    writer.write(source.read(j))
+        meta = json.loads((base / "federation.json").read_text())
+        (directory / "federation.json").write_text(json.dumps({**meta, "users": users, "tiled_from": args.tile_from}))
+        print(f"tiled {args.tile_from} users {users // args.tile_from} times to {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        return
+    synthesize_federation(directory, users=users, test_examples=1, chunk_users=args.chunk_users, seed=0, **SHAPE)
+    print(f"drew {users} users to {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 def _load() -> str:
@@ -104,7 +124,8 @@ def _load() -> str:
 def table(rows: list[dict], args, load: str, contended: bool) -> str:
     lines = [
         f"engine round: d=50, r=5, k=4, m=25, {args.dtype}, device={args.device}, {args.threads} threads per process, "
-        f"q={args.sample_rate}, median of {args.repeats} rounds after {args.warmup} warm-up, {args.chunk_users} users per chunk",
+        f"q={args.sample_rate}, median of {args.repeats} rounds after {args.warmup} warm-up, {args.chunk_users} users per chunk"
+        + (f", users beyond {args.tile_from}: the {args.tile_from} drawn users tiled" if args.tile_from else ""),
         f"load average (1, 5, 15 min) before the runs: {load}; after: {_load()}" + (" -- MEASURED UNDER CONTENTION (load above the 2 cores)" if contended else ""),
         "peak MB: the driver process (GPU memory with cuda); worker MB: the largest Ray actor; ratio: s/round over the memory backend's",
         f"{'mode':>4} {'users':>9} {'backend':>9} {'s/round':>9} {'us/user-round':>14} {'peak MB':>9} {'worker MB':>10} {'ratio':>7}",
@@ -131,6 +152,7 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=float, default=1.0)
     parser.add_argument("--chunk-users", type=int, default=16384)
     parser.add_argument("--data-dir", default=os.environ.get("FEDLRS_BENCH_DATA", "/tmp/fedlrs-bench"))
+    parser.add_argument("--tile-from", type=int, default=0, help="write a larger federation as this many drawn users' row groups repeated")
     parser.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one per run)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -145,7 +167,8 @@ def main() -> None:
         ensure_data(users, args)
         for mode in args.modes.split(","):
             for backend in args.backends.split(","):
-                flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items() if name not in ("out", "child", "users", "modes", "backends") and value is not None]
+                skip = ("out", "child", "users", "modes", "backends", "tile_from")
+                flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items() if name not in skip and value is not None]
                 command = [sys.executable, __file__, *flags, "--child", f"{users}:{mode}:{backend}"]
                 out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
