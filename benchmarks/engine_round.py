@@ -3,7 +3,8 @@
 One federation per user count is drawn once to Parquet (``fedlrs data synth``: d=50, r=5,
 k=4, m=25, one row group per ``--chunk-users`` users) under ``--data-dir``, so every
 backend runs on the same users. Each (users, mode, backend) runs in its own child process
-so its peak memory is its own; a round is every user's local step plus the U update,
+so its peak memory is its own; a round is every user's local step plus the U update (gd: the
+default unit-free round, whose clip phase fits its own sample first),
 timed one by one after a warm-up round; the table shows the median of ``--repeats``.
 
 Backends: ``memory`` (in process, lean chunks kept in memory), ``streamed`` (in process,
@@ -42,7 +43,7 @@ def child(users: int, mode: str, backend: str, args) -> dict:
 
     from fedlrs.data import ParquetFederation, true_subspace
     from fedlrs.simulations.chunks import Federation
-    from fedlrs.simulations.engine import EngineConfig, sample_users, update_subspace
+    from fedlrs.simulations.engine import EngineConfig, choose_clip_bound, sample_users, update_subspace
 
     torch.set_num_threads(args.threads)
     directory = Path(args.data_dir) / f"users-{users}"
@@ -71,8 +72,10 @@ def child(users: int, mode: str, backend: str, args) -> dict:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
+        # gd with the defaults is the unit-free round: its clip phase (a histogram over its own sample), then the step
+        bound = choose_clip_bound(federation, U, None, None, 1, generator) if config.unit_free else None
         index = sample_users(users, config.sample_rate, generator, args.device)
-        U = update_subspace(federation, U, None, index, config.sample_rate * users)
+        U = update_subspace(federation, U, None, index, config.sample_rate * users, bound=bound, round_number=1)
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
