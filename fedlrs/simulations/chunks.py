@@ -40,7 +40,7 @@ from fedlrs.privacy import clip_scales, ls_part_scales
 from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
 
 if TYPE_CHECKING:
-    from .engine import EngineConfig
+    from .config import EngineConfig
 
 Tensor = torch.Tensor
 Sums = dict[str, Tensor]

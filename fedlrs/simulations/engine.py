@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
@@ -36,126 +36,15 @@ from fedlrs.privacy.adaptive import (
     clip_noise_multiplier,
     part_noise_weights,
     quantile_bound,
-    require_quantile,
     shrink_released_curvature,
     shrink_released_mean,
 )
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
+from fedlrs.privacy.settings import SpentEpsilon
 
 from .chunks import USERS, Federation, as_federation, released_parts
+from .config import DTYPES, EngineConfig  # noqa: F401  (DTYPES: re-exported, imported from here by the estimators and fedlrs.nn)
 
 Tensor = torch.Tensor
-
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class EngineConfig(PrivacySettings):
-    """Every knob of an AMHT-LRS run, validated once.
-
-    rank, sparsity: r and k of ``theta_i = U w_i + b_i``. rounds: T. mode: "ls" or "gd".
-    loss: "squared" or "logistic" (logistic needs mode "gd"). init: "moments" or "random".
-    sample_rate: q, each user takes part in a round with probability q (Poisson sampling).
-    ridge_w, ridge_b: local ridge penalties; ridge_u: ridge of the "ls" U solve;
-    gd_learning_rate: step of the "gd" update; refine_steps, starts: local support search.
-
-    Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
-    user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
-    the ledger first. The budget knobs are those of :class:`~fedlrs.privacy.settings.PrivacySettings`
-    (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
-    init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
-    one z for the init and the rounds together;
-    clip_quantile: gamma of adaptive clipping (mode "gd"; :mod:`fedlrs.privacy.adaptive`): each
-    round's bound is the gamma-quantile of the users' unit-free contributions
-    (:func:`fedlrs.core.unit_free_gradients`), read from a noised histogram that is its own
-    ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
-    :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
-    units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
-    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
-    uses the fixed bounds.
-    """
-
-    rank: int
-    sparsity: int
-    rounds: int = 10
-    mode: Literal["ls", "gd"] = "ls"
-    loss: Literal["squared", "logistic"] = "squared"
-    init: Literal["moments", "random"] = "moments"
-    sample_rate: float = 1.0
-    ridge_w: float = 1e-6
-    ridge_b: float = 1e-6
-    ridge_u: float = 1e-6
-    gd_learning_rate: float = 1.0
-    refine_steps: int = 2
-    starts: int = 8
-    logistic_iterations: int = 8
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
-    init_noise_multiplier: float = 0.0
-    clip_quantile: float = 0.5
-    clip_a: float = 300.0
-    clip_c: float = 50.0
-    clip_g: float = 5.0
-    clip_moments: float = 100.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank == {self.rank}, must be >= 1.")
-        if self.sparsity < 0:
-            raise ValueError(f"sparsity == {self.sparsity}, must be >= 0.")
-        if self.rounds < 0:
-            raise ValueError(f"rounds == {self.rounds}, must be >= 0.")
-        if self.mode not in ("ls", "gd"):
-            raise ValueError(f"mode == {self.mode!r}, must be 'ls' or 'gd'.")
-        if self.loss not in ("squared", "logistic"):
-            raise ValueError(f"loss == {self.loss!r}, must be 'squared' or 'logistic'.")
-        if self.loss == "logistic" and self.mode != "gd":
-            raise ValueError("loss == 'logistic' needs mode == 'gd' (the exact 'ls' update is for the squared loss).")
-        if self.init not in ("moments", "random"):
-            raise ValueError(f"init == {self.init!r}, must be 'moments' or 'random'.")
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate == {self.sample_rate}, must be in (0, 1].")
-        for name in ("ridge_w", "ridge_b", "ridge_u"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} == {getattr(self, name)}, must be >= 0.")
-        if self.gd_learning_rate <= 0:
-            raise ValueError(f"gd_learning_rate == {self.gd_learning_rate}, must be > 0.")
-        if self.starts < 1:
-            raise ValueError(f"starts == {self.starts}, must be >= 1.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
-        if self.private and self.loss != "squared":
-            raise ValueError("private == True needs loss == 'squared' (the logistic contribution has no private path yet).")
-        if self.init_noise_multiplier < 0:
-            raise ValueError(f"init_noise_multiplier == {self.init_noise_multiplier}, must be >= 0 (0: calibrated jointly with the rounds).")
-        require_quantile(self.clip_quantile)
-        for name in ("clip_a", "clip_c", "clip_g", "clip_moments"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} == {getattr(self, name)}, must be a finite number > 0.")
-
-    def check_data(self, dim: int) -> None:
-        """Refuse a rank or sparsity that does not fit dimension ``dim``."""
-        if self.rank > dim:
-            raise ValueError(f"rank == {self.rank}, must be <= the dimension d == {dim}.")
-        if self.sparsity >= dim:
-            raise ValueError(f"sparsity == {self.sparsity}, must be < the dimension d == {dim}.")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def unit_free(self) -> bool:
-        """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
-        return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
-
-    @property
-    def adaptive(self) -> bool:
-        """Adaptive clipping: private and the unit-free step."""
-        return self.private and self.unit_free
-
 
 @dataclass
 class EngineResult(SpentEpsilon):
