@@ -217,7 +217,8 @@ class PrivateServer:
 def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
     """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments").
 
-    Privately: ``M = (sum_i s_i M_i + E) / N`` with ``s_i`` clipping ``||M_i||_F`` to ``clip_moments``
+    Privately: ``M = (sum_i s_i M_i + E) / N`` with ``s_i`` clipping ``||M_i||_F`` to ``clip_moments`` (adaptive
+    clipping: ``s_i = 1 / ||M_i||_F``, bound 1; :func:`fedlrs.simulations.chunks.moment_partial_sums`)
     and symmetric Gaussian ``E``, released as the ledger's ``"init"`` event.
     """
     c = federation.config
