@@ -144,6 +144,9 @@ def simulate(
     clip_moments: float = typer.Option(100.0, "--clip-moments", help="L2 bound of a user's M_i (moments init, with --clip-quantile 0)."),
     out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="If --out holds an earlier run, move it aside to OUT.old-<time> (never deleted) and start over."),
+    data_dir: Path = typer.Option(None, "--data", help="A federation on disk (fedlrs data synth --out DIR), streamed each round, instead of drawing the users."),
+    ray_workers: int = typer.Option(0, "--ray-workers", help="Shard the users over K Ray actors (0: in process); see docs/scale.md."),
+    ray_address: str = typer.Option(None, "--ray-address", help="An existing Ray cluster for --ray-workers (default: a local Ray)."),
 ) -> None:
     """Run AMHT-LRS in the in-process engine on synthetic Gaussian data; print each round as it finishes, then a table.
 
@@ -168,10 +171,17 @@ def simulate(
     )
     if private and out is None:
         out = Path("runs/simulate")
-    data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
-    config.check_data(data.train.dim)
+    if data_dir is not None:  # a federation on disk: its users and dimension, not the drawing options
+        from fedlrs.data import ParquetFederation
+
+        data, on_disk = None, ParquetFederation(data_dir)
+        data_dim, data_users = on_disk.dim, on_disk.num_users
+    else:
+        data = _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic)
+        data_dim, data_users = data.train.dim, data.train.num_users
+    config.check_data(data_dim)
     if private:
-        _check_calibration(config, data.train.num_users)
+        _check_calibration(config, data_users)
     if out is not None:
         _prepare_out(out, overwrite)
     ledger = None
@@ -181,8 +191,13 @@ def simulate(
     def show(entry: dict) -> None:  # each round as it finishes, flushed: readable in a terminal, a pipe or a log
         typer.echo(f"round {entry['round']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k != "round"))
 
-    result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), on_round=show, ledger=ledger)
-    title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
+    if data_dir is not None or ray_workers:
+        from fedlrs.data.cli import run_at_scale
+
+        result, title = run_at_scale(config, ledger=ledger, data_dir=data_dir, workers=ray_workers, address=ray_address, synthetic=lambda: data)
+    else:
+        result = run_engine(data.train, config, evaluate=synthetic_evaluator(data, logistic=logistic), on_round=show, ledger=ledger)
+        title = f"AMHT-LRS, {users} users, d={dim}, r={rank}, k={sparsity}, m={examples}, mode={config.mode}"
     print_table(result.history, title + (f", epsilon={epsilon}, delta={delta}" if private else ", not private"))
     final = result.history[-1]
     console.print("final: " + ", ".join(f"{k}={_fmt(v)}" for k, v in final.items() if k != "round"))
@@ -294,10 +309,12 @@ def compare(
 
 def _mount_subcommands() -> None:
     """Sub-commands owned by other rooms of the package: privacy tools and experiments."""
+    from fedlrs.data.cli import data_app
     from fedlrs.personalized.cli import pr_simulation
     from fedlrs.privacy.cli import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
+    app.add_typer(data_app, name="data")
     experiment_app.command("pr-simulation")(pr_simulation)
     try:
         from fedlrs.simulations.experiments_cli import experiment_commands

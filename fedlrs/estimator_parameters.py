@@ -78,6 +78,9 @@ PARAMETERS_DOC = """
         rounds together.
     noise_seed : int, default=-1
         Seed of the privacy noise (>= 0, for tests only) or -1 to draw it from the OS.
+    ray_workers : int, default=0
+        Run the rounds on this many Ray actors, each owning a shard of the users
+        (docs/scale.md); 0 runs them in process.
 """
 
 ATTRIBUTES_DOC = """
@@ -112,7 +115,7 @@ ENGINE_FIELDS = {
     "clip_quantile": "clip_quantile", "init_noise_multiplier": "init_noise_multiplier", "noise_seed": "noise_seed",
 }
 #: integer parameters and their smallest value; the engine checks the other ranges
-_INTEGER_PARAMETERS = {"rank": 1, "sparsity": 0, "rounds": 0, "random_state": 0, "noise_seed": -1}
+_INTEGER_PARAMETERS = {"rank": 1, "sparsity": 0, "rounds": 0, "random_state": 0, "noise_seed": -1, "ray_workers": 0}
 _REAL_PARAMETERS = (
     "sample_rate", "ridge_w", "ridge_b", "ridge_u", "gd_learning_rate", "epsilon", "delta",
     "clip_g", "clip_a", "clip_c", "clip_moments", "clip_quantile", "init_noise_multiplier",

@@ -81,6 +81,7 @@ class _LRSBase(BaseEstimator):
         clip_quantile: float = 0.5,
         init_noise_multiplier: float = 0.0,
         noise_seed: int = -1,
+        ray_workers: int = 0,
     ):
         self.rank = rank
         self.sparsity = sparsity
@@ -106,6 +107,7 @@ class _LRSBase(BaseEstimator):
         self.clip_quantile = clip_quantile
         self.init_noise_multiplier = init_noise_multiplier
         self.noise_seed = noise_seed
+        self.ray_workers = ray_workers
 
     def _engine_config(self) -> EngineConfig:
         return engine_config(self.get_params(), loss=self._loss)
@@ -117,17 +119,19 @@ class _LRSBase(BaseEstimator):
     def _target(self, y, rows: int) -> np.ndarray:
         return as_finite_vector(y, rows)
 
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y=None, groups=None):
         """Learn ``U`` over all users and each user's ``w_i, b_i``.
 
         With ``epsilon`` and ``delta`` the fit is user-level (epsilon, delta)-DP
         (DESIGN.md section 3): ``ledger_`` holds every release and ``epsilon_`` is
-        recomputed from it.
+        recomputed from it. ``ray_workers=K`` runs the rounds on K Ray actors (docs/scale.md).
 
         Parameters
         ----------
-        X : array-like of shape (n_rows, n_features)
-            One example per row, of any user.
+        X : array-like of shape (n_rows, n_features), or a federation on disk
+            One example per row, of any user; or a :class:`fedlrs.data.ParquetFederation`
+            (then ``y`` and ``groups`` are None: the users are streamed each round and
+            labelled 0..N-1).
         y : array-like of shape (n_rows,)
             The targets (two classes for the classifier).
         groups : array-like of shape (n_rows,)
@@ -138,19 +142,27 @@ class _LRSBase(BaseEstimator):
         self
         """
         config = self._engine_config()
-        if is_sparse(X):
-            items = one_hot_items(X) if self._loss == "squared" else None
-            if items is not None:
-                return self._fit_one_hot(items, X.shape[1], y, groups)
-            X = densify(X)
-        Xa = as_matrix(X)
-        ya, target_attributes = self._fit_target(y, Xa.shape[0])
-        labels, group_index = encode_groups(_groups_given(groups, "fit"), Xa.shape[0])
-        config.check_data(Xa.shape[1])
-        check_magnitude({"X": Xa, "y": ya}, dtype=self.dtype, rows=int(np.bincount(group_index).max()), degree=8 if config.private else 4,
-                        row_owner=lambda row: f"user {label_repr(labels[group_index[row]])}")
-        data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
-        result = run_engine(data, config, progress=self.progress)
+        if hasattr(X, "streamed"):  # a federation on disk (fedlrs.data.ParquetFederation): user i is row i
+            if y is not None or groups is not None:
+                raise ValueError("X is a federation on disk, which holds y and the users: give y=None and groups=None.")
+            config.check_data(X.dim)
+            data, labels, features = X, np.arange(X.num_users), X.dim
+            target_attributes = {"classes_": np.array([0.0, 1.0])} if self._loss == "logistic" else {}  # the labels on disk are the 0/1 targets
+        else:
+            if is_sparse(X):
+                items = one_hot_items(X) if self._loss == "squared" else None
+                if items is not None:
+                    return self._fit_one_hot(items, X.shape[1], y, groups)
+                X = densify(X)
+            Xa = as_matrix(X)
+            ya, target_attributes = self._fit_target(y, Xa.shape[0])
+            labels, group_index = encode_groups(_groups_given(groups, "fit"), Xa.shape[0])
+            config.check_data(Xa.shape[1])
+            check_magnitude({"X": Xa, "y": ya}, dtype=self.dtype, rows=int(np.bincount(group_index).max()), degree=8 if config.private else 4,
+                            row_owner=lambda row: f"user {label_repr(labels[group_index[row]])}")
+            data = pad_by_group(Xa, ya, group_index, len(labels), dtype=DTYPES[self.dtype], device=self.device)
+            features = Xa.shape[1]
+        result = self._run(data, config)
         for name, value in target_attributes.items():
             setattr(self, name, value)
         self.U_ = result.U.cpu().numpy()
@@ -158,7 +170,7 @@ class _LRSBase(BaseEstimator):
         self.B_ = result.fit.b.cpu().numpy()
         self.groups_ = labels
         self.history_ = result.history
-        self.n_features_in_ = Xa.shape[1]
+        self.n_features_in_ = features
         self.result_ = result
         self.one_hot_ = False
         self.ledger_ = result.ledger
@@ -175,6 +187,15 @@ class _LRSBase(BaseEstimator):
         self.groups_, self.n_features_in_, self.history_ = labels, num_items, result.history
         self.result_, self.one_hot_, self.ledger_, self.epsilon_ = result, True, None, None
         return self
+
+    def _run(self, data, config: EngineConfig):
+        """The engine in process, or on ``ray_workers`` Ray actors (a local Ray, or the cluster of ``RAY_ADDRESS``)."""
+        if not self.ray_workers:
+            return run_engine(data, config, progress=self.progress)
+        from fedlrs.simulations.ray_engine import RayFederation
+
+        with RayFederation(data, config, workers=self.ray_workers) as shards:
+            return run_engine(shards, config, progress=self.progress)
 
     def write_privacy_report(self, out_dir) -> dict:
         """The privacy report of a private fit: ``privacy_report.json``, ``.md`` and ``epsilon.png`` in ``out_dir``."""

@@ -151,7 +151,10 @@ def test_personalized_pipeline_with_routed_covariates(routing):
 def test_every_parameter_reaches_the_engine_through_one_mapping():
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
     assert set(ENGINE_FIELDS.values()) <= fields
-    assert set(inspect.signature(LRSRegressor).parameters) == set(ENGINE_FIELDS) | {"mode", "progress"}
+    # mode is mapped with the privacy switch; progress and ray_workers say how to run, not what to compute
+    assert set(inspect.signature(LRSRegressor).parameters) == set(ENGINE_FIELDS) | {"mode", "progress", "ray_workers"}
+    with pytest.raises(ValueError, match="ray_workers"):
+        engine_config(LRSRegressor(ray_workers=-1).get_params(), loss="squared")
     config = engine_config(LRSRegressor(rank=3, random_state=7, clip_g=2.5).get_params(), loss="squared")
     assert (config.rank, config.seed, config.clip_g, config.private) == (3, 7, 2.5, False)
 

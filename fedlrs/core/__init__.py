@@ -12,7 +12,7 @@ from .metrics import (
     principal_angle_distance,
     support_f1,
 )
-from .stats import UserData, UserStats, pad_by_group, sufficient_statistics
+from .stats import LeanUsers, UserData, UserStats, pad_by_group, sufficient_statistics
 from .subspace import (
     averaging_step,
     gd_gradient_sum,

@@ -120,11 +120,56 @@ def sufficient_statistics(data: UserData, weights: Tensor | None = None) -> User
     row_weight = data.mask.to(data.X.dtype)
     if weights is not None:
         row_weight = row_weight * weights
-    Xw = data.X * row_weight.unsqueeze(-1)
+    # every row real and unweighted: D_i = I, no weighted copy of X (x * 1.0 is exact, same result)
+    Xw = data.X if weights is None and bool(data.mask.all()) else data.X * row_weight.unsqueeze(-1)
     xtx = Xw.transpose(1, 2) @ data.X
     xty = (Xw.transpose(1, 2) @ data.y.unsqueeze(-1)).squeeze(-1)
     yty = (row_weight * data.y * data.y).sum(dim=1)
     return UserStats(xtx, xty, yty, data.counts.to(data.X.dtype))
+
+
+@dataclass(frozen=True)
+class LeanUsers:
+    """Users of the squared loss kept as the smaller of their examples or their statistics.
+
+    A user with ``m_i`` examples in dimension ``d`` needs ``X_i`` (m x d) or ``X_i^T X_i``
+    (d x d) for every step of the maths; the batch keeps the examples when ``m_max < d``
+    (``stats`` None: the statistics are formed when a step needs them, a chunk of users at a
+    time) and the statistics otherwise (``data`` None). A batch built with ``keep_examples``
+    keeps the examples whatever their size (the logistic loss needs them).
+    """
+
+    data: UserData | None
+    stats: UserStats | None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.stats is None):
+            raise ValueError("LeanUsers holds exactly one of data or stats.")
+
+    @classmethod
+    def from_data(cls, data: UserData, *, keep_examples: bool = False) -> "LeanUsers":
+        """``data`` itself when ``m_max < d`` or ``keep_examples``, else its :func:`sufficient_statistics`."""
+        if keep_examples or data.X.shape[1] < data.dim:
+            return cls(data, None)
+        return cls(None, sufficient_statistics(data))
+
+    @property
+    def num_users(self) -> int:
+        return self.data.num_users if self.data is not None else self.stats.num_users
+
+    @property
+    def dim(self) -> int:
+        return self.data.dim if self.data is not None else self.stats.dim
+
+    def statistics(self) -> UserStats:
+        """``X_i^T X_i``, ``X_i^T y_i``, ``y_i^T y_i``, ``m_i``: the kept ones, or formed from the examples."""
+        return self.stats if self.stats is not None else sufficient_statistics(self.data)
+
+    def select(self, index) -> "LeanUsers":
+        """The users at ``index`` (an index tensor, bool tensor or slice over users)."""
+        if self.data is not None:
+            return LeanUsers(self.data.select(index), None)
+        return LeanUsers(None, self.stats.select(index))
 
 
 def pad_by_group(

@@ -25,7 +25,7 @@ def flat_norms(t: Tensor) -> Tensor:
     """``||t_i||_2`` over all but the leading (user) dimension: shape (n,)."""
     if t.dim() < 1:
         raise ValueError(f"t has shape {tuple(t.shape)}, must have a leading user dimension.")
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], t[0].numel() if t.shape[0] else 0), dim=1)  # no -1: zero users are a shape too
 
 
 def clip_scales(norms: Tensor, *, bound: float) -> Tensor:

@@ -60,6 +60,7 @@ def make_lrs_data(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    U_star: Tensor | None = None,
 ) -> SyntheticLRS:
     """Draw a federation from the Gaussian LRS model.
 
@@ -68,6 +69,7 @@ def make_lrs_data(
     from the same distribution: the per-user train/test split. ``unit_weights``: ``w*_i`` scaled
     to unit norm (the Private FedRep protocol of Jain et al. 2021). ``features``: ``"gaussian"``
     (``x ~ N(0, I)``) or ``"uniform"`` (coordinates uniform on [-sqrt 3, sqrt 3], unit variance).
+    ``U_star`` (dim, rank, orthonormal) fixes the shared subspace instead of drawing it (chunks of one federation drawn apart share it).
     """
     if features not in ("gaussian", "uniform"):
         raise ValueError(f"features == {features!r}, must be 'gaussian' or 'uniform'.")
@@ -88,7 +90,11 @@ def make_lrs_data(
     if not 0 <= sparse_scale < float("inf"):
         raise ValueError(f"sparse_scale == {sparse_scale}, must be a finite number >= 0.")
     gen = torch.Generator().manual_seed(seed)
-    U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
+    if U_star is None:
+        U_star = random_orthonormal(dim, rank, generator=gen, dtype=torch.float64)
+    elif U_star.shape != (dim, rank):
+        raise ValueError(f"U_star has shape {tuple(U_star.shape)}, must be {(dim, rank)}.")
+    U_star = U_star.to(torch.float64)
     W_star = torch.randn(users, rank, generator=gen, dtype=torch.float64)
     if unit_weights:
         W_star = W_star / W_star.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -113,13 +113,13 @@ def test_the_audit_recomputes_epsilon_with_the_clip_releases(tmp_path):
     """A report that states the epsilon of its init and rounds alone, leaving out the clip histograms, fails the audit."""
     import json
 
-    from fedlrs.privacy import audit_report
+    from fedlrs.privacy import Ledger, audit_report
     from fedlrs.simulations.engine import EngineConfig, run_engine
     from fedlrs.simulations.synthetic import make_lrs_data
 
     data = make_lrs_data(users=2000, examples=5, dim=10, rank=2, sparsity=0, seed=1)
     config = EngineConfig(rank=2, sparsity=0, rounds=4, mode="gd", private=True, target_epsilon=1.0, delta=1e-6, noise_seed=0)
-    result = run_engine(data.train, config)
+    result = run_engine(data.train, config, ledger=Ledger(tmp_path / "ledger.jsonl"))  # the audit reads the ledger's file
     assert [e.kind for e in result.ledger.events].count("clip") == 4
     result.write_privacy_report(tmp_path)
     assert audit_report(tmp_path / "privacy_report.json").ok
