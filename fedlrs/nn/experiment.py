@@ -32,8 +32,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +39,7 @@ from pathlib import Path
 import torch
 
 from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, compute_epsilon, move_aside, write_privacy_report
+from fedlrs.privacy.ledger import run_folder
 from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsilon_sweep
 from fedlrs.simulations.tables import aggregate, json_safe, markdown_table, plot_privacy, plot_rounds
 
@@ -198,7 +197,7 @@ class _Runner:
                 started = time.perf_counter()
                 extra, ledger, directory = {"epsilon_spent": None}, None, None
                 if private:
-                    directory = (self.out / "privacy" / f"{key}-eps{epsilon:g}") if first else Path(tempfile.mkdtemp(prefix="fedlrs-nn-"))
+                    directory = (self.out / "privacy" / f"{key}-eps{epsilon:g}") if first else run_folder(f"nn-{key}-eps{epsilon:g}-seed{seed}")
                     if (directory / "ledger.jsonl").exists():  # an earlier run's: kept, never deleted
                         move_aside(directory)
                     directory.mkdir(parents=True, exist_ok=True)
@@ -214,8 +213,6 @@ class _Runner:
                     extra["clip"] = self.clips[(key, epsilon)]
                     if result is not None:
                         extra["audit"] = self.audited(result, directory)
-                    if not first:
-                        shutil.rmtree(directory)
                 shared = result.shared if result is not None else method.init_shared(gen)
                 add(key, epsilon, math.nan if result is None else test_metric(method, shared, result.personal), method, shared, **extra)
                 if key == "fedavg":

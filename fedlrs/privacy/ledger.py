@@ -44,6 +44,7 @@ import tempfile
 import math
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,16 @@ def _parse_event_line(raw: bytes, *, line_no: int, path: Path) -> DpEvent:
         return DpEvent.from_dict(data)
     except (UnicodeDecodeError, json.JSONDecodeError, InvalidEventError, TypeError) as error:
         raise LedgerCorruptError(f"{path}: line {line_no} is not a valid event: {error}") from error
+
+
+def run_folder(label: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """A new, unique folder ``<root>/ledgers/<label>-<UTC time>-<random>`` for a run whose ledger is not
+    kept with an experiment's results (root: ``$FEDLRS_RUNS``, else ``runs``); nothing in it is ever deleted."""
+    base = Path(root if root is not None else os.environ.get("FEDLRS_RUNS", "runs")) / "ledgers"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = base / f"{label}-{stamp}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    return folder
 
 
 def move_aside(folder: str | os.PathLike[str]) -> Path:

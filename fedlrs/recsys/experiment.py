@@ -26,7 +26,6 @@ them on synthetic MovieLens-like federations of up to tens of thousands of users
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Callable
 import torch
 
 from fedlrs.privacy import audit_report, move_aside
+from fedlrs.privacy.ledger import run_folder
 from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_lines,
                                             plot_privacy)
 
@@ -91,10 +91,9 @@ def _private_run(split: RatingSplit, params: dict, *, epsilon: float, seed: int,
         result = _fit(split, split.train_full, params, **settings)
     if keep is not None and (keep / "ledger.jsonl").exists():  # an earlier run's: kept aside, never deleted
         move_aside(keep)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = keep or Path(tmp)
-        result.write_privacy_report(folder)
-        audit = audit_report(folder / "privacy_report.json")
+    folder = keep or run_folder(f"recsys-eps{epsilon:g}-seed{seed}")  # kept: a ledger is never deleted
+    result.write_privacy_report(folder)
+    audit = audit_report(folder / "privacy_report.json")
     if not audit.ok:
         raise RuntimeError(f"privacy audit failed for a private run: {audit.reasons}")
     return result.rmse(split.test), {"epsilon_spent": result.epsilon(), "audit": "pass", "delta": delta, "noise_multiplier": result.noise_multiplier}

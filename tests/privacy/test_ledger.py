@@ -230,3 +230,12 @@ def test_move_aside_renames_and_never_deletes(tmp_path):
     assert not run.exists() and first != second
     assert first.name.startswith("run.old-") and (first / "ledger.jsonl").read_bytes() == before
     assert len(Ledger.load(second / "ledger.jsonl")) == 0
+
+
+def test_run_folder_is_new_and_unique_under_the_runs_root(tmp_path, monkeypatch):
+    from fedlrs.privacy.ledger import run_folder
+
+    monkeypatch.setenv("FEDLRS_RUNS", str(tmp_path))
+    first, second = run_folder("nn-x-eps1-seed1"), run_folder("nn-x-eps1-seed1")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == tmp_path / "ledgers" and first.name.startswith("nn-x-eps1-seed1-")
