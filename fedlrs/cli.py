@@ -107,7 +107,7 @@ INIT = typer.Option("moments", "--init", help="moments or random.")
 SAMPLE_RATE = typer.Option(1.0, "--sample-rate", help="Poisson sampling rate q of users per round.")
 SEED = typer.Option(0, "--seed")
 DEVICE = typer.Option("cpu", "--device", help="torch device: cpu, cuda, ...")
-DTYPE = typer.Option("float64", "--dtype", help="float64 or float32.")
+DTYPE = typer.Option(None, "--dtype", help="float64 or float32 (default: that of the federation on disk with --data, else float64).")
 LOGISTIC = typer.Option(False, "--logistic", help="Binary labels and the logistic loss (mode gd).")
 
 
@@ -162,6 +162,10 @@ def simulate(
     _check_device(device)
     private = epsilon is not None
     mode = mode or ("gd" if private or logistic else "ls")
+    if dtype is None:  # at scale the stored precision (fedlrs data synth writes float32), else float64
+        from fedlrs.data import ParquetFederation
+
+        dtype = ParquetFederation(data_dir).dtype if data_dir is not None else "float64"
     config = EngineConfig(
         rank=rank, sparsity=sparsity, rounds=rounds, mode=mode, **_loss_knobs(logistic, init),
         sample_rate=sample_rate, seed=seed, device=device, dtype=dtype,
