@@ -40,6 +40,7 @@ import torch
 
 from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, compute_epsilon, move_aside, write_privacy_report
 from fedlrs.privacy.ledger import run_folder
+from fedlrs.simulations.experiment_config import seeds_and_folder
 from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsilon_sweep
 from fedlrs.simulations.tables import aggregate, json_safe, markdown_table, plot_privacy, plot_rounds
 
@@ -240,11 +241,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     """
     config = load_nn_experiment(name, quick=quick, directory=directory)
     config["task_name"] = config.get("task_name", config.get("dataset", name))
-    n_seeds = seeds if seeds is not None else int(config.get("seeds", 3))
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise ValueError(f"seeds == {n_seeds!r}, must be an integer >= 1.")
-    out = Path(out if out is not None else Path("results") / name)
-    out.mkdir(parents=True, exist_ok=True)
+    n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
     threads_before = torch.get_num_threads()
     threads = int(config.get("threads", threads_before))
     torch.set_num_threads(threads)

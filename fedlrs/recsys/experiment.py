@@ -35,6 +35,7 @@ import torch
 
 from fedlrs.privacy import audit_report, move_aside
 from fedlrs.privacy.ledger import run_folder
+from fedlrs.simulations.experiment_config import seeds_and_folder
 from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_lines,
                                             plot_privacy)
 
@@ -196,11 +197,7 @@ def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None =
     import json
 
     config = load_config(name, quick=quick, directory=directory)
-    n_seeds = seeds if seeds is not None else int(config.get("seeds", 3))
-    if n_seeds < 1:
-        raise ValueError(f"seeds == {n_seeds}, must be >= 1.")
-    out = Path(out if out is not None else Path("results") / name)
-    out.mkdir(parents=True, exist_ok=True)
+    n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
     torch.set_num_threads(int(config.get("threads", 1)))
     started = time.perf_counter()
     records, tunings = [], {}

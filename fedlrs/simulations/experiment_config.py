@@ -31,3 +31,14 @@ def config_delta(config: dict, num_users: int) -> float:
             raise ValueError(f"delta == {value!r}, must be a number or '1/N^1.1'.")
         return 1.0 / num_users**1.1
     return float(value)
+
+
+def seeds_and_folder(config: dict, *, name: str, seeds: int | None, out: str | Path | None) -> tuple[int, Path]:
+    """The number of seeds (``seeds``, else the config's ``seeds``, default 3; an integer >= 1) and the
+    output folder (``out``, else ``results/<name>``), created."""
+    n_seeds = seeds if seeds is not None else int(config.get("seeds", 3))
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"seeds == {n_seeds!r}, must be an integer >= 1.")
+    folder = Path(out if out is not None else Path("results") / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return n_seeds, folder

@@ -41,7 +41,7 @@ from .engine import EngineConfig, run_engine, synthetic_evaluator
 from .private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
 from .realdata import RealFederation, load_hsb, load_movielens
 from .synthetic import make_lrs_data
-from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config
+from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
 from .tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 
 NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb", "fedrep-protocol", "fedrep-other")
@@ -293,11 +293,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, 
     Returns the results (rows, records, the markdown table, the paths written).
     """
     config = load_experiment(name, quick=quick, directory=directory)
-    n_seeds = seeds if seeds is not None else int(config.get("seeds", 3))
-    if n_seeds < 1:
-        raise ValueError(f"seeds == {n_seeds}, must be >= 1.")
-    out = Path(out if out is not None else Path("results") / name)
-    out.mkdir(parents=True, exist_ok=True)
+    n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
     torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
     started = time.perf_counter()
     result = RUNNERS[config["kind"]](config, list(range(n_seeds)), echo)
