@@ -216,7 +216,8 @@ def simulate(
         if result.stopped != "rounds done":
             console.print(f"stopped early: {result.stopped}")
     if out is not None:
-        result.to_json(out / "metrics.json", {"data": dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)})
+        drawn = dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)
+        result.to_json(out / "metrics.json", {"data": drawn if data_dir is None else dict(data_dir=str(data_dir), users=data_users, dim=data_dim)})
         console.print(f"wrote {out / 'metrics.json'}" + (f", {out / 'privacy_report.json'}, {out / 'privacy_report.md'}, {out / 'epsilon.png'}" if private else ""))
 
 
