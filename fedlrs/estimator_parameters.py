@@ -35,11 +35,12 @@ PARAMETERS_DOC = """
     sample_rate : float, default=1.0
         q in (0, 1]: each user takes part in a round with probability q (Poisson sampling).
     ridge_w : float, default={ridge_w}
-        Ridge penalty of each user's ``w_i`` (>= 0).
+        Ridge penalty of each user's ``w_i`` (>= 0), relative to the user's mean feature
+        energy ``tr(X_i^T X_i) / d``, so it means the same in any units of X.
     ridge_b : float, default={ridge_b}
-        Ridge penalty of each user's ``b_i`` (>= 0).
+        Ridge penalty of each user's ``b_i`` (>= 0), relative like ``ridge_w``.
     ridge_u : float, default=1e-6
-        Ridge penalty of the "ls" solve for ``U`` (>= 0).
+        Ridge penalty of the "ls" solve for ``U`` (>= 0), relative to ``tr(A / N) / (dr)``.
     gd_learning_rate : float, default=1.0
         Step of the "gd" update of ``U`` (> 0).
     random_state : int, default=0
