@@ -38,15 +38,17 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
 from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, calibrate_noise_multiplier, clip
-from fedlrs.privacy.adaptive import HISTOGRAM_NOISE_WEIGHT, norm_bins, part_noise_weights, quantile_bound, relative_grid, require_quantile
+from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, norm_bins, part_noise_weights, quantile_bound, relative_grid, require_quantile
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
-from fedlrs.protocol.parts import HISTOGRAM, PART, Part, network_parts
 from fedlrs.simulations.engine_config import DTYPES, EngineConfig
 
 Tensor = torch.Tensor
+
+#: the parts of a network round: the flattened contribution, and with adaptive clipping its norm's one-hot bin
+PART, HISTOGRAM = "contribution", "H"
 
 Evaluator = Callable[[State, State], dict]
 
@@ -172,9 +174,12 @@ def flat_contributions(contribution: State, shapes: Mapping[str, torch.Size]) ->
     return flatten(contribution, shapes)
 
 
-def round_parts(config: NetworkConfig, dimension: int, bound: float) -> list[Part]:
-    """The parts a round releases (:func:`fedlrs.protocol.parts.network_parts`): the contribution, bound C_t, and with adaptive clipping ``H``."""
-    return network_parts(dimension, bound, adaptive=config.adaptive)
+def round_parts(config: NetworkConfig, dimension: int, bound: float) -> dict[str, tuple[tuple[int, ...], float]]:
+    """``{name: (shape, L2 bound)}`` of a round's parts (the network task's contribution spec, :mod:`fedlrs.protocol.parts`):
+    ``contribution`` (D,), bound C_t; with adaptive clipping also ``H`` (2W + 1,), bound 1, the one-hot bin of the
+    unclipped norm on :func:`~fedlrs.privacy.adaptive.relative_grid` (W = ``CLIP_WINDOW``)."""
+    parts = {PART: ((dimension,), float(bound))}
+    return {**parts, HISTOGRAM: ((2 * CLIP_WINDOW + 1,), 1.0)} if config.adaptive else parts
 
 
 def clipped_parts(flat: Tensor, config: NetworkConfig, bound: float) -> dict[str, Tensor]:
@@ -202,8 +207,8 @@ def release_parts(sums: dict[str, Tensor], config: NetworkConfig, expected_count
     """
     if private is None:
         return {name: total / expected_count for name, total in sums.items()}
-    parts = round_parts(config, len(sums[PART]), bound)
-    return private.release_parts(sums, event, parts, expected_count, part_noise_weights([p.name for p in parts], HISTOGRAM, HISTOGRAM_NOISE_WEIGHT))
+    bounds = {name: part_bound for name, (_, part_bound) in round_parts(config, len(sums[PART]), bound).items()}
+    return private.release(sums, event, bounds, expected_count, noise_weights=part_noise_weights(list(bounds), HISTOGRAM, HISTOGRAM_NOISE_WEIGHT))
 
 
 def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float) -> float:

@@ -19,7 +19,7 @@ AMHT-LRS (``task = "linear"``):
 A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``;
 with adaptive clipping (private, ``clip-quantile > 0``) the bound is the round's ``C_t`` and a second part
 ``H`` (K,), bound 1, is the one-hot bin of the norm of the unclipped contribution on the grid around ``C_t``
-(:func:`network_parts`).
+(:func:`fedlrs.nn.federated.round_parts`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fedlrs.privacy.adaptive import CLIP_WINDOW, clip_grid
-
-#: the parts of a network round: the flattened contribution, and with adaptive clipping its norm's one-hot bin
-PART, HISTOGRAM = "contribution", "H"
+from fedlrs.privacy.adaptive import clip_grid
 
 Phase = Literal["moments", "clip", "round"]
 #: the phases of a run: the private moments init, then the rounds (each preceded by a clip phase in the unit-free step)
@@ -87,22 +84,16 @@ def contribution_parts(config: Any, phase: Phase, bound: float | None = None) ->
     """The parts of a contribution of the run ``config`` (a :class:`~fedlrs.federation_config.FederationConfig`)
     in ``phase``, with their (finite) clipping bounds; ``bound``: the round's bound of the unit-free step.
 
-    A network task (``task != "linear"``): :func:`network_parts` for D, the length of its method's flattened
-    contribution, and the round's bound (``nn-clip`` when ``bound`` is None).
+    A network task (``task != "linear"``): :func:`fedlrs.nn.federated.round_parts` for D, the length of its
+    method's flattened contribution, and the round's bound (``nn-clip`` when ``bound`` is None).
     """
     if config.task != "linear":
+        from fedlrs.nn.federated import round_parts
         from fedlrs.nn.run_config import contribution_dimension, network_config
 
-        return network_parts(contribution_dimension(config), float(config.nn_clip if bound is None else bound),
-                             adaptive=network_config(config).adaptive)
+        parts = round_parts(network_config(config), contribution_dimension(config), float(config.nn_clip if bound is None else bound))
+        return [Part(name, shape, part_bound) for name, (shape, part_bound) in parts.items()]
     return linear_parts(config, phase, config.dim, bound)
-
-
-def network_parts(dimension: int, bound: float, *, adaptive: bool) -> list[Part]:
-    """A network round's parts: ``contribution`` (D,), bound C_t; with adaptive clipping also ``H`` (2W+1,), bound 1,
-    the one-hot bin of the unclipped norm on :func:`~fedlrs.privacy.adaptive.relative_grid` (W = ``CLIP_WINDOW``)."""
-    parts = [Part(PART, (dimension,), float(bound))]
-    return parts + [Part(HISTOGRAM, (2 * CLIP_WINDOW + 1,), 1.0)] if adaptive else parts
 
 
 def expected_parts(config: Any, phase: Phase, bound: float | None = None) -> dict[str, tuple[tuple[int, ...], float]]:

@@ -81,7 +81,7 @@ class NetworkBillboard(Billboard):
     def _parts(self, phase) -> dict[str, tuple[tuple[int, ...], float]]:
         """``{name: (shape, bound)}`` of a valid reply: :func:`~fedlrs.nn.federated.round_parts` for the round's bound (infinite when not private)."""
         parts = round_parts(self.network, self.dimension, self.clip_bound)
-        return {p.name: (p.shape, p.bound if self.network.private else math.inf) for p in parts}
+        return {name: (shape, bound if self.network.private else math.inf) for name, (shape, bound) in parts.items()}
 
     def _validate(self, reply, parts) -> dict[str, torch.Tensor]:
         """The billboard's checks, and with adaptive clipping ``H`` exactly one-hot."""
