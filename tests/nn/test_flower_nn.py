@@ -386,3 +386,25 @@ def test_a_round_without_any_reply_fails_before_its_release(tmp_path):
     with pytest.raises(TooFewRepliesError, match=r"round 2: 0 of \d+ asked devices replied"):
         _flower(overrides, tamper=silent_in_round_2)
     assert [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events] == ["round-1"]
+
+
+def test_an_adaptive_round_without_its_bound_is_refused_on_the_device():
+    """With adaptive clipping the device clips to the round's bound from the server, never to a guess."""
+    from flwr.app import ConfigRecord
+
+    from fedlrs.client.network import state_to_record, train_nn
+    from fedlrs.nn.federated import initial_state
+    from fedlrs.nn.run_config import network_setup
+
+    config = parse_run_config({**BASE, "private": True, "noise-multiplier": 1.0})
+    _, method, net = network_setup(config)
+    shared = initial_state(method, net, torch.Generator().manual_seed(0))
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": USERS}, state=RecordDict(), run_config={})
+    content = RecordDict({"shared": state_to_record(shared), "round-config": ConfigRecord({"round": 1})})
+    message = Message(content, dst_node_id=1, message_type="train.nn", group_id="1")
+    with pytest.raises(ValueError, match="adaptive clipping needs the round's bound"):
+        train_nn(message, context, config)
+    content["round-config"] = ConfigRecord({"round": 1, "clip-bound": 0.25})
+    reply = train_nn(Message(content, dst_node_id=1, message_type="train.nn", group_id="1"), context, config)
+    vector = reply.content.array_records["contribution"]["contribution"].numpy()
+    assert 0.25 * (1 - 1e-9) <= float((vector ** 2).sum()) ** 0.5 <= 0.25 * (1 + 1e-9)  # clipped: the norm was above 0.25
