@@ -35,8 +35,10 @@ class EngineConfig(PrivacySettings):
     ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
     :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
     units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
-    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
-    uses the fixed bounds.
+    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's). In mode "ls" a private
+    run with clip_quantile > 0 sends unit-free parts instead of clipping to clip_a, clip_c: ``A_i / ||A_i||_F``
+    (bound 1) and ``c_i / ||A_i||_F`` clipped to :data:`~fedlrs.privacy.clipping.LS_UNIT_FREE_C_BOUND`
+    (:func:`fedlrs.privacy.clipping.ls_unit_free_scales`); its init too sends ``M_i / ||M_i||_F``.
     """
 
     rank: int
@@ -114,6 +116,16 @@ class EngineConfig(PrivacySettings):
     def unit_free(self) -> bool:
         """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
         return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def unit_free_ls(self) -> bool:
+        """Private mode "ls" with ``clip_quantile > 0``: each user sends ``A_i / ||A_i||_F`` and ``c_i / ||A_i||_F`` (clipped), no data-unit bound."""
+        return self.private and self.mode == "ls" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def unit_free_init(self) -> bool:
+        """The private moments init sends ``M_i / ||M_i||_F`` (bound 1): adaptive clipping or the unit-free "ls" parts."""
+        return self.adaptive or self.unit_free_ls
 
     @property
     def adaptive(self) -> bool:
