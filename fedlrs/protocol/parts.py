@@ -17,7 +17,10 @@ AMHT-LRS (``task = "linear"``):
   in mode "gd": ``G`` (d, r), bound ``clip-g``; with the unit-free step ``G`` (d, r) bounded by the
   round's bound (the clip phase's quantile) and ``P`` (r, r), symmetric, bound 1.
 
-A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``.
+A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``;
+with adaptive clipping (private, ``clip-quantile > 0``) the bound is the round's ``C_t`` and a second part
+``H`` (K,), bound 1, is the one-hot bin of the norm of the unclipped contribution on the grid around ``C_t``
+(:func:`fedlrs.nn.federated.round_parts`).
 """
 
 from __future__ import annotations
@@ -85,13 +88,15 @@ def contribution_parts(config: Any, phase: Phase, bound: float | None = None) ->
     """The parts of a contribution of the run ``config`` (a :class:`~fedlrs.federation_config.FederationConfig`)
     in ``phase``, with their (finite) clipping bounds; ``bound``: the round's bound of the unit-free step.
 
-    A network task (``task != "linear"``) has one part, ``contribution`` (D,), bounded by ``nn-clip``,
-    D being the length of its method's flattened contribution.
+    A network task (``task != "linear"``): :func:`fedlrs.nn.federated.round_parts` for D, the length of its
+    method's flattened contribution, and the round's bound (``nn-clip`` when ``bound`` is None).
     """
     if config.task != "linear":
-        from fedlrs.nn.run_config import PART, contribution_dimension
+        from fedlrs.nn.federated import round_parts
+        from fedlrs.nn.run_config import contribution_dimension, network_config
 
-        return [Part(PART, (contribution_dimension(config),), float(config.nn_clip))]
+        parts = round_parts(network_config(config), contribution_dimension(config), float(config.nn_clip if bound is None else bound))
+        return [Part(name, shape, part_bound) for name, (shape, part_bound) in parts.items()]
     return linear_parts(config, phase, config.dim, bound)
 
 
