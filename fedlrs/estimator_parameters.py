@@ -35,8 +35,9 @@ PARAMETERS_DOC = """
     sample_rate : float, default=1.0
         q in (0, 1]: each user takes part in a round with probability q (Poisson sampling).
     ridge_w : float, default={ridge_w}
-        Ridge penalty of each user's ``w_i`` (>= 0), relative to the user's mean feature
-        energy ``tr(X_i^T X_i) / d``, so it means the same in any units of X.
+        Ridge penalty of each user's ``w_i`` (>= 0), in units of the user's mean squared
+        feature ``tr(X_i^T X_i) / (d m_i)`` (1 for standardized features), so it means the
+        same in any units of X.
     ridge_b : float, default={ridge_b}
         Ridge penalty of each user's ``b_i`` (>= 0), relative like ``ridge_w``.
     ridge_u : float, default=1e-6

@@ -157,7 +157,7 @@ def test_private_ls_is_unit_free_and_beats_its_old_fixed_bounds():
 
 @pytest.mark.parametrize("mode", ["ls", "gd"])
 def test_ridges_mean_the_same_in_any_units(mode):
-    """The ridges are relative to each user's tr(X_i^T X_i) / d (and the ls solve's to tr(A / N)): X x 1e-3 or y x 1e-3
+    """The ridges are in units of each user's tr(X_i^T X_i) / (d m_i) (the ls solve's of tr(A / N)): X x 1e-3 or y x 1e-3
     give the same model (thetas in their units). With absolute ridges X x 1e-3 made the ridge as large as the data."""
     data = make_lrs_data(users=600, examples=5, dim=10, rank=2, sparsity=1, unit_weights=True, seed=7)
     X, y, _ = long_table(data, 600, 5, 10)

@@ -4,8 +4,9 @@ For user i with statistics ``S = X^T X``, ``g = X^T y`` the local problem is
 
     min_{w, ||b||_0 <= k}  ||y - X U w - X b||^2 + lam_w ||w||^2 + lam_b ||b||^2,
 
-with ridges relative to the user's own data, ``lam = ridge * tr(S) / d`` (:func:`ridge_unit`): the
-fit is the same in any units of X and y (``w`` and ``b`` scale by the units of y over those of X).
+with ridges in the units of the user's own features, ``lam = ridge * tr(S) / (d m)`` (:func:`ridge_unit`, the
+mean squared entry of ``X``; 1 for standardized features, so a ridge keeps its usual meaning): the fit is the
+same in any units of X and y (``w`` and ``b`` scale by the units of y over those of X).
 ``w`` is eliminated in closed form: with ``V = S U`` and ``G = U^T S U + lam_w I``,
 ``w(b) = G^{-1} (U^T g - V^T b)``, and the objective in ``b`` becomes the quadratic
 
@@ -96,13 +97,15 @@ class ProjectedGram:
         return rows.gather(2, index.unsqueeze(1).expand(-1, index.shape[1], -1))
 
 
-def ridge_unit(xtx: Tensor) -> Tensor:
-    """The unit of each user's ridges, ``tr(S_i) / d`` (n,) for ``S_i = X_i^T X_i`` (1 where ``S_i = 0``).
+def ridge_unit(stats: UserStats) -> Tensor:
+    """The unit of each user's ridges, ``tr(S_i) / (d m_i)`` (n,): the mean squared entry of ``X_i`` (1 where it is 0).
 
-    ``lam_i = ridge * tr(S_i) / d`` scales with the data as ``S_i`` does, so a ridge means the same
-    in any units of X (a user with no examples keeps the bare ``ridge``, all its sums being 0).
+    ``lam_i = ridge * tr(S_i) / (d m_i)`` scales with the features as ``S_i / m_i`` does, so a ridge means the
+    same in any units of X and, like a plain ridge, weighs less as a user's examples grow (1 for standardized
+    features: the plain ridge; a user with no examples keeps the bare ``ridge``, all its sums being 0).
     """
-    unit = torch.diagonal(xtx, dim1=-2, dim2=-1).sum(-1) / xtx.shape[-1]
+    energy = torch.diagonal(stats.xtx, dim1=-2, dim2=-1).sum(-1)
+    unit = energy / (stats.xtx.shape[-1] * stats.count.to(energy.dtype).clamp_min(1))
     return torch.where(unit > 0, unit, torch.ones_like(unit))
 
 
@@ -110,7 +113,7 @@ def _projected_problem(U: Tensor, stats: UserStats, ridge_w: float, ridge_b: flo
     """``H`` (as a :class:`ProjectedGram`), ``h`` (n, d) and the pieces to recover ``w(b)``; ridges times ``unit`` (n,)
     (default :func:`ridge_unit`)."""
     d, r = U.shape
-    unit = ridge_unit(stats.xtx) if unit is None else unit
+    unit = ridge_unit(stats) if unit is None else unit
     if r == 0:
         return ProjectedGram(stats.xtx, None, None, ridge_b * unit), stats.xty, None, 0
     V = stats.xtx @ U  # (n, d, r)

@@ -20,7 +20,7 @@ class EngineConfig(PrivacySettings):
     rank, sparsity: r and k of ``theta_i = U w_i + b_i``. rounds: T. mode: "ls" or "gd".
     loss: "squared" or "logistic" (logistic needs mode "gd"). init: "moments" or "random".
     sample_rate: q, each user takes part in a round with probability q (Poisson sampling).
-    ridge_w, ridge_b: local ridge penalties, relative to each user's ``tr(X_i^T X_i) / d``; ridge_u: ridge of
+    ridge_w, ridge_b: local ridge penalties, in units of each user's mean squared feature ``tr(X_i^T X_i) / (d m_i)``; ridge_u: ridge of
     the "ls" U solve, relative to ``tr(A / N) / (dr)`` (so none of them depends on the data's units);
     gd_learning_rate: step of the "gd" update; refine_steps, starts: local support search.
 
