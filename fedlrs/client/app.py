@@ -77,7 +77,7 @@ def moments(message: Message, context: Context, config: FederationConfig) -> Mes
 def clip(message: Message, context: Context, config: FederationConfig) -> Message:
     """The clip phase of a round: the one-hot bin of the norm of this device's unit-free contribution, nothing else."""
     stats = sufficient_statistics(load_user_data(config, context.node_config))
-    return _reply(message, clip_contribution(_published_U(message, config.torch_dtype), stats, config))
+    return _reply(message, clip_contribution(_published_U(message, config.torch_dtype), stats, config, _clip_bound(message)))
 
 
 def personalize(message: Message, context: Context, config: FederationConfig) -> Message:

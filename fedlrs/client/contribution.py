@@ -37,7 +37,7 @@ from fedlrs.core import (
 )
 from fedlrs.core import unit_free_gradients
 from fedlrs.federation_config import FederationConfig
-from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
+from fedlrs.privacy.adaptive import clip_histogram, clipped_round_parts, relative_grid
 from fedlrs.privacy.clipping import clip_scales, ls_private_scales
 from fedlrs.protocol.parts import expected_parts
 
@@ -93,8 +93,11 @@ def moments_contribution(data: UserData, config: FederationConfig) -> dict[str, 
     return clip_parts({"M": M}, bounds)
 
 
-def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig) -> dict[str, Tensor]:
-    """The one-hot bin of the norm of the user's unit-free contribution for ``U`` (:func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig, center: float | None) -> dict[str, Tensor]:
+    """The one-hot bin of the norm of the user's unit-free contribution for ``U`` on the grid around ``center``, the server's
+    previous bound (:func:`fedlrs.privacy.adaptive.relative_grid`, :func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+    if center is None or not 0 < center < math.inf:
+        raise ValueError(f"clip bound == {center!r}: the clip phase needs the center of its grid (> 0) from the server.")
     fit = local_fit(U, stats, config)
     delta, _ = unit_free_gradients(stats, U, fit.w, fit.b)
-    return clip_histogram(delta, clip_grid(dtype=delta.dtype))
+    return clip_histogram(delta, relative_grid(center, dtype=delta.dtype))

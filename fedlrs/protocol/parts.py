@@ -10,7 +10,7 @@ AMHT-LRS (``task = "linear"``):
 
 * ``"moments"`` (private init): ``M`` (d, d), symmetric, bound ``clip-moments`` (``clip-quantile > 0``:
   each user sends ``M_i / ||M_i||_F``, bound 1);
-* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): ``H`` (K,), the one-hot bin of the
+* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): ``H`` (9,), the one-hot bin (on the grid around the previous bound) of the
   norm of the user's unit-free contribution (:mod:`fedlrs.privacy.adaptive`), bound 1;
 * ``"round"`` in mode "ls": ``A`` (dr, dr), symmetric, bound ``clip-a``, and ``c`` (dr,), bound ``clip-c``
   (private with ``clip-quantile > 0``: unit-free, ``A_i / ||A_i||_F`` bound 1 and ``c_i / ||A_i||_F`` bound 1);
@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fedlrs.privacy.adaptive import clip_grid
+from fedlrs.privacy.adaptive import CLIP_WINDOW
 from fedlrs.privacy.clipping import LS_UNIT_FREE_C_BOUND
 
 Phase = Literal["moments", "clip", "round"]
@@ -70,7 +70,7 @@ def linear_parts(config: Any, phase: Phase, dim: int, bound: float | None = None
     engine = _engine(config)
     d, r = dim, config.rank
     if phase == "clip":
-        return [Part("H", (len(clip_grid()),), 1.0)]
+        return [Part("H", (2 * CLIP_WINDOW + 1,), 1.0)]
     if phase == "moments":
         return [Part("M", (d, d), 1.0 if engine.unit_free_init else float(config.clip_moments), True)]
     if engine.unit_free:

@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
 from fedlrs.privacy import BudgetExceededError, Ledger
-from fedlrs.privacy.adaptive import clip_grid, quantile_bound
+from fedlrs.privacy.adaptive import CLIP_START, quantile_bound, relative_grid
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_nodes
 from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, PERSONALIZE, ROUND_CONFIG, message_type
@@ -135,12 +135,14 @@ class Billboard:
 
     def _choose_clip_bound(self, grid: Grid, nodes: list[int], U: torch.Tensor, round_number: int, generator: torch.Generator) -> None:
         """The clip phase of a round of the unit-free step (the engine's :func:`~fedlrs.simulations.engine.choose_clip_bound`):
-        its own Poisson sample sends the bins of its norms, the server (privately: releases them as a ``"clip"`` event and)
+        its own Poisson sample sends the bins of its norms on the grid around the previous bound (sent as ``clip-bound``;
+        :data:`~fedlrs.privacy.adaptive.CLIP_START` at first), the server (privately: releases them as a ``"clip"`` event and)
         sets ``clip_bound`` to the ``clip-quantile`` of the histogram."""
         c = self.config
         sampled = sample_nodes(nodes, c.sample_rate, generator)
         normalizer = max(c.sample_rate * len(nodes), 1e-12)
-        self.clip_bound = None
+        center = CLIP_START if self.clip_bound is None else self.clip_bound
+        self.clip_bound = center  # what the clip message carries: the center of the grid
         if self.private is not None:
             event = self.private.event("clip", round_number)
             self.private.budget.check(self.private.ledger, event)
@@ -149,7 +151,7 @@ class Billboard:
             fractions = release_clip(self.private, histogram, event, normalizer)["H"]
         else:
             fractions = histogram["H"] / normalizer
-        self.clip_bound = quantile_bound(fractions, clip_grid(dtype=fractions.dtype), c.clip_quantile)
+        self.clip_bound = quantile_bound(fractions, relative_grid(center, dtype=fractions.dtype), c.clip_quantile)
 
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
@@ -282,6 +284,7 @@ class Billboard:
         if checkpoint is not None:
             U, start = checkpoint.shared["U"].to(c.torch_dtype), checkpoint.round
             self._restore_noise_multiplier(checkpoint)
+            self.clip_bound = checkpoint.clip_bound  # the center of the next clip phase's grid
         else:
             if not nodes:
                 raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")

@@ -37,7 +37,7 @@ from fedlrs.core import (
     user_parameters,
 )
 from fedlrs.privacy import clip_scales, ls_private_scales
-from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
+from fedlrs.privacy.adaptive import CLIP_START, clip_histogram, clipped_round_parts, relative_grid
 
 if TYPE_CHECKING:
     from .engine_config import EngineConfig
@@ -137,12 +137,13 @@ def round_partial_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit:
     return contribution_sums(config, U, users, fit, bound)
 
 
-def clip_partial_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit | None = None) -> Sums:
+def clip_partial_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
     """The clip phase of a round of the unit-free step for a chunk of sampled users: ``{"H": sum_i onehot(bin of ||Delta_i||_F), "users": n}``
-    over the candidate bounds :func:`fedlrs.privacy.adaptive.clip_grid` (:func:`fedlrs.privacy.adaptive.clip_histogram`, sensitivity 1)."""
+    over the candidate bounds around ``center`` (the previous bound, :func:`fedlrs.privacy.adaptive.relative_grid`;
+    :func:`fedlrs.privacy.adaptive.clip_histogram`, sensitivity 1)."""
     users, fit = _fitted(config, U, users, fit)
     delta, _ = unit_free_gradients(users.statistics(), U, fit.w, fit.b)
-    edges = clip_grid(dtype=config.torch_dtype, device=config.device)
+    edges = relative_grid(center, dtype=config.torch_dtype, device=config.device)
     return {**clip_histogram(delta, edges), USERS: _count(users.num_users)}
 
 
@@ -288,9 +289,9 @@ class Federation:
         """:func:`round_partial_sums` of the users at ``index`` added over the chunks; ``fit`` (theirs, in order) skips the local step."""
         return self._sums(round_partial_sums, U, index, fit, bound=bound)
 
-    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None) -> Sums:
+    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
         """:func:`clip_partial_sums` of the users at ``index`` added over the chunks (the clip phase of the unit-free step)."""
-        return self._sums(clip_partial_sums, U, index, fit)
+        return self._sums(clip_partial_sums, U, index, fit, center=center)
 
     def _sums(self, partial_sums, U: Tensor, index: Tensor | None, fit: LocalFit | None, **options) -> Sums:
         """``partial_sums(config, U, chunk, fit_of_chunk, **options)`` added over the chunks of the users at ``index``."""

@@ -25,7 +25,7 @@ from fedlrs.privacy import (
     PrivacyBudget,
     write_privacy_report,
 )
-from fedlrs.privacy.adaptive import clip_grid, quantile_bound
+from fedlrs.privacy.adaptive import CLIP_START, quantile_bound, relative_grid
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import SpentEpsilon
@@ -125,18 +125,20 @@ def update_subspace(federation: Federation, U: Tensor, fit: LocalFit | None, ind
     return server_step(federation.config, U, sums, normalizer, round_number)
 
 
-def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator) -> float:
+def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator,
+                      center: float = CLIP_START) -> float:
     """The first phase of a round with the unit-free step: its own Poisson sample sends the bins of its contributions' norms
+    on the grid around ``center`` (the previous round's bound; :func:`fedlrs.privacy.adaptive.relative_grid`)
     (:func:`fedlrs.simulations.chunks.clip_partial_sums`, added over chunks or shards, counting every sampled user), the
     server (privately: releases the histogram as a ``"clip"`` event and) sets the round's bound, the ``clip_quantile``
     of the histogram (:func:`fedlrs.privacy.adaptive.quantile_bound`). ``fit_all``: every user's fit for ``U`` when made."""
     c = federation.config
     index = sample_users(federation.num_users, c.sample_rate, generator, c.device)
-    sums = federation.clip_sums(U, index, fit_all if index is None else None)
+    sums = federation.clip_sums(U, index, fit_all if index is None else None, center)
     check_contributors(sums, federation.num_users if index is None else len(index))
     histogram, normalizer = {"H": sums["H"]}, c.sample_rate * federation.num_users
     fractions = histogram["H"] / normalizer if private is None else release_clip(private, histogram, private.event("clip", round_number), normalizer)["H"]
-    return quantile_bound(fractions, clip_grid(dtype=c.torch_dtype, device=c.device), c.clip_quantile)
+    return quantile_bound(fractions, relative_grid(center, dtype=c.torch_dtype, device=c.device), c.clip_quantile)
 
 
 def run_engine(
@@ -187,6 +189,7 @@ def run_engine(
         return fit_all
 
     fit_all = record(0, U)
+    bound_before = CLIP_START  # the center of the next clip phase's grid
     task = _progress(progress, config.rounds)
     for round_number in range(1, config.rounds + 1):
         event = None
@@ -199,7 +202,8 @@ def run_engine(
                 break
         bound = None
         if config.unit_free:
-            bound = choose_clip_bound(federation, U, fit_all, private, round_number, generator)
+            bound = choose_clip_bound(federation, U, fit_all, private, round_number, generator, bound_before)
+            bound_before = bound
             clip_bounds.append(bound)
         index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
         # every user takes part (index None) and the evaluation already fitted them all for this U
