@@ -123,11 +123,13 @@ class LocalDeployment:
         for i in range(users):
             np.savez(self.work / "data" / f"user-{i + 1}.npz", X=data.X[i].numpy(), y=data.y[i].numpy())
 
-    def start_supernode(self, i: int) -> None:
+    def start_supernode(self, i: int, node_config: str | None = None) -> None:
+        """SuperNode ``i`` with its key; ``node_config`` (default: its data file and state folder) as ``--node-config``."""
+        node_config = node_config or f"data-path='{self.work / 'data' / f'user-{i}.npz'}' state-dir='{self.work / 'state' / f'node-{i}'}'"
         self._start(f"supernode-{i}", [
             "flower-supernode", "--root-certificates", str(self.certs / "ca.crt"), "--superlink", f"{HOST}:{self.port}",
             "--port", str(free_port()), "--auth-supernode-private-key", str(self.certs / "keys" / f"supernode-{i}"),
-            "--node-config", f"data-path='{self.work / 'data' / f'user-{i}.npz'}' state-dir='{self.work / 'state' / f'node-{i}'}'"])
+            "--node-config", node_config])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to ``name`` and to each of its descendants, by PID; wait for ``name`` to exit."""

@@ -146,3 +146,29 @@ def test_recsys_run_config_defaults_are_the_models():
     for name, key in CONFIG_KEYS.items():
         if key.startswith("recsys-"):
             assert DEFAULTS[key] == defaults[name], key
+
+
+@pytest.mark.slow
+def test_flwr_run_of_task_recsys_on_a_real_deployment_publishes_the_engines_P(tmp_path):
+    """``flwr run . deploy --run-config 'task="recsys" ...'`` on a SuperLink and 3 SuperNodes (TLS, node auth), device i
+    holding user i's ratings (``--node-config partition-id=i``): the published P is the in-process engine's."""
+    from .deployment import LocalDeployment, alive
+
+    nodes = 3
+    deployment = LocalDeployment(tmp_path, nodes, extra_keys=0)
+    try:
+        deployment.start_superlink()
+        for i in range(1, nodes + 1):
+            deployment.register(i)
+            deployment.start_supernode(i, f"partition-id={i - 1} num-partitions={nodes}")
+        for i in range(1, nodes + 1):
+            deployment.wait_for_log(f"supernode-{i}", "SuperNode ID", 120)
+        run_config = (f'task="recsys" recsys-data="insteval" recsys-max-users={nodes} recsys-rank=2 recsys-sparsity=1 num-server-rounds=1 '
+                      f'min-nodes={nodes} wait-for-nodes=60.0 report-dir="{tmp_path / "report"}"')
+        assert deployment.wait_run(deployment.submit(run_config), 240) == "finished:completed"
+    finally:
+        deployment.stop_all()
+    assert not any(alive(pid) for pid in deployment.started_pids)
+    split = load_ratings("insteval", max_users=nodes)
+    engine = fit_recsys(split.stats(split.train_full), _task(rounds=1).config, rating_range=split.rating_range)
+    np.testing.assert_allclose(np.load(tmp_path / "report" / "P.npy"), engine.P.numpy(), atol=1e-9)
