@@ -27,7 +27,7 @@ def run_task(grid: Grid, config: FederationConfig):
     if config.task == RECSYS:  # matrix completion: every device one user's ratings; report-dir gets P and the privacy report
         task = recsys_task(config)
         ledger = Ledger(Path(config.report_dir) / "ledger.jsonl") if config.report_dir and config.private else None  # every event on disk first
-        result = run_recsys(grid, task, ledger=ledger, min_nodes=config.min_nodes, wait_for_nodes=config.wait_for_nodes)
+        result = run_recsys(grid, task, ledger=ledger, min_nodes=config.min_nodes, wait_for_nodes=config.wait_for_nodes, round_timeout=config.round_timeout)
         if config.report_dir:
             result.write(config.report_dir, task)
         return result

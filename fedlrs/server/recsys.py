@@ -37,6 +37,7 @@ from fedlrs.privacy import Ledger, write_privacy_report
 from fedlrs.protocol.messages import BILLBOARD, CONTRIBUTION, ROUND_CONFIG
 from fedlrs.recsys.flower_task import RecsysFlowerTask, ratings_split
 from fedlrs.recsys.model import _PrivateRelease, server_step
+from fedlrs.server.exchange import exchange
 
 
 @dataclass
@@ -65,12 +66,12 @@ class RecsysFlowerResult:
         return folder
 
 
-def _broadcast(grid: Grid, nodes: list[int], message_type: str, content: RecordDict) -> list[Message]:
-    messages = [grid.create_message(content=content, message_type=message_type, dst_node_id=node, group_id=message_type) for node in nodes]
-    replies = list(grid.send_and_receive(messages))
+def _broadcast(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, round_number: int, timeout: float) -> list[Message]:
+    """Every node's reply to ``message_type`` (:func:`fedlrs.server.exchange.exchange`), in node order; a missing or failed reply stops the run."""
+    replies, sent = exchange(grid, nodes, message_type, lambda: content, round_number, timeout=timeout)
     if len(replies) != len(nodes) or any(reply.has_error() for reply in replies):
         raise RuntimeError(f"{message_type}: {len(nodes)} devices asked, {len(replies)} replied (errors or lost replies are not handled by this task).")
-    return replies
+    return sorted(replies, key=lambda reply: sent[reply.metadata.reply_to_message_id])
 
 
 def _content(P: torch.Tensor, offset: float, round_number: int) -> RecordDict:
@@ -89,8 +90,10 @@ def _wait_for_nodes(grid: Grid, min_nodes: int, wait_for_nodes: float) -> list[i
     return nodes
 
 
-def run_recsys(grid: Grid, task: RecsysFlowerTask, *, ledger: Ledger | None = None, min_nodes: int = 1, wait_for_nodes: float = 0.0) -> RecsysFlowerResult:
-    """The server's rounds of :func:`fedlrs.recsys.model.fit_recsys` (q = 1) over the Grid's devices (at least ``min_nodes``)."""
+def run_recsys(grid: Grid, task: RecsysFlowerTask, *, ledger: Ledger | None = None, min_nodes: int = 1, wait_for_nodes: float = 0.0,
+               round_timeout: float = 60.0) -> RecsysFlowerResult:
+    """The server's rounds of :func:`fedlrs.recsys.model.fit_recsys` (q = 1) over the Grid's devices (at least ``min_nodes``;
+    each has ``round_timeout`` s to answer a message)."""
     config = task.config
     split = ratings_split(task.data, task.protocol, task.seed, task.max_users)
     d, rating_range = split.num_items, split.rating_range  # public: the catalogue and the rating scale
@@ -100,16 +103,16 @@ def run_recsys(grid: Grid, task: RecsysFlowerTask, *, ledger: Ledger | None = No
     if config.private:
         offset = (rating_range[0] + rating_range[1]) / 2
     else:
-        replies = _broadcast(grid, nodes, "query.recsys_mean", RecordDict())
+        replies = _broadcast(grid, nodes, "query.recsys_mean", RecordDict(), 0, round_timeout)
         totals = [r.content.metric_records["mean"] for r in replies]
         offset = sum(t["sum"] for t in totals) / max(sum(t["count"] for t in totals), 1.0)
     private = _PrivateRelease(config, rating_range, ledger if ledger is not None else Ledger()) if config.private else None
     for round_number in range(1, config.rounds + 1):
-        replies = _broadcast(grid, nodes, "train.recsys", _content(P, offset, round_number))
+        replies = _broadcast(grid, nodes, "train.recsys", _content(P, offset, round_number), round_number, round_timeout)
         parts = [r.content.array_records[CONTRIBUTION] for r in replies]
         sums = {name: sum(torch.from_numpy(part[name].numpy()) for part in parts) for name in parts[0].keys()}
         P = server_step(P, sums, config, float(len(nodes)), private, round_number)
-    _broadcast(grid, nodes, "query.recsys_personalize", _content(P, offset, config.rounds))
+    _broadcast(grid, nodes, "query.recsys_personalize", _content(P, offset, config.rounds), config.rounds + 1, round_timeout)
     if private is None:
         return RecsysFlowerResult(P, offset, len(nodes))
     return RecsysFlowerResult(P, offset, len(nodes), private.ledger, private.noise_multiplier)
