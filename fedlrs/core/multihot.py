@@ -30,14 +30,13 @@ are gathers and scatters, O(m z) each. Nothing forms ``X_i^T X_i`` (f x f), let 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .local import ProjectedGram, _coordinates, _subspace_pursuit, greedy_support
-from .sparse import ItemFit, ItemStats, _scatter_items, extended_coordinates, item_solve, ridge_vector
+from .sparse import ItemFit, ItemStats, _scatter_items, extended_coordinates, item_solve, length_groups, ridge_vector
 
 Tensor = torch.Tensor
 
@@ -166,19 +165,8 @@ def feature_statistics(users, indptr, columns, values, ratings, *, num_users: in
 
 
 def feature_buckets(stats: FeatureStats, *, ratio: float = 2.0) -> list[tuple[Tensor, FeatureStats]]:
-    """The users grouped by their number of rows ``m_i`` (in ``[l, ratio l)``), each group trimmed to its own largest ``m_i`` and ``f_i``."""
-    if ratio <= 1:
-        raise ValueError(f"ratio == {ratio}, must be > 1.")
-    width = stats.mask.sum(1)
-    order = torch.argsort(width, stable=True)
-    sorted_width = width[order]
-    groups, start = [], 0
-    while start < len(order):
-        low = max(int(sorted_width[start]), 1)
-        end = max(int(torch.searchsorted(sorted_width, torch.tensor(math.ceil(ratio * low)), right=False)), start + 1)
-        groups.append((order[start:end], stats.trimmed(order[start:end])))
-        start = end
-    return groups
+    """The users grouped by their number of rows ``m_i`` (:func:`.sparse.length_groups`), each group trimmed to its own largest ``m_i`` and ``f_i``."""
+    return [(index, stats.trimmed(index)) for index in length_groups(stats.mask.sum(1), ratio=ratio)]
 
 
 def apply_rows(stats: FeatureStats, v: Tensor) -> Tensor:
