@@ -135,7 +135,9 @@ class FederationConfig:
     reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
     "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
     (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its
-    key sharing (fractions of the cohort and of a node's shares).
+    key sharing (fractions of the cohort and of a node's shares). ``task = "recsys"`` is matrix
+    completion: its ``recsys-*`` keys (with the shared rounds, seeds and privacy keys) are checked by
+    :func:`fedlrs.recsys.flower_task.recsys_task`.
     """
 
     num_server_rounds: int = DEFAULTS["num-server-rounds"]

@@ -1,4 +1,4 @@
-"""AMHT-LRS as (private) matrix completion: the round loop over one-hot item features.
+"""AMHT-LRS as (private) matrix completion: the round loop over one-hot (or multi-hot) item features.
 
 Published: ``P = [U, c]`` (d, r + 1), the item factors and item biases. On each device:
 ``w_i`` (r), the user bias ``a_i`` and the k-sparse ``b_i`` on its rated items
@@ -7,6 +7,10 @@ local state for the published ``P``, forms its contribution ("ls": the per-item 
 ``A_i``, ``c_i``; "gd": the gradient rows ``G_i``), the server sums, and updates ``P``
 (one (r+1) x (r+1) solve per item, or a gradient step). Rank 0 is the biased baseline
 (offset + user bias + item bias); ``rounds = 0`` with rank 0 is local only (user bias).
+
+The same loop runs over multi-hot rows (:class:`fedlrs.core.multihot.FeatureStats`, e.g. an
+item's id and its genres): the local step of :mod:`fedlrs.core.multihot`, "gd" as above, and in
+mode "ls" the majorized per-feature step (exact ALS for one-hot rows), non-private only.
 
 Privately (DESIGN.md section 3, as DPALS bounds a user's contribution): a user contributes
 at most ``rating_cap`` of its rated items (a uniform random subset), its ``w_i`` clipped
