@@ -123,13 +123,11 @@ class LocalDeployment:
         for i in range(users):
             np.savez(self.work / "data" / f"user-{i + 1}.npz", X=data.X[i].numpy(), y=data.y[i].numpy())
 
-    def start_supernode(self, i: int, node_config: str | None = None) -> None:
-        """SuperNode ``i`` with its key; ``node_config`` (default: its data file and state folder) as ``--node-config``."""
-        node_config = node_config or f"data-path='{self.work / 'data' / f'user-{i}.npz'}' state-dir='{self.work / 'state' / f'node-{i}'}'"
+    def start_supernode(self, i: int) -> None:
         self._start(f"supernode-{i}", [
             "flower-supernode", "--root-certificates", str(self.certs / "ca.crt"), "--superlink", f"{HOST}:{self.port}",
             "--port", str(free_port()), "--auth-supernode-private-key", str(self.certs / "keys" / f"supernode-{i}"),
-            "--node-config", node_config])
+            "--node-config", f"data-path='{self.work / 'data' / f'user-{i}.npz'}' state-dir='{self.work / 'state' / f'node-{i}'}'"])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to ``name`` and to each of its descendants, by PID; wait for ``name`` to exit."""

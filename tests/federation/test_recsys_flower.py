@@ -1,5 +1,11 @@
 """The recsys task through Flower (fedlrs.server.recsys, fedlrs.client.recsys) on a fake Grid: the same P and user fits as the engine on a small slice."""
 
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +21,7 @@ from fedlrs.recsys.model import RecsysConfig, fit_recsys
 from .fakes import FakeGrid
 
 USERS = 12
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _task(**config):
@@ -148,27 +155,39 @@ def test_recsys_run_config_defaults_are_the_models():
             assert DEFAULTS[key] == defaults[name], key
 
 
-@pytest.mark.slow
-def test_flwr_run_of_task_recsys_on_a_real_deployment_publishes_the_engines_P(tmp_path):
-    """``flwr run . deploy --run-config 'task="recsys" ...'`` on a SuperLink and 3 SuperNodes (TLS, node auth), device i
-    holding user i's ratings (``--node-config partition-id=i``): the published P is the in-process engine's."""
-    from .deployment import LocalDeployment, alive
+def _processes_of(home) -> list[int]:
+    """PIDs of the processes whose command line names ``home`` (the local SuperLink ``flwr run .`` leaves running)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(home) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
-    nodes = 3
-    deployment = LocalDeployment(tmp_path, nodes, extra_keys=0)
+
+@pytest.mark.slow
+def test_flwr_run_of_task_recsys_publishes_the_engines_P(tmp_path):
+    """``flwr run . --run-config 'task="recsys" ...'`` (the local SuperLink's simulation, 4 SuperNodes, node i = user i):
+    the run completes and the P in its report-dir is the in-process engine's."""
+    nodes, home = 4, tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    run_config = (f"task='recsys' recsys-data='insteval' recsys-max-users={nodes} recsys-rank=2 recsys-sparsity=1 num-server-rounds=2 "
+                  f"report-dir='{tmp_path / 'report'}'")
     try:
-        deployment.start_superlink()
-        for i in range(1, nodes + 1):
-            deployment.register(i)
-            deployment.start_supernode(i, f"partition-id={i - 1} num-partitions={nodes}")
-        for i in range(1, nodes + 1):
-            deployment.wait_for_log(f"supernode-{i}", "SuperNode ID", 120)
-        run_config = (f'task="recsys" recsys-data="insteval" recsys-max-users={nodes} recsys-rank=2 recsys-sparsity=1 num-server-rounds=1 '
-                      f'min-nodes={nodes} wait-for-nodes=60.0 report-dir="{tmp_path / "report"}"')
-        assert deployment.wait_run(deployment.submit(run_config), 240) == "finished:completed"
+        done = subprocess.run(["flwr", "run", ".", "--stream", "--run-config", run_config, "--federation-config", f"num-supernodes={nodes}"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        listed = subprocess.run(["flwr", "list", "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert [run["status"] for run in json.loads(listed.stdout)["runs"]] == ["finished:completed"]
     finally:
-        deployment.stop_all()
-    assert not any(alive(pid) for pid in deployment.started_pids)
+        for pid in _processes_of(home):  # stop the local SuperLink of this FLWR_HOME, by PID
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     split = load_ratings("insteval", max_users=nodes)
-    engine = fit_recsys(split.stats(split.train_full), _task(rounds=1).config, rating_range=split.rating_range)
+    engine = fit_recsys(split.stats(split.train_full), _task(rounds=2).config, rating_range=split.rating_range)
     np.testing.assert_allclose(np.load(tmp_path / "report" / "P.npy"), engine.P.numpy(), atol=1e-9)
