@@ -131,7 +131,7 @@ class FederationConfig:
     ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
     0: one z for the init and the rounds, calibrated jointly to the target); ``clip-quantile``
     the target quantile of adaptive clipping in mode "gd" (each round a clip phase, message
-    ``train.clip``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
+    ``train.clip``; in mode "ls" unit-free parts ``A_i / ||A_i||_F``, ``c_i / ||A_i||_F``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
     reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
     "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
     (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its

@@ -36,7 +36,7 @@ from fedlrs.core import (
     unit_free_gradients,
     user_parameters,
 )
-from fedlrs.privacy import clip_scales, ls_part_scales
+from fedlrs.privacy import clip_scales, ls_private_scales
 from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
 
 if TYPE_CHECKING:
@@ -83,14 +83,14 @@ def local_fit(config: "EngineConfig", U: Tensor, users: LeanUsers) -> LocalFit:
 def moment_partial_sums(config: "EngineConfig", data: UserData) -> Sums:
     """``{"M": sum_i s_i M_i, "users": n}``, ``M_i = sum_j y_ij^2 x_ij x_ij^T``.
 
-    ``s_i`` = 1 when not private; privately with adaptive clipping ``1 / ||M_i||_F`` (each user
+    ``s_i`` = 1 when not private; privately with unit-free parts (``config.unit_free_init``) ``1 / ||M_i||_F`` (each user
     sends ``M_i / ||M_i||_F``, 0 for ``M_i = 0``: bound 1, unit-free), else the factor clipping
     ``||M_i||_F`` to ``clip_moments``.
     """
     weights = None
     if config.private:
         norms = moment_norms(data)
-        if config.adaptive:
+        if config.unit_free_init:
             weights = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
         else:
             weights = clip_scales(norms, bound=config.clip_moments)
@@ -101,7 +101,8 @@ def contribution_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: 
     """The summed contributions of ``users`` with their local fit, each clipped first when ``config.private``.
 
     "ls": ``A = sum_i a_i (w_i w_i^T) kron (X_i^T X_i)``, ``c = sum_i c_i vec(g_i w_i^T)`` with
-    ``a_i, c_i`` clipping ``||A_i||_F`` to ``clip_a`` and ``||c_i||`` to ``clip_c``.
+    ``a_i, c_i`` clipping ``||A_i||_F`` to ``clip_a`` and ``||c_i||`` to ``clip_c``, or unit-free
+    (``config.unit_free_ls``: ``a_i = 1 / ||A_i||_F``, :func:`fedlrs.privacy.ls_private_scales`).
     "gd", unit-free step: ``G = sum_i s_i Delta_i``, ``P = sum_i s_i P_i`` (:func:`fedlrs.core.unit_free_gradients`)
     with ``s_i`` clipping ``||Delta_i||_F`` to the round's ``bound``, also without privacy
     (:func:`fedlrs.privacy.adaptive.clipped_round_parts`).
@@ -118,8 +119,7 @@ def contribution_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: 
         stats = users.statistics()
         weights = {}
         if c.private:
-            g = ls_part_vectors(stats, fit.b)
-            weights = dict(zip(("weights_A", "weights_c"), ls_part_scales(fit.w, stats.xtx, g, bound_A=c.clip_a, bound_c=c.clip_c)))
+            weights = ls_private_scales(fit.w, stats.xtx, ls_part_vectors(stats, fit.b), unit_free=c.unit_free_ls, bound_A=c.clip_a, bound_c=c.clip_c)
         A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
         return {"A": A, "c": vec_c, **count}
     if c.loss == "squared":

@@ -51,6 +51,14 @@ def test_private_reply_is_exactly_the_clipped_contribution(small, U, mode, names
         assert math.isclose(np.linalg.norm(value), bounds[name], rel_tol=1e-9)  # these bounds do bind
 
 
+def test_private_ls_reply_is_unit_free(small, U):
+    """Private "ls" with clip-quantile > 0: A_i / ||A_i||_F (norm exactly 1) and c_i / ||A_i||_F clipped to 1."""
+    reply = make_client_app({**small, "mode": "ls", "private": True})(_message("train", U), _context())
+    record = reply.content.array_records["contribution"]
+    A, c = record["A"].numpy(), record["c"].numpy()
+    assert math.isclose(np.linalg.norm(A), 1.0, rel_tol=1e-12) and np.allclose(A, A.T) and np.linalg.norm(c) <= 1 + 1e-12
+
+
 def test_adaptive_clip_phase_and_round_reply(small, U):
     """clip-quantile > 0 in mode gd: train.clip answers one one-hot bin; train answers G within the server's bound and P (trace <= 1)."""
     from fedlrs.privacy.adaptive import clip_grid
