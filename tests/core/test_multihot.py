@@ -69,7 +69,8 @@ def test_local_step_equals_the_dense_solver_on_the_multi_hot_design(sparsity):
     U_dense = torch.zeros(d + 1, r + 1, dtype=DT)
     U_dense[:d, :r], U_dense[d, r] = P[:, :r], 1
     target = y - 0.4 - X @ P[:, -1].numpy()
-    dense = solve_local(U_dense, _dense_stats(X1, users, target, n), sparsity=sparsity, ridge_w=0.1, ridge_b=0.1, refine_steps=1, starts=4)
+    dense = solve_local(U_dense, _dense_stats(X1, users, target, n), sparsity=sparsity, ridge_w=0.1, ridge_b=0.1, refine_steps=1, starts=4,
+                        ridge_units=torch.ones(n, dtype=DT))  # the feature path's ridges are absolute, as the item path's
     torch.testing.assert_close(fit.w, dense.w[:, :r])
     torch.testing.assert_close(fit.user_bias, dense.w[:, r])
     torch.testing.assert_close(torch.zeros(n, d + 1, dtype=DT).scatter(1, fit.b_items, fit.b_values), dense.b)
