@@ -109,6 +109,9 @@ ATTRIBUTES_DOC = """
         Every release of a private fit (None when not private).
     epsilon_ : float or None
         Epsilon spent by a private fit, recomputed from ``ledger_`` with ``accountant``.
+    sparse_features_ : {"one-hot", "multi-hot"} or None
+        The sparse path a scipy.sparse X of 0/1 rows took (:mod:`fedlrs.estimator_sparse`;
+        ``y = o + a_i + x . (c + U w_i + b_i)``, ``B_`` not formed); None: the dense path.
 """
 
 #: estimator parameter -> EngineConfig field: the one place the parameters reach the engine
