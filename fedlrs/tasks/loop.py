@@ -138,19 +138,28 @@ class InProcessTransport:
     """Every user of a federation as one slice of a batch, their personal states kept beside their data (the in-process devices).
 
     ``data`` has ``num_users`` and ``select(index)``; ``personal`` is a dict of tensors with a
-    leading user dimension (empty: a stateless task). ``collect`` runs the task's client step on
-    the sampled users at once and keeps their new personal states; a phase nobody was sampled
-    into gives zero sums of the parts' shapes (released all the same), in ``dtype`` on ``device``.
+    leading user dimension (None: ``task.init_personal(shared, N)`` when first needed, or empty for a
+    stateless task). ``collect`` runs the task's client step on the sampled users at once and keeps
+    their new personal states; a phase nobody was sampled into gives zero sums of the parts' shapes
+    (released all the same), in ``dtype`` on ``device``.
     """
 
     def __init__(self, task: Task, data, personal: State | None = None, *, dtype: torch.dtype = torch.float64, device: Any = "cpu"):
-        self.task, self.data, self.personal = task, data, dict(personal or {})
+        self.task, self.data, self.personal = task, data, None if personal is None else dict(personal)
         self.num_users, self.dtype, self.device = data.num_users, dtype, device
 
+    def personal_states(self, shared: State) -> State:
+        """Every user's personal state (made by ``task.init_personal(shared, N)`` the first time)."""
+        if self.personal is None:
+            init = getattr(self.task, "init_personal", None)
+            self.personal = {} if init is None else dict(init(shared, self.num_users))
+        return self.personal
+
     def collect(self, phase: str, shared: State, index: Tensor | None) -> Sums:
+        personal = self.personal_states(shared)
         if index is not None and len(index) == 0:
             return zero_sums(self.task.parts(phase, shared), dtype=self.dtype, device=self.device)
         data = self.data if index is None else self.data.select(index)
-        sums, updated = self.task.client_step(shared, _select(self.personal, index), data, phase)
-        self.personal = _put(self.personal, index, updated)
+        sums, updated = self.task.client_step(shared, _select(personal, index), data, phase)
+        self.personal = _put(personal, index, updated)
         return sums

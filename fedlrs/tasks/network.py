@@ -1,0 +1,110 @@
+"""Any network method (:class:`~fedlrs.nn.method.FederatedMethod`: LRS-NN, FedAvg, FedAvg+FT, FedRep) as a task.
+
+:class:`NetworkTask` is :func:`fedlrs.nn.federated.run_federated`'s round written against the task
+contract: shared state the method's, personal states the method's (kept by the transport), one
+phase ``"round"`` with one part ``"contribution"`` (D,), the user's whole flattened contribution
+clipped to ``clip`` (private); the server step ``method.apply(shared, unflatten(s / (q N)))``.
+:func:`run_network_task` runs it on the one loop (:func:`fedlrs.tasks.loop.run_task`) over the
+in-process batched transport with ``run_federated``'s evaluation schedule and final
+personalisation, and gives the same shared state for the same seed (tests/test_tasks_loop.py).
+
+Adaptive clipping (a norm histogram ``"H"`` released in the same round, under its own event)
+fits the contract as a second part of the phase ``"round"``: :meth:`NetworkTask.parts` returns
+both and :meth:`NetworkTask.release` releases them through the PrivateServer, each under its event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedlrs.nn.federated import (
+    PART,
+    FederatedResult,
+    NetworkConfig,
+    clipped_sum,
+    contribution_shapes,
+    flat_contributions,
+    initial_state,
+    prepare_examples,
+    private_server,
+)
+from fedlrs.nn.method import FederatedMethod, UserExamples
+from fedlrs.nn.network import flat_size, unflatten
+from fedlrs.privacy.ledger import Ledger
+from fedlrs.protocol.parts import Part
+from fedlrs.tasks.base import State, Sums, TaskBase, count
+from fedlrs.tasks.loop import InProcessTransport, run_task
+
+
+class NetworkTask(TaskBase):
+    """A :class:`~fedlrs.nn.method.FederatedMethod` under a :class:`~fedlrs.nn.federated.NetworkConfig` (module docstring).
+
+    The local updates draw from their own generator (``settings.seed + 1``), as in ``run_federated``.
+    """
+
+    name = "nn"
+
+    def __init__(self, method: FederatedMethod, settings: NetworkConfig):
+        self.method, self.settings = method, settings
+        self.local_generator = torch.Generator().manual_seed(settings.seed + 1)
+        self.shapes: dict[str, torch.Size] | None = None
+
+    def init_shared(self, generator: torch.Generator) -> State:
+        """``method.init_shared(generator)`` on the run's device and dtype; the contribution's shapes are read from it."""
+        shared = initial_state(self.method, self.settings, generator)
+        self.shapes = contribution_shapes(self.method, shared)
+        return shared
+
+    def init_personal(self, shared: State, num_users: int) -> State:
+        return self.method.init_personal(shared, num_users)
+
+    def parts(self, phase: str, shared: State) -> list[Part]:
+        return [Part(PART, (flat_size(self.shapes),), float(self.settings.clip))]
+
+    def client_step(self, shared: State, personal: State, data: UserExamples, phase: str) -> tuple[Sums, State]:
+        """``{"contribution": sum_i clip_C(g_i), "users": n}`` after the users' local update (their new personal states)."""
+        updated = self.method.local_update(shared, personal, data, self.local_generator)
+        contribution = self.method.contribution(shared, updated, data, self.local_generator)
+        return {PART: clipped_sum(flat_contributions(contribution, self.shapes), self.settings), "users": count(data.num_users)}, updated
+
+    def server_step(self, shared: State, phase: str, sums: Sums, normalizer: float, round_number: int) -> State:
+        """``method.apply(shared, unflatten(s / normalizer))``."""
+        return self.method.apply(shared, unflatten(sums[PART] / normalizer, self.shapes))
+
+
+def run_network_task(method: FederatedMethod, train: UserExamples, config: NetworkConfig, *, ledger: Ledger | None = None,
+                     evaluate: Callable[[State, State], dict] | None = None, on_round: Callable[[dict], None] | None = None) -> FederatedResult:
+    """``run_federated(method, train, config, ...)`` on the one loop: same arguments, same result (:func:`fedlrs.nn.federated.run_federated`)."""
+    if train.num_users == 0:
+        raise ValueError("train has no users; the federation needs at least one.")
+    train = prepare_examples(train, config)
+    task = NetworkTask(method, config)
+    transport = InProcessTransport(task, train, dtype=config.torch_dtype, device=config.device)
+    private = private_server(config, ledger)
+    started, history = time.perf_counter(), []
+
+    def write(round_number: int, shared: State) -> None:
+        entry: dict[str, Any] = {"round": round_number, "seconds": time.perf_counter() - started}
+        if evaluate is not None:
+            entry.update(evaluate(shared, transport.personal_states(shared)))
+        history.append(entry)
+        if on_round is not None:
+            on_round(entry)
+
+    def record(round_number: int, shared: State) -> None:
+        every = config.evaluate_every
+        if round_number in (0, config.rounds) or (every and round_number % every == 0):
+            write(round_number, shared)
+
+    outcome = run_task(task, transport, generator=torch.Generator().manual_seed(config.seed), private=private, device=config.device, record=record)
+    shared = outcome.shared
+    if history[-1]["round"] != outcome.completed:
+        write(outcome.completed, shared)
+    personal = method.personalize(shared, transport.personal_states(shared), train, task.local_generator)
+    return FederatedResult(shared, personal, history, config.to_dict(), outcome.stopped, outcome.completed,
+                           ledger=None if private is None else private.ledger,
+                           noise_multiplier=None if private is None else private.noise_multiplier, _private=private)
