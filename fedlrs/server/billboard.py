@@ -130,7 +130,7 @@ class Billboard:
         return message_type(phase)
 
     def _choose_clip_bound(self, grid: Grid, nodes: list[int], U: torch.Tensor, round_number: int, generator: torch.Generator) -> None:
-        """The clip phase of a round of the unit-free step (the engine's :func:`~fedlrs.simulations.engine.choose_clip_bound`):
+        """The clip phase of a round of the unit-free step (the linear task's phase "clip", :class:`~fedlrs.tasks.linear.LinearTask`):
         its own Poisson sample sends the bins of its norms, the server (privately: releases them as a ``"clip"`` event and)
         sets ``clip_bound`` to the ``clip-quantile`` of the histogram."""
         c = self.config

@@ -5,6 +5,8 @@ published ``U`` (:func:`fedlrs.core.solve_local`), form their contribution, the
 server sums the contributions and updates ``U`` ("ls": exact least squares,
 "gd": a gradient step), then re-orthonormalizes. The engine calls the same
 ``fedlrs.core`` functions as the Flower client and server; only the batching differs.
+The rounds are the one loop (:mod:`fedlrs.tasks.loop`) of the linear task
+(:class:`fedlrs.tasks.linear.LinearTask`) over the federation's chunks (:class:`FederationTransport`).
 """
 
 from __future__ import annotations
