@@ -170,3 +170,26 @@ def test_dp_fedavg_releases_through_the_private_server_and_stops_on_the_budget()
     assert 1.9 <= calibrated.epsilon() <= 2.0
     fixed = dp_fedavg_global(data, FedAvgConfig(rounds=50, sample_rate=0.5, private=True, target_epsilon=2.0, delta=1e-3, noise_multiplier=1.0, noise_seed=0))
     assert fixed.stopped.startswith("budget:") and len(fixed.history) == len(fixed.ledger) < 50
+
+
+def test_a_resumed_run_equals_the_run_without_a_break():
+    """Resume after round 2 from what a checkpoint keeps (the state, the generator's and the noise's states, the ledger): the same run."""
+    config = FedAvgConfig(rounds=4, sample_rate=0.5, private=True, target_epsilon=8.0, delta=1e-3, noise_seed=0)
+    whole_private, saved = PrivateServer(config, Ledger()), {}
+    generator = torch.Generator().manual_seed(3)
+
+    def checkpoint(t, shared):
+        if t == 2:
+            saved.update(shared=dict(shared), generator=generator.get_state(), noise=whole_private.noise._generator.get_state())
+
+    whole = run_task(Mean(config), InProcessTransport(Mean(config), _values()), generator=generator, private=whole_private, record=checkpoint)
+    restarted = PrivateServer(config, Ledger())
+    for event in whole_private.ledger.events[:2]:
+        restarted.ledger.record(event)
+    restarted.noise._generator.set_state(saved["noise"])
+    restarted.noise_multiplier = whole_private.noise_multiplier  # the checkpoint's z, as the billboard restores it
+    generator = torch.Generator()
+    generator.set_state(saved["generator"])
+    rest = run_task(Mean(config), InProcessTransport(Mean(config), _values()), generator=generator, private=restarted, resume=(2, saved["shared"]))
+    assert rest.completed == 4 and torch.equal(rest.shared["mean"], whole.shared["mean"])
+    assert [e.release_id for e in restarted.ledger.events] == [e.release_id for e in whole_private.ledger.events] == [f"round-{t}" for t in range(1, 5)]

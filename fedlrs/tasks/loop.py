@@ -82,7 +82,7 @@ def step(task: Task, transport: Transport, phase: str, shared: State, index: Ten
 
 
 def run_task(task: Task, transport: Transport, *, generator: torch.Generator, private: PrivateServer | None = None, rounds: int | None = None,
-             device: Any = "cpu", record: Callable[[int, State], None] | None = None) -> LoopResult:
+             device: Any = "cpu", record: Callable[[int, State], None] | None = None, resume: tuple[int, State] | None = None) -> LoopResult:
     """Run the init phases and ``rounds`` (default ``task.settings.rounds``) rounds of ``task`` over ``transport`` (module docstring).
 
     ``generator`` draws the initial state and every Poisson sample, in that order (the engine's
@@ -92,19 +92,22 @@ def run_task(task: Task, transport: Transport, *, generator: torch.Generator, pr
     budget cannot pay for is not started, and a phase's release the budget refuses ends the run
     (``stopped`` says so; what that round changed is not recorded). ``record(t, shared)`` sees the
     state after round t (t = 0: after the init): evaluation, history, checkpoints, progress.
+    ``resume = (t, shared)``: go on after round t from a checkpoint's state (no init, no
+    ``record(t)``); the caller restores ``generator``'s state and the ledger with it.
     """
     settings = task.settings
     rounds = settings.rounds if rounds is None else rounds
     num_users = transport.num_users
-    shared = task.init_shared(generator)
-    for phase in task.init_phases():
-        shared = step(task, transport, phase, shared, None, private=private, round_number=0, normalizer=float(num_users))
+    start, shared = resume if resume is not None else (0, task.init_shared(generator))
+    if resume is None:
+        for phase in task.init_phases():
+            shared = step(task, transport, phase, shared, None, private=private, round_number=0, normalizer=float(num_users))
     if private is not None:
         private.calibrate()
-    if record is not None:
+    if record is not None and resume is None:
         record(0, shared)
-    result = LoopResult(shared, 0)
-    for round_number in range(1, rounds + 1):
+    result = LoopResult(shared, start)
+    for round_number in range(start + 1, rounds + 1):
         try:
             if private is not None:
                 private.budget.check(private.ledger, private.event(ROUND, round_number))
