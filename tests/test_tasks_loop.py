@@ -193,3 +193,21 @@ def test_a_resumed_run_equals_the_run_without_a_break():
     rest = run_task(Mean(config), InProcessTransport(Mean(config), _values()), generator=generator, private=restarted, resume=(2, saved["shared"]))
     assert rest.completed == 4 and torch.equal(rest.shared["mean"], whole.shared["mean"])
     assert [e.release_id for e in restarted.ledger.events] == [e.release_id for e in whole_private.ledger.events] == [f"round-{t}" for t in range(1, 5)]
+
+
+def test_a_round_whose_clip_phase_fits_the_budget_but_not_the_whole_round_is_not_started():
+    data = make_lrs_data(users=100, examples=10, dim=6, rank=2, sparsity=0, seed=6)
+    knobs = dict(rank=2, sparsity=0, rounds=5, mode="gd", init="random", sample_rate=0.5, private=True, delta=1e-3, noise_multiplier=2.0, noise_seed=0)
+    events = run_engine(data.train, EngineConfig(target_epsilon=50.0, **knobs), keep_fit=False).ledger.events
+    assert [e.release_id for e in events[4:6]] == ["round-3-clip", "round-3"]
+    from fedlrs.privacy import compute_epsilon
+
+    def epsilon(spent):
+        return compute_epsilon(spent, delta=1e-3, accountant="rdp").epsilon
+
+    # a budget that pays for round 3's clip histogram, or for its round release, but not for both
+    either, both = max(epsilon(events[:5]), epsilon(events[:4] + events[5:6])), epsilon(events[:6])
+    assert either < both
+    result = run_engine(data.train, EngineConfig(target_epsilon=(either + both) / 2, **knobs), keep_fit=False)
+    assert result.stopped.startswith("budget:") and len(result.history) == 3  # rounds 0, 1, 2
+    assert [e.release_id for e in result.ledger.events] == ["round-1-clip", "round-1", "round-2-clip", "round-2"]

@@ -7,8 +7,8 @@ A task is neither client nor server. It owns
   that :class:`~fedlrs.privacy.release.PrivateServer` reads);
 * its **phases**: ``init_phases()`` run once before round 1 over every user (q = 1, released as
   the ledger's ``"init"`` event), ``round_phases(shared)`` run in order in each round, each over its
-  own Poisson sample (the phase ``"round"`` is the round's ``"round-t"`` event, any other phase
-  ``p`` the event ``"round-t-p"``, e.g. the clip histogram of adaptive clipping);
+  own Poisson sample (the phase ``"round"`` is the round's ``"round-t"`` event, the phase
+  ``"clip"``, the norm histogram of adaptive clipping, the event ``"round-t-clip"``);
 * the **parts** each phase releases (``parts(phase, shared)``: :class:`fedlrs.protocol.parts.Part`,
   name, shape, L2 bound, symmetric): the spec the devices clip to and the release noises for;
 * its **initial shared state** (``init_shared(generator)``: public, data-independent);

@@ -7,7 +7,7 @@
         shared <- step(phase, all users)
     record(0, shared)
     for t in 1..T:
-        budget.check(ledger, "round-t")          -- refused: stop ("budget: ...")
+        budget.check(ledger, every phase's event) -- refused: stop ("budget: ...")
         for phase in task.round_phases(shared):  (e.g. "clip", then "round")
             S    ~ Poisson(q) over the N users                          (privacy.sampling, the run's generator)
             s    = transport.collect(phase, shared, S)                  (clipped sums, counting |S| users)
@@ -76,9 +76,17 @@ def step(task: Task, transport: Transport, phase: str, shared: State, index: Ten
     check_contributors(sums, transport.num_users if index is None else len(index))
     sums = {p.name: sums[p.name] for p in task.parts(phase, shared)}
     if private is not None:
-        kind = "init" if round_number == 0 else ROUND if phase == ROUND else phase
-        sums, normalizer = task.release(private, phase, shared, sums, private.event(kind, round_number), normalizer), 1.0
+        sums, normalizer = task.release(private, phase, shared, sums, phase_event(private, phase, round_number), normalizer), 1.0
     return task.server_step(shared, phase, sums, normalizer, round_number)
+
+
+def phase_event(private: PrivateServer, phase: str, round_number: int):
+    """The ledger event of ``phase`` in round ``round_number`` (:meth:`PrivateServer.event <fedlrs.privacy.release.PrivateServer.event>`):
+    ``"init"`` in round 0, ``"round-t-clip"`` for the phase ``"clip"`` (its own noise multiplier), ``"round-t"`` for :data:`ROUND`."""
+    kind = "init" if round_number == 0 else phase
+    if kind not in ("init", "clip", ROUND):
+        raise ValueError(f"phase == {phase!r} has no ledger event: a round's phases are 'clip' and {ROUND!r}.")
+    return private.event(kind, round_number)
 
 
 def run_task(task: Task, transport: Transport, *, generator: torch.Generator, private: PrivateServer | None = None, rounds: int | None = None,
@@ -89,7 +97,7 @@ def run_task(task: Task, transport: Transport, *, generator: torch.Generator, pr
     convention: the same seed gives the same samples in every transport). ``private``: the run's
     :class:`~fedlrs.privacy.release.PrivateServer` (None: nothing is clipped for privacy, noised
     or recorded); its round z is calibrated after the init phases, unless already set. A round the
-    budget cannot pay for is not started, and a phase's release the budget refuses ends the run
+    budget cannot pay for (all its phases' events) is not started, and a release the budget refuses ends the run
     (``stopped`` says so; what that round changed is not recorded). ``record(t, shared)`` sees the
     state after round t (t = 0: after the init): evaluation, history, checkpoints, progress.
     ``resume = (t, shared)``: go on after round t from a checkpoint's state (no init, no
@@ -109,9 +117,10 @@ def run_task(task: Task, transport: Transport, *, generator: torch.Generator, pr
     result = LoopResult(shared, start)
     for round_number in range(start + 1, rounds + 1):
         try:
-            if private is not None:
-                private.budget.check(private.ledger, private.event(ROUND, round_number))
-            for phase in task.round_phases(shared):
+            phases = task.round_phases(shared)
+            if private is not None:  # the whole round, every phase's event, or nothing of it
+                private.budget.check(private.ledger, [phase_event(private, phase, round_number) for phase in phases])
+            for phase in phases:
                 index = sample_users(num_users, settings.sample_rate, generator, device)
                 shared = step(task, transport, phase, shared, index, private=private, round_number=round_number,
                               normalizer=settings.sample_rate * num_users)
