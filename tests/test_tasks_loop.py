@@ -109,8 +109,8 @@ def test_the_loop_without_privacy_gives_the_mean_over_the_expected_count():
 
 def test_sums_missing_a_contributor_are_refused_before_anything_is_released():
     class Lossy(InProcessTransport):
-        def collect(self, phase, shared, index):
-            sums = super().collect(phase, shared, index)
+        def collect(self, phase, shared, index, round_number):
+            sums = super().collect(phase, shared, index, round_number)
             return {**sums, "users": sums["users"] - 1}
 
     config = FedAvgConfig(rounds=3, private=True, target_epsilon=4.0, delta=1e-3, noise_seed=0)

@@ -6,7 +6,7 @@ or reads its users a chunk at a time and runs the linear task's client step on e
 then the contributions (clipped when private, summed), and with the unit-free step
 (``config.unit_free``) the chunk's part of a round's clip histogram (adaptive clipping's first phase).
 A partial sum is a dict of named sums: the parts the server releases ("M";
-"A" and "c", or "G" (and "P" with the unit-free step): :func:`released_parts`; "H")
+"A" and "c", or "G" (and "P" with the unit-free step): :func:`fedlrs.tasks.linear.released_parts`; "H")
 and counts ("users", the number of contributors, checked by the driver before a release). Partial sums of disjoint chunks add up
 (:func:`add_sums`) to the sums of their union, so a driver never needs more
 than one chunk's statistics (``n_chunk`` x d x d) at a time.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from fedlrs.core import LeanUsers, LocalFit, UserData
-from fedlrs.tasks.base import USERS, Sums
-from fedlrs.tasks.linear import LinearTask, local_fit, released_parts  # noqa: F401 - released_parts: the round's released names, importable here
+from fedlrs.tasks.base import Sums
+from fedlrs.tasks.linear import LinearTask, local_fit
 
 if TYPE_CHECKING:
     from .engine_config import EngineConfig

@@ -89,7 +89,7 @@ class FederationTransport:
         self.fit_all: LocalFit | None = None
         self.fit_for: Tensor | None = None
 
-    def collect(self, phase: str, shared: dict, index: Tensor | None) -> dict[str, Tensor]:
+    def collect(self, phase: str, shared: dict, index: Tensor | None, round_number: int = 0) -> dict[str, Tensor]:
         """The sums of ``phase`` of the users at ``index`` (all when None), with their count ``"users"``."""
         if phase == "moments":
             return self.federation.moments()

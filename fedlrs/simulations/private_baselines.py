@@ -24,7 +24,7 @@ import torch
 from fedlrs.core import UserData
 from fedlrs.privacy import Ledger, PrivacySettings, SpentEpsilon
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.tasks.fedavg import GlobalLinearTask, local_prox_updates  # noqa: F401 - local_prox_updates: importable here as before
+from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
 
 Tensor = torch.Tensor

@@ -15,8 +15,10 @@
             shared <- task.server_step(shared, phase, s, normalizer)    (normalizer q N; 1 when released)
         record(t, shared)
 
-A **transport** has ``num_users`` and ``collect(phase, shared, index) -> sums`` (the users at
-``index``, sorted, None for all): :class:`InProcessTransport` (every user a slice of one batch,
+A **transport** has ``num_users`` and ``collect(phase, shared, index, round_number) -> sums`` (the
+users at ``index``, sorted, None for all) and may have ``start_round(t)`` (called before round t's
+budget check: a Flower transport refreshes its nodes, so ``num_users`` may change between rounds) and
+``release(...)`` (a release of its own, e.g. SecAgg+'s, through the same PrivateServer; None: the task's): :class:`InProcessTransport` (every user a slice of one batch,
 personal states kept beside the data; the network methods, DP-FedAvg), the engine's chunked
 federations (:class:`fedlrs.simulations.chunks.Federation`: in memory, Parquet, Ray). The Flower
 Grid (the billboards) is the other kind of transport: one message per sampled node, the sums
@@ -44,7 +46,7 @@ class Transport(Protocol):
 
     num_users: int
 
-    def collect(self, phase: str, shared: State, index: Tensor | None) -> Sums:
+    def collect(self, phase: str, shared: State, index: Tensor | None, round_number: int) -> Sums:
         ...
 
 
@@ -72,11 +74,14 @@ def step(task: Task, transport: Transport, phase: str, shared: State, index: Ten
     count, checked against the sample). Privately the event is ``"init"`` (round 0),
     ``"round-t"`` (phase :data:`~fedlrs.tasks.base.ROUND`) or ``"round-t-<phase>"``.
     """
-    sums = transport.collect(phase, shared, index)
+    sums = transport.collect(phase, shared, index, round_number)
     check_contributors(sums, transport.num_users if index is None else len(index))
     sums = {p.name: sums[p.name] for p in task.parts(phase, shared)}
     if private is not None:
-        sums, normalizer = task.release(private, phase, shared, sums, phase_event(private, phase, round_number), normalizer), 1.0
+        event = phase_event(private, phase, round_number)
+        own = getattr(transport, "release", None)
+        released = None if own is None else own(private, phase, shared, sums, event, normalizer)
+        sums, normalizer = (task.release(private, phase, shared, sums, event, normalizer) if released is None else released), 1.0
     return task.server_step(shared, phase, sums, normalizer, round_number)
 
 
@@ -106,6 +111,7 @@ def run_task(task: Task, transport: Transport, *, generator: torch.Generator, pr
     settings = task.settings
     rounds = settings.rounds if rounds is None else rounds
     num_users = transport.num_users
+    start_round = getattr(transport, "start_round", None)
     start, shared = resume if resume is not None else (0, task.init_shared(generator))
     if resume is None:
         for phase in task.init_phases():
@@ -116,6 +122,9 @@ def run_task(task: Task, transport: Transport, *, generator: torch.Generator, pr
         record(0, shared)
     result = LoopResult(shared, start)
     for round_number in range(start + 1, rounds + 1):
+        if start_round is not None:
+            start_round(round_number)
+        num_users = transport.num_users
         try:
             phases = task.round_phases(shared)
             if private is not None:  # the whole round, every phase's event, or nothing of it
@@ -167,7 +176,7 @@ class InProcessTransport:
             self.personal = {} if init is None else dict(init(shared, self.num_users))
         return self.personal
 
-    def collect(self, phase: str, shared: State, index: Tensor | None) -> Sums:
+    def collect(self, phase: str, shared: State, index: Tensor | None, round_number: int = 0) -> Sums:
         personal = self.personal_states(shared)
         if index is not None and len(index) == 0:
             return zero_sums(self.task.parts(phase, shared), dtype=self.dtype, device=self.device)
