@@ -137,10 +137,10 @@ def simulate(
     accountant: str = typer.Option("rdp", "--accountant", help="Accountant of the budget: rdp, prv or pld."),
     noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Round noise multiplier z (0: calibrated to --epsilon)."),
     init_noise_multiplier: float = typer.Option(0.0, "--init-noise-multiplier", help="z of the private moments init (0: calibrated with the rounds)."),
-    clip_quantile: float = typer.Option(0.5, "--clip-quantile", help="gd: clip each round at this quantile of the unit-free contributions' norms, learned privately (0: the fixed bounds below)."),
+    clip_quantile: float = typer.Option(0.5, "--clip-quantile", help="gd: clip each round at this quantile of the unit-free contributions' norms, learned privately; ls: send A_i and c_i divided by ||A_i||_F (0: the fixed bounds below)."),
     clip_g: float = typer.Option(5.0, "--clip-g", help="L2 bound of a user's gd contribution (with --clip-quantile 0)."),
-    clip_a: float = typer.Option(300.0, "--clip-a", help="L2 bound of a user's A_i (ls)."),
-    clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls)."),
+    clip_a: float = typer.Option(300.0, "--clip-a", help="L2 bound of a user's A_i (ls, with --clip-quantile 0)."),
+    clip_c: float = typer.Option(50.0, "--clip-c", help="L2 bound of a user's c_i (ls, with --clip-quantile 0)."),
     clip_moments: float = typer.Option(100.0, "--clip-moments", help="L2 bound of a user's M_i (moments init, with --clip-quantile 0)."),
     out: Path = typer.Option(None, "--out", help="Directory for metrics.json (and the privacy report and ledger with --epsilon)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="If --out holds an earlier run, move it aside to OUT.old-<time> (never deleted) and start over."),
@@ -216,7 +216,8 @@ def simulate(
         if result.stopped != "rounds done":
             console.print(f"stopped early: {result.stopped}")
     if out is not None:
-        result.to_json(out / "metrics.json", {"data": dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)})
+        drawn = dict(users=users, examples=examples, examples_max=examples_max, dim=dim, noise=noise)
+        result.to_json(out / "metrics.json", {"data": drawn if data_dir is None else dict(data_dir=str(data_dir), users=data_users, dim=data_dim)})
         console.print(f"wrote {out / 'metrics.json'}" + (f", {out / 'privacy_report.json'}, {out / 'privacy_report.md'}, {out / 'epsilon.png'}" if private else ""))
 
 

@@ -35,11 +35,13 @@ PARAMETERS_DOC = """
     sample_rate : float, default=1.0
         q in (0, 1]: each user takes part in a round with probability q (Poisson sampling).
     ridge_w : float, default={ridge_w}
-        Ridge penalty of each user's ``w_i`` (>= 0).
+        Ridge penalty of each user's ``w_i`` (>= 0), in units of the user's mean squared
+        feature ``tr(X_i^T X_i) / (d m_i)`` (1 for standardized features), so it means the
+        same in any units of X.
     ridge_b : float, default={ridge_b}
-        Ridge penalty of each user's ``b_i`` (>= 0).
+        Ridge penalty of each user's ``b_i`` (>= 0), relative like ``ridge_w``.
     ridge_u : float, default=1e-6
-        Ridge penalty of the "ls" solve for ``U`` (>= 0).
+        Ridge penalty of the "ls" solve for ``U`` (>= 0), relative to ``tr(A / N) / (dr)``.
     gd_learning_rate : float, default=1.0
         Step of the "gd" update of ``U`` (> 0).
     random_state : int, default=0
@@ -62,9 +64,11 @@ PARAMETERS_DOC = """
     clip_g : float, default=5.0
         L2 bound of a user's "gd" contribution ``G_i = e_i w_i^T`` in a private fit.
     clip_a : float, default=300.0
-        L2 bound of a user's "ls" matrix ``A_i`` in a private fit.
+        L2 bound of a user's "ls" matrix ``A_i`` in a private fit with fixed bounds
+        (``clip_quantile == 0``); otherwise each user sends ``A_i / ||A_i||_F`` (bound 1).
     clip_c : float, default=50.0
-        L2 bound of a user's "ls" vector ``c_i`` in a private fit.
+        L2 bound of a user's "ls" vector ``c_i`` in a private fit with fixed bounds
+        (``clip_quantile == 0``); otherwise ``c_i / ||A_i||_F`` clipped to 1.
     clip_moments : float, default=100.0
         L2 bound of a user's moments ``M_i`` in a private "moments" init with fixed
         bounds (``clip_quantile == 0``); with adaptive clipping each user sends
@@ -72,7 +76,8 @@ PARAMETERS_DOC = """
     clip_quantile : float, default=0.5
         Adaptive clipping (mode "gd"): each round's bound is this quantile of the
         users' unit-free contributions, read from a noised histogram that is its own
-        ledger event; 0 uses the fixed bounds and the raw gradient step.
+        ledger event; in mode "ls" any value > 0 makes the private parts unit-free (no
+        clip phase). 0 uses the fixed bounds and, in "gd", the raw gradient step.
     init_noise_multiplier : float, default=0.0
         z of the private moments init (>= 0); 0 calibrates one z for the init and the
         rounds together.
@@ -104,6 +109,9 @@ ATTRIBUTES_DOC = """
         Every release of a private fit (None when not private).
     epsilon_ : float or None
         Epsilon spent by a private fit, recomputed from ``ledger_`` with ``accountant``.
+    sparse_features_ : {"one-hot", "multi-hot"} or None
+        The sparse path a scipy.sparse X of 0/1 rows took (:mod:`fedlrs.estimator_sparse`;
+        ``y = o + a_i + x . (c + U w_i + b_i)``, ``B_`` not formed); None: the dense path.
 """
 
 #: estimator parameter -> EngineConfig field: the one place the parameters reach the engine

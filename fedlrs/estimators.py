@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, r2_score
 
 from fedlrs.core import LocalFit, UserData, solve_local, solve_local_logistic, sufficient_statistics, user_parameters
 from fedlrs.core.stats import pad_by_group
-from fedlrs.estimator_sparse import densify, fit_one_hot, is_sparse, one_hot_items
+from fedlrs.estimator_sparse import ONE_HOT, densify, feature_thetas, fit_sparse, is_sparse, predict_sparse, sparse_rows
 from fedlrs.estimator_parameters import ATTRIBUTES_DOC, PARAMETERS_DOC, engine_config, init_with_defaults
 from fedlrs.input_validation import (
     as_finite_vector, as_matrix, as_vector, check_magnitude, encode_groups, group_positions, label_repr,
@@ -150,9 +150,9 @@ class _LRSBase(BaseEstimator):
             target_attributes = {"classes_": np.array([0.0, 1.0])} if self._loss == "logistic" else {}  # the labels on disk are the 0/1 targets
         else:
             if is_sparse(X):
-                items = one_hot_items(X) if self._loss == "squared" else None
-                if items is not None:
-                    return self._fit_one_hot(items, X.shape[1], y, groups)
+                rows = sparse_rows(X) if self._loss == "squared" else None
+                if rows is not None:
+                    return self._fit_sparse(rows, y, groups)
                 X = densify(X)
             Xa = as_matrix(X)
             ya, target_attributes = self._fit_target(y, Xa.shape[0])
@@ -172,20 +172,21 @@ class _LRSBase(BaseEstimator):
         self.history_ = result.history
         self.n_features_in_ = features
         self.result_ = result
-        self.one_hot_ = False
+        self.sparse_features_ = None
         self.ledger_ = result.ledger
         self.epsilon_ = result.epsilon(self.accountant) if result.ledger is not None else None
         return self
 
-    def _fit_one_hot(self, items: np.ndarray, num_items: int, y, groups):
-        """The one-hot path (:mod:`fedlrs.estimator_sparse`): ``U_`` (d, r), ``W_`` (users, r); ``B_`` is not formed (sparse ``b_i`` in ``result_.fit``)."""
-        ya = as_finite_vector(y, len(items))
-        labels, group_index = encode_groups(_groups_given(groups, "fit"), len(items))
-        result = fit_one_hot(self.get_params(), items, ya, group_index, num_users=len(labels), num_items=num_items)
+    def _fit_sparse(self, rows, y, groups):
+        """The one-hot or multi-hot path (:mod:`fedlrs.estimator_sparse`; ``sparse_features_`` says which): ``U_`` (d, r),
+        ``W_`` (users, r); ``B_`` is not formed (sparse ``b_i`` in ``result_.fit``)."""
+        ya = as_finite_vector(y, len(rows))
+        labels, group_index = encode_groups(_groups_given(groups, "fit"), len(rows))
+        result = fit_sparse(self.get_params(), rows, ya, group_index, num_users=len(labels))
         self.U_ = result.P[:, :-1].numpy()
         self.W_ = result.fit.w.numpy()
-        self.groups_, self.n_features_in_, self.history_ = labels, num_items, result.history
-        self.result_, self.one_hot_, self.ledger_, self.epsilon_ = result, True, None, None
+        self.groups_, self.n_features_in_, self.history_ = labels, rows.num_features, result.history
+        self.result_, self.sparse_features_, self.ledger_, self.epsilon_ = result, rows.kind, None, None
         return self
 
     def _run(self, data, config: EngineConfig):
@@ -215,9 +216,12 @@ class _LRSBase(BaseEstimator):
 
     @property
     def thetas_(self) -> np.ndarray:
-        """``theta_i = U w_i + b_i`` per fitted user (users, d); one-hot fits: ``o + a_i + c + U w_i + b_i``."""
+        """``theta_i = U w_i + b_i`` per fitted user (users, d); one-hot fits: ``o + a_i + c + U w_i + b_i``;
+        multi-hot fits: ``c + U w_i + b_i`` (the prediction adds the intercept ``o + a_i``)."""
         self._check_fitted()
-        if self.one_hot_:
+        if self.sparse_features_ is not None and self.sparse_features_ != ONE_HOT:
+            return feature_thetas(self.result_)
+        if self.sparse_features_ == ONE_HOT:
             users = np.repeat(np.arange(len(self.groups_)), self.n_features_in_)
             return self.result_.predict(users, np.tile(np.arange(self.n_features_in_), len(self.groups_))).numpy().reshape(len(self.groups_), -1)
         return self.W_ @ self.U_.T + self.B_
@@ -225,13 +229,14 @@ class _LRSBase(BaseEstimator):
     def decision_function(self, X, groups=None) -> np.ndarray:
         """``x_j . theta_{g_j}`` for every row j, with ``g_j`` its user (in ``groups``); an unknown user is an error."""
         self._check_fitted()
+        if self.sparse_features_ is not None:  # fitted on sparse 0/1 rows: predicts sparse 0/1 rows only
+            rows = sparse_rows(X) if is_sparse(X) else None
+            if rows is None:
+                raise ValueError(f"this model was fitted on {self.sparse_features_} sparse X; X must be a scipy.sparse matrix of 0/1 rows too.")
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {X.shape[1]} features, the model was fitted with {self.n_features_in_}.")
+            return predict_sparse(self.result_, rows, group_positions(self.groups_, _groups_given(groups, "predict"), len(rows)))
         if is_sparse(X):
-            items = one_hot_items(X) if self.one_hot_ else None
-            if items is not None:
-                if X.shape[1] != self.n_features_in_:
-                    raise ValueError(f"X has {X.shape[1]} features, the model was fitted with {self.n_features_in_}.")
-                position = group_positions(self.groups_, _groups_given(groups, "predict"), len(items))
-                return self.result_.predict(position, items).numpy()
             X = densify(X)
         Xa = as_matrix(X)
         self._check_features(Xa)
@@ -245,8 +250,8 @@ class _LRSBase(BaseEstimator):
     def personalize(self, X_new, y_new) -> PersonalModel:
         """Fit a new user's ``w, b`` from the learned ``U`` and its own examples; nothing else changes."""
         self._check_fitted()
-        if self.one_hot_:
-            raise ValueError("personalize is not available for a one-hot sparse fit (its users keep biases too); refit with the new user's rows.")
+        if self.sparse_features_ is not None:
+            raise ValueError(f"personalize is not available for a {self.sparse_features_} sparse fit (its users keep biases too); refit with the new user's rows.")
         Xa = as_matrix(X_new, "X_new")
         self._check_features(Xa)
         ya = self._target(y_new, Xa.shape[0])

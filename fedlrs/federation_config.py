@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from fedlrs.nn.run_config import check_network_knobs
+from fedlrs.recsys.flower_task import RECSYS, recsys_task
 from fedlrs.simulations.engine import EngineConfig
 
 #: Defaults of every knob, in the kebab-case of ``[tool.flwr.app.config]`` (the table repeats them).
@@ -56,6 +57,25 @@ DEFAULTS: dict[str, Any] = {
     "nn-server-lr": 1.0,
     "nn-subspace-lr": 0.1,
     "nn-clip": 1.0,
+    # the matrix-completion task (task = "recsys"; fedlrs/recsys/flower_task.py): device partition-id i holds user i's ratings of
+    # recsys-data (split by recsys-protocol with data-seed, recsys-max-users users, 0: all); the model's knobs are RecsysConfig's
+    "recsys-data": "movielens",
+    "recsys-protocol": "random",
+    "recsys-max-users": 0,
+    "recsys-rank": 8,
+    "recsys-sparsity": 0,
+    "recsys-mode": "ls",
+    "recsys-ridge-w": 5.0,
+    "recsys-ridge-b": 1.0,
+    "recsys-ridge-u": 5.0,
+    "recsys-ridge-user-bias": 5.0,
+    "recsys-ridge-item-bias": 5.0,
+    "recsys-gd-learning-rate": 0.5,
+    "recsys-init-scale": 0.1,
+    "recsys-rating-cap": 0,
+    "recsys-factor-bound": 1.0,
+    "recsys-residual-bound": 0.0,
+    "recsys-noise-ridge": 3.0,
     # user-level differential privacy (DESIGN.md section 3)
     "private": False,
     "target-epsilon": 2.0,
@@ -111,11 +131,13 @@ class FederationConfig:
     ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
     0: one z for the init and the rounds, calibrated jointly to the target); ``clip-quantile``
     the target quantile of adaptive clipping in mode "gd" (each round a clip phase, message
-    ``train.clip``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
+    ``train.clip``; in mode "ls" unit-free parts ``A_i / ||A_i||_F``, ``c_i / ||A_i||_F``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
     reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
     "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
     (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its
-    key sharing (fractions of the cohort and of a node's shares).
+    key sharing (fractions of the cohort and of a node's shares). ``task = "recsys"`` is matrix
+    completion: its ``recsys-*`` keys (with the shared rounds, seeds and privacy keys) are checked by
+    :func:`fedlrs.recsys.flower_task.recsys_task`.
     """
 
     num_server_rounds: int = DEFAULTS["num-server-rounds"]
@@ -148,6 +170,23 @@ class FederationConfig:
     nn_server_lr: float = DEFAULTS["nn-server-lr"]
     nn_subspace_lr: float = DEFAULTS["nn-subspace-lr"]
     nn_clip: float = DEFAULTS["nn-clip"]
+    recsys_data: str = DEFAULTS["recsys-data"]
+    recsys_protocol: str = DEFAULTS["recsys-protocol"]
+    recsys_max_users: int = DEFAULTS["recsys-max-users"]
+    recsys_rank: int = DEFAULTS["recsys-rank"]
+    recsys_sparsity: int = DEFAULTS["recsys-sparsity"]
+    recsys_mode: str = DEFAULTS["recsys-mode"]
+    recsys_ridge_w: float = DEFAULTS["recsys-ridge-w"]
+    recsys_ridge_b: float = DEFAULTS["recsys-ridge-b"]
+    recsys_ridge_u: float = DEFAULTS["recsys-ridge-u"]
+    recsys_ridge_user_bias: float = DEFAULTS["recsys-ridge-user-bias"]
+    recsys_ridge_item_bias: float = DEFAULTS["recsys-ridge-item-bias"]
+    recsys_gd_learning_rate: float = DEFAULTS["recsys-gd-learning-rate"]
+    recsys_init_scale: float = DEFAULTS["recsys-init-scale"]
+    recsys_rating_cap: int = DEFAULTS["recsys-rating-cap"]
+    recsys_factor_bound: float = DEFAULTS["recsys-factor-bound"]
+    recsys_residual_bound: float = DEFAULTS["recsys-residual-bound"]
+    recsys_noise_ridge: float = DEFAULTS["recsys-noise-ridge"]
     private: bool = DEFAULTS["private"]
     target_epsilon: float = DEFAULTS["target-epsilon"]
     delta: float = DEFAULTS["delta"]
@@ -184,11 +223,16 @@ class FederationConfig:
             engine.check_data(self.dim)
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        if self.task != "linear":  # a network run: the rules of fedlrs.nn.run_config, named in kebab-case
-            try:
+        try:
+            if self.task == RECSYS:  # the matrix-completion task: its rules, named in kebab-case
+                recsys_task(self)
+            elif self.task != "linear":  # a network run: the rules of fedlrs.nn.run_config, named in kebab-case
                 check_network_knobs(self)
-            except ValueError as error:
-                raise ConfigError(str(error)) from error
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        if self.task == RECSYS and (self.secure_aggregation != "off" or self.checkpoint_dir):
+            raise ConfigError(f"task == 'recsys' runs without SecAgg+ and checkpoints: secure-aggregation == {self.secure_aggregation!r} "
+                              f"must be 'off' and checkpoint-dir == {self.checkpoint_dir!r} empty.")
         if self.dataset not in ("synthetic", "node"):
             raise ConfigError(f"dataset == {self.dataset!r}, must be 'synthetic' (partition of the built-in data) or 'node' (the node's data-path).")
         if self.data_examples < 1:

@@ -130,3 +130,46 @@ def test_private_defaults_are_unit_free():
     assert principal_angle_distance(torch.as_tensor(fits[0].U_), torch.as_tensor(fits[1].U_)) < 1e-3
     assert principal_angle_distance(torch.as_tensor(fits[0].U_), data.U_star) < 0.05
     assert np.allclose(fits[1].thetas_ * 10 / 100, fits[0].thetas_, atol=1e-3)
+
+
+def test_private_ls_is_unit_free_and_beats_its_old_fixed_bounds():
+    """Private mode "ls" (clip_quantile > 0): each user sends A_i / ||A_i||_F and c_i / ||A_i||_F, so X x10, y x100 give the
+    same U (same noise seed); with the fixed bounds clip_a, clip_c (clip_quantile 0) the error depends on the units."""
+    import torch
+
+    from fedlrs.core import mean_user_mse, principal_angle_distance
+
+    data = make_lrs_data(users=4000, examples=5, dim=10, rank=2, sparsity=0, unit_weights=True, test_examples=20, seed=7)
+    X, y, _ = long_table(data, 4000, 5, 10)
+    groups = np.repeat(np.arange(4000), 5)  # thetas_ in the users' order
+
+    def fit(a: float, b: float, quantile: float):
+        model = LRSRegressor(rank=2, sparsity=0, mode="ls", clip_quantile=quantile, epsilon=4.0, delta=1e-6, noise_seed=3).fit(X * a, y * b, groups)
+        return model, float(mean_user_mse(data.test, torch.as_tensor(model.thetas_) * a / b))
+
+    (plain, mse), (scaled, mse_scaled) = fit(1, 1, 0.5), fit(10, 100, 0.5)
+    assert principal_angle_distance(torch.as_tensor(plain.U_), torch.as_tensor(scaled.U_)) < 1e-4
+    assert mse_scaled / mse < 1.01 and principal_angle_distance(torch.as_tensor(plain.U_), data.U_star) < 0.1
+    assert {e.kind for e in plain.ledger_.events} == {"init", "round"}  # no clip histograms: nothing to learn about the units
+    fixed = [fit(a, b, 0.0)[1] for a, b in ((1, 1), (10, 100))]  # clip_a 300, clip_c 50: in the data's units
+    assert max(fixed) > 10 * min(fixed) and mse < 1.05 * min(fixed)  # unit-free: as good as the fixed bounds in their best units
+
+
+@pytest.mark.parametrize("mode", ["ls", "gd"])
+def test_ridges_mean_the_same_in_any_units(mode):
+    """The ridges are in units of each user's tr(X_i^T X_i) / (d m_i) (the ls solve's of tr(A / N)): X x 1e-3 or y x 1e-3
+    give the same model (thetas in their units). With absolute ridges X x 1e-3 made the ridge as large as the data."""
+    data = make_lrs_data(users=600, examples=5, dim=10, rank=2, sparsity=1, unit_weights=True, seed=7)
+    X, y, _ = long_table(data, 600, 5, 10)
+    groups = np.repeat(np.arange(600), 5)
+    fits = [LRSRegressor(rank=2, sparsity=1, mode=mode).fit(X * a, y * b, groups).thetas_ * a / b for a, b in ((1, 1), (1e-3, 1), (1, 1e-3), (1e3, 1e-2))]
+    for other in fits[1:]:
+        assert np.allclose(other, fits[0], atol=1e-6 * np.abs(fits[0]).max())
+
+
+def test_classifier_ridges_mean_the_same_in_any_units():
+    data = make_lrs_data(users=300, examples=20, dim=6, rank=2, sparsity=0, logistic=True, seed=3)
+    X, y, _ = long_table(data, 300, 20, 6)
+    groups = np.repeat(np.arange(300), 20)
+    small, plain = (LRSClassifier(rank=2, rounds=3).fit(X * a, y, groups) for a in (1e-3, 1))
+    assert np.allclose(small.decision_function(X * 1e-3, groups), plain.decision_function(X, groups), atol=1e-6)

@@ -10,6 +10,8 @@ Message types it answers (the server sends them, :mod:`fedlrs.server.billboard`;
 * ``evaluate`` : the local loss of ``w_i, b_i`` stays on the device (``context.state``); replies empty.
 * ``train.nn``, ``query.nn_personalize`` : a network task (run config ``task = "nn-..."``),
   :func:`fedlrs.client.network.train_nn` and :func:`~fedlrs.client.network.personalize_nn`.
+* ``query.recsys_mean``, ``train.recsys``, ``query.recsys_personalize`` : the matrix-completion task
+  (``task = "recsys"``), :mod:`fedlrs.client.recsys`.
 
 No loss, example count or norm is ever put in a reply. With ``secure-aggregation`` on, the
 mod of :mod:`fedlrs.client.secure_aggregation` runs Flower's SecAgg+ on every ``train``
@@ -32,8 +34,10 @@ from fedlrs.federation_config import FederationConfig, parse_run_config
 from fedlrs.client.contribution import clip_contribution, local_fit, moments_contribution, round_contribution
 from fedlrs.client.data import load_user_data
 from fedlrs.client.network import personalize_nn, train_nn
+from fedlrs.client.recsys import register_recsys
 from fedlrs.client.secure_aggregation import secure_aggregation_mod, secure_train
 from fedlrs.client.state import LocalState, load_state, store_state
+from fedlrs.recsys.flower_task import recsys_task
 from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, CONTRIBUTION, ROUND_CONFIG
 
 LOCAL_METRICS = "fedlrs.local-metrics"
@@ -77,7 +81,7 @@ def moments(message: Message, context: Context, config: FederationConfig) -> Mes
 def clip(message: Message, context: Context, config: FederationConfig) -> Message:
     """The clip phase of a round: the one-hot bin of the norm of this device's unit-free contribution, nothing else."""
     stats = sufficient_statistics(load_user_data(config, context.node_config))
-    return _reply(message, clip_contribution(_published_U(message, config.torch_dtype), stats, config))
+    return _reply(message, clip_contribution(_published_U(message, config.torch_dtype), stats, config, _clip_bound(message)))
 
 
 def personalize(message: Message, context: Context, config: FederationConfig) -> Message:
@@ -133,6 +137,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, *, mods: Sequenc
     client_app.train("nn")(handler(train_nn))
     client_app.query("nn_personalize")(handler(personalize_nn))
     client_app.evaluate()(handler(evaluate))
+    register_recsys(client_app, lambda context: recsys_task(config_of(context)))  # task = "recsys"
     return client_app
 
 

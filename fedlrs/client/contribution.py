@@ -9,7 +9,8 @@ Phases:
   (with adaptive clipping ``M_i / ||M_i||_F``, bound 1).
 * ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): the one-hot bin (K,) of the norm of the
   user's unit-free contribution (:mod:`fedlrs.privacy.adaptive`), bound 1.
-* ``"round"`` in mode "ls": ``A_i`` (dr, dr) and ``c_i`` (dr), clipped to ``clip-a`` and ``clip-c``;
+* ``"round"`` in mode "ls": ``A_i`` (dr, dr) and ``c_i`` (dr), clipped to ``clip-a`` and ``clip-c`` (private with
+  ``clip-quantile > 0``: ``A_i / ||A_i||_F`` and ``c_i / ||A_i||_F`` clipped to 1, :func:`fedlrs.privacy.ls_private_scales`);
   in mode "gd": ``G_i = e_i w_i^T`` (d, r), clipped to ``clip-g``; with the unit-free step
   ``G = Delta_i`` (d, r) clipped to the round's bound (sent by the server) and ``P = s_i P_i`` (r, r)
   (:func:`fedlrs.core.unit_free_gradients`, :func:`fedlrs.privacy.adaptive.clipped_round_parts`).
@@ -29,14 +30,15 @@ from fedlrs.core import (
     UserStats,
     gd_gradient_sum,
     gd_residual_vectors,
+    ls_part_vectors,
     ls_system,
     moment_sum,
     solve_local,
 )
 from fedlrs.core import unit_free_gradients
 from fedlrs.federation_config import FederationConfig
-from fedlrs.privacy.adaptive import clip_grid, clip_histogram, clipped_round_parts
-from fedlrs.privacy.clipping import clip_scales
+from fedlrs.privacy.adaptive import clip_histogram, clipped_round_parts, relative_grid
+from fedlrs.privacy.clipping import clip_scales, ls_private_scales
 from fedlrs.protocol.parts import expected_parts
 
 Tensor = torch.Tensor
@@ -70,7 +72,10 @@ def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig, bo
         delta, curvature = unit_free_gradients(stats, U, fit.w, fit.b)
         return clipped_round_parts(delta, curvature, bound=bound)[0], fit
     if config.mode == "ls":
-        A, c = ls_system(stats, fit.w, fit.b)
+        engine = config.engine_config()
+        weights = {} if not engine.private else ls_private_scales(fit.w, stats.xtx, ls_part_vectors(stats, fit.b), unit_free=engine.unit_free_ls,
+                                                                 bound_A=engine.clip_a, bound_c=engine.clip_c)
+        A, c = ls_system(stats, fit.w, fit.b, **weights)
         parts = {"A": A, "c": c}
     else:
         parts = {"G": gd_gradient_sum(gd_residual_vectors(stats, U, fit.w, fit.b), fit.w)}
@@ -81,15 +86,18 @@ def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig, bo
 def moments_contribution(data: UserData, config: FederationConfig) -> dict[str, Tensor]:
     """The clipped ``M_i`` of one user for the method-of-moments init (with adaptive clipping ``M_i / ||M_i||_F``)."""
     M = moment_sum(data)
-    if config.engine_config().adaptive:
+    if config.engine_config().unit_free_init:
         norm = torch.linalg.vector_norm(M)
         return {"M": M / norm if norm > 0 else M}
     bounds = {name: bound for name, (_, bound) in expected_parts(config, "moments").items()}
     return clip_parts({"M": M}, bounds)
 
 
-def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig) -> dict[str, Tensor]:
-    """The one-hot bin of the norm of the user's unit-free contribution for ``U`` (:func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig, center: float | None) -> dict[str, Tensor]:
+    """The one-hot bin of the norm of the user's unit-free contribution for ``U`` on the grid around ``center``, the server's
+    previous bound (:func:`fedlrs.privacy.adaptive.relative_grid`, :func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+    if center is None or not 0 < center < math.inf:
+        raise ValueError(f"clip bound == {center!r}: the clip phase needs the center of its grid (> 0) from the server.")
     fit = local_fit(U, stats, config)
     delta, _ = unit_free_gradients(stats, U, fit.w, fit.b)
-    return clip_histogram(delta, clip_grid(dtype=delta.dtype))
+    return clip_histogram(delta, relative_grid(center, dtype=delta.dtype))

@@ -4,7 +4,9 @@ The rules of :func:`fedlrs.nn.federated.run_federated` for one user: round t,
 :func:`train_nn` runs ``local_update`` of its own ``w_i, b_i`` (kept in ``context.state``,
 never sent) for the received shared state, then ``contribution``, flattened and clipped to
 ``nn-clip``, and replies with that vector alone (ArrayRecord ``contribution``, array
-``contribution`` (D,)). Under secure aggregation the same step gives the vector that the
+``contribution`` (D,)). With adaptive clipping (private, ``clip-quantile > 0``) it clips to the
+round's bound ``clip-bound`` of the round config and adds the array ``H``, the one-hot bin of the
+unclipped vector's norm (:func:`fedlrs.nn.federated.clipped_parts`). Under secure aggregation the same step gives the vector that the
 SecAgg+ mod masks (:func:`secure_contribution_nn`). At the end :func:`personalize_nn` keeps
 ``method.personalize``. A node with a ``state-dir`` keeps its personal state there too, so a
 restarted SuperNode goes on with its own ``w_i, b_i``. The server side is :mod:`fedlrs.server.network`.
@@ -21,10 +23,10 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from fedlrs.client.data import DataError
 from fedlrs.client.state import read_arrays, save_arrays, state_path
 from fedlrs.federation_config import FederationConfig
-from fedlrs.nn.federated import PART, NetworkConfig, clipped_sum, contribution_shapes, flat_contributions, prepare_examples
+from fedlrs.nn.federated import NetworkConfig, clipped_parts, contribution_shapes, flat_contributions, prepare_examples
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.run_config import network_setup, network_shapes
-from fedlrs.protocol.messages import CONTRIBUTION, ROUND_CONFIG, SHARED, state_arrays
+from fedlrs.protocol.messages import CLIP_BOUND, CONTRIBUTION, ROUND_CONFIG, SHARED, state_arrays
 
 PERSONAL_STATE = "fedlrs.nn-personal"
 PERSONAL_STATE_FILE = "fedlrs-nn-personal-state.npz"
@@ -106,27 +108,39 @@ def _received(message: Message, dtype: torch.dtype) -> tuple[State, int]:
     return record_to_state(content.array_records[SHARED], dtype), int(content.config_records[ROUND_CONFIG]["round"])
 
 
-def train_nn(message: Message, context: Context, config: FederationConfig) -> Message:
-    """One round on the device: ``local_update``, then the flattened contribution clipped to ``nn-clip`` and nothing else.
+def round_bound(message: Message, net: NetworkConfig) -> float:
+    """The bound to clip to: the round config's ``clip-bound`` with adaptive clipping (required), else ``nn-clip``."""
+    if not net.adaptive:
+        return net.clip
+    settings = message.content.config_records[ROUND_CONFIG]
+    bound = float(settings[CLIP_BOUND]) if CLIP_BOUND in settings else None
+    if bound is None or not 0 < bound < float("inf"):
+        raise ValueError(f"clip bound == {bound!r}: adaptive clipping needs the round's bound (finite, > 0) in the round config.")
+    return bound
 
-    ``w_i, b_i`` (the personal state) stay in ``context.state``; the reply holds one
-    array, ``contribution`` (D,), scaled to L2 norm <= C when the run is private.
+
+def train_nn(message: Message, context: Context, config: FederationConfig) -> Message:
+    """One round on the device: ``local_update``, then the flattened contribution clipped to the round's bound and nothing else.
+
+    ``w_i, b_i`` (the personal state) stay in ``context.state``; the reply holds the array
+    ``contribution`` (D,), scaled to L2 norm <= C when the run is private, and with adaptive
+    clipping ``H``, the one-hot bin of its unclipped norm.
     """
     method, net, data = node_examples(config, context.node_config)
     shared, round_number = _received(message, net.torch_dtype)
-    vector = _local_round(method, net, data, shared, round_number, context, config)
-    return Message(RecordDict({CONTRIBUTION: ArrayRecord({PART: Array(vector.detach().cpu().numpy())})}), reply_to=message)
+    parts = _local_round(method, net, data, shared, round_number, context, config, round_bound(message, net))
+    return Message(RecordDict({CONTRIBUTION: ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in parts.items()})}), reply_to=message)
 
 
 def _local_round(method: FederatedMethod, net: NetworkConfig, data: UserExamples, shared: State, round_number: int,
-                 context: Context, config: FederationConfig) -> torch.Tensor:
-    """``local_update`` of the kept personal state (kept again), then the contribution flattened and clipped."""
+                 context: Context, config: FederationConfig, bound: float) -> dict[str, torch.Tensor]:
+    """``local_update`` of the kept personal state (kept again), then the contribution's parts (:func:`clipped_parts`)."""
     generator = _node_generator(config, context.node_config, round_number)
     personal = method.local_update(shared, _personal(context, method, shared, net.torch_dtype), data, generator)
     contribution = method.contribution(shared, personal, data, generator)
-    vector = clipped_sum(flat_contributions(contribution, contribution_shapes(method, shared)), net)
+    parts = clipped_parts(flat_contributions(contribution, contribution_shapes(method, shared)), net, bound)
     _keep_personal(context, personal)
-    return vector
+    return parts
 
 
 def secure_contribution_nn(published: list, round_number: int, context: Context, config: FederationConfig) -> dict[str, torch.Tensor]:
@@ -141,7 +155,7 @@ def secure_contribution_nn(published: list, round_number: int, context: Context,
         raise ValueError(f"the shared state must be {len(shapes)} arrays of shapes {[tuple(s) for s in shapes.values()]}, "
                          f"got {[tuple(a.shape) for a in published]}.")
     shared = {k: torch.from_numpy(a.copy()).to(net.torch_dtype) for k, a in zip(shapes, published)}
-    return {PART: _local_round(method, net, data, shared, round_number, context, config)}
+    return _local_round(method, net, data, shared, round_number, context, config, net.clip)  # fixed bound: adaptive is refused with SecAgg+
 
 
 def personalize_nn(message: Message, context: Context, config: FederationConfig) -> Message:

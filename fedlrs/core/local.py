@@ -2,8 +2,11 @@
 
 For user i with statistics ``S = X^T X``, ``g = X^T y`` the local problem is
 
-    min_{w, ||b||_0 <= k}  ||y - X U w - X b||^2 + lam_w ||w||^2 + lam_b ||b||^2.
+    min_{w, ||b||_0 <= k}  ||y - X U w - X b||^2 + lam_w ||w||^2 + lam_b ||b||^2,
 
+with ridges in the units of the user's own features, ``lam = ridge * tr(S) / (d m)`` (:func:`ridge_unit`, the
+mean squared entry of ``X``; 1 for standardized features, so a ridge keeps its usual meaning): the fit is the
+same in any units of X and y (``w`` and ``b`` scale by the units of y over those of X).
 ``w`` is eliminated in closed form: with ``V = S U`` and ``G = U^T S U + lam_w I``,
 ``w(b) = G^{-1} (U^T g - V^T b)``, and the objective in ``b`` becomes the quadratic
 
@@ -50,8 +53,8 @@ class ProjectedGram:
     correction, O(n d r) per row.
     """
 
-    def __init__(self, xtx: Tensor, V: Tensor | None, K: Tensor | None, ridge_b: float):
-        self.xtx, self.V, self.K, self.ridge_b = xtx, V, K, ridge_b
+    def __init__(self, xtx: Tensor, V: Tensor | None, K: Tensor | None, ridge_b: float | Tensor):
+        self.xtx, self.V, self.K, self.ridge_b = xtx, V, K, ridge_b  # a number, or one per user (n,)
         self._Vt = None if V is None else V.transpose(1, 2).contiguous()  # (n, r, d)
 
     def gram_diagonal(self) -> Tensor:
@@ -66,7 +69,8 @@ class ProjectedGram:
 
     def diagonal(self) -> Tensor:
         """``H_jj`` (n, d)."""
-        diag = self.gram_diagonal() + self.ridge_b
+        ridge = self.ridge_b.unsqueeze(-1) if isinstance(self.ridge_b, Tensor) else self.ridge_b
+        diag = self.gram_diagonal() + ridge
         if self.V is not None:
             diag = diag - (self.V * self.K.transpose(1, 2)).sum(-1)
         return diag
@@ -81,7 +85,11 @@ class ProjectedGram:
                 out = out - (K_S.unsqueeze(-1) * self._Vt.unsqueeze(2)).sum(1)
             else:
                 out = out - K_S.transpose(1, 2) @ self._Vt
-        return out.scatter_add(2, index.unsqueeze(-1), torch.full_like(out[:, :, :1], self.ridge_b))
+        if isinstance(self.ridge_b, Tensor):
+            ridge = self.ridge_b.to(out.dtype).view(n, 1, 1).expand(n, s, 1)
+        else:
+            ridge = torch.full_like(out[:, :, :1], self.ridge_b)
+        return out.scatter_add(2, index.unsqueeze(-1), ridge)
 
     @staticmethod
     def block(index: Tensor, rows: Tensor) -> Tensor:
@@ -89,13 +97,27 @@ class ProjectedGram:
         return rows.gather(2, index.unsqueeze(1).expand(-1, index.shape[1], -1))
 
 
-def _projected_problem(U: Tensor, stats: UserStats, ridge_w: float, ridge_b: float):
-    """``H`` (as a :class:`ProjectedGram`), ``h`` (n, d) and the pieces to recover ``w(b)``."""
+def ridge_unit(stats: UserStats) -> Tensor:
+    """The unit of each user's ridges, ``tr(S_i) / (d m_i)`` (n,): the mean squared entry of ``X_i`` (1 where it is 0).
+
+    ``lam_i = ridge * tr(S_i) / (d m_i)`` scales with the features as ``S_i / m_i`` does, so a ridge means the
+    same in any units of X and, like a plain ridge, weighs less as a user's examples grow (1 for standardized
+    features: the plain ridge; a user with no examples keeps the bare ``ridge``, all its sums being 0).
+    """
+    energy = torch.diagonal(stats.xtx, dim1=-2, dim2=-1).sum(-1)
+    unit = energy / (stats.xtx.shape[-1] * stats.count.to(energy.dtype).clamp_min(1))
+    return torch.where(unit > 0, unit, torch.ones_like(unit))
+
+
+def _projected_problem(U: Tensor, stats: UserStats, ridge_w: float, ridge_b: float, unit: Tensor | None = None):
+    """``H`` (as a :class:`ProjectedGram`), ``h`` (n, d) and the pieces to recover ``w(b)``; ridges times ``unit`` (n,)
+    (default :func:`ridge_unit`)."""
     d, r = U.shape
+    unit = ridge_unit(stats) if unit is None else unit
     if r == 0:
-        return ProjectedGram(stats.xtx, None, None, ridge_b), stats.xty, None, 0
+        return ProjectedGram(stats.xtx, None, None, ridge_b * unit), stats.xty, None, 0
     V = stats.xtx @ U  # (n, d, r)
-    G = U.T @ V + ridge_w * torch.eye(r, dtype=U.dtype, device=U.device)
+    G = U.T @ V + (ridge_w * unit).view(-1, 1, 1) * torch.eye(r, dtype=U.dtype, device=U.device)
     L, info = torch.linalg.cholesky_ex(G)
     if bool((info != 0).any()):
         raise ValueError(
@@ -106,7 +128,7 @@ def _projected_problem(U: Tensor, stats: UserStats, ridge_w: float, ridge_b: flo
     K = G_inv @ V.transpose(1, 2)  # G^{-1} V^T, (n, r, d)
     Utg = stats.xty @ U  # (n, r)
     h = stats.xty - (K.transpose(1, 2) @ Utg.unsqueeze(-1)).squeeze(-1)
-    return ProjectedGram(stats.xtx, V, K, ridge_b), h, (G_inv, V, Utg), r
+    return ProjectedGram(stats.xtx, V, K, ridge_b * unit), h, (G_inv, V, Utg), r
 
 
 def _coordinates(b: Tensor, pieces, r: int) -> Tensor:
@@ -207,12 +229,16 @@ def solve_local(
     refine_steps: int = 2,
     starts: int = 8,
     chunk_size: int | None = None,
+    ridge_units: Tensor | None = None,
 ) -> LocalFit:
     """Fit ``w_i`` and the k-sparse ``b_i`` of every user in ``stats`` for a fixed ``U`` (d, r).
 
     See the module docstring for the formulas. The support comes from a
     ``starts``-fold multi-start greedy search, then ``refine_steps`` subspace-pursuit
     steps, each kept only where it lowers ``f``.
+
+    The penalties are ``ridge_w u_i ||w||^2`` and ``ridge_b u_i ||b||^2`` with ``u_i = ridge_units[i]``, by default
+    :func:`ridge_unit` of the user's statistics (the same fit in any units; ones: absolute ridges).
 
     ``chunk_size`` users are solved at a time (views, no copies); the default
     keeps a chunk's working set in the CPU caches and solves all users at once
@@ -227,11 +253,12 @@ def solve_local(
     chunk = chunk_size or (DEFAULT_CPU_CHUNK if U.device.type == "cpu" else n)
     if n > chunk:
         fits = [
-            solve_local(U, stats.select(slice(i, i + chunk)), sparsity=sparsity, ridge_w=ridge_w, ridge_b=ridge_b, refine_steps=refine_steps, starts=starts, chunk_size=chunk)
+            solve_local(U, stats.select(slice(i, i + chunk)), sparsity=sparsity, ridge_w=ridge_w, ridge_b=ridge_b, refine_steps=refine_steps, starts=starts, chunk_size=chunk,
+                        ridge_units=None if ridge_units is None else ridge_units[i:i + chunk])
             for i in range(0, n, chunk)
         ]
         return LocalFit(torch.cat([f.w for f in fits]), torch.cat([f.b for f in fits]))
-    H, h, pieces, r = _projected_problem(U, stats, ridge_w, ridge_b)
+    H, h, pieces, r = _projected_problem(U, stats, ridge_w, ridge_b, ridge_units)
     if sparsity == 0:
         b = torch.zeros_like(h)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .local import LocalFit, solve_local
+from .local import LocalFit, ridge_unit, solve_local
 from .stats import UserData, sufficient_statistics
 
 Tensor = torch.Tensor
@@ -36,10 +36,12 @@ def solve_local_logistic(
 ) -> LocalFit:
     """Fit ``w_i``, ``b_i`` under the logistic loss by ``iterations`` IRLS steps from ``theta = 0``.
 
-    Each step solves ``min sum_j s_ij (z_ij - x_ij . (U w + b))^2 + ridge_w ||w||^2 + ridge_b ||b||^2``
-    over ``||b||_0 <= k`` with :func:`fedlrs.core.local.solve_local` on the weighted statistics.
+    Each step solves ``min sum_j s_ij (z_ij - x_ij . (U w + b))^2 + u_i (ridge_w ||w||^2 + ridge_b ||b||^2)``
+    over ``||b||_0 <= k`` with :func:`fedlrs.core.local.solve_local` on the weighted statistics, ``u_i = tr(X_i^T X_i) / (d m_i)``
+    of the unweighted data (:func:`fedlrs.core.local.ridge_unit`): one penalized likelihood, the same in any units of X.
     """
     n = data.num_users
+    units = ridge_unit(sufficient_statistics(data))
     fit = LocalFit(data.X.new_zeros(n, U.shape[1]), data.X.new_zeros(n, data.dim))
     for _ in range(iterations):
         eta = (data.X @ user_parameters(U, fit).unsqueeze(-1)).squeeze(-1)
@@ -47,7 +49,7 @@ def solve_local_logistic(
         s = (p * (1 - p)).clamp_min(_MIN_WEIGHT)
         z = eta + (data.y - p) / s
         stats = sufficient_statistics(UserData(data.X, z, data.mask), weights=s)
-        fit = solve_local(U, stats, sparsity=sparsity, ridge_w=ridge_w, ridge_b=ridge_b, refine_steps=refine_steps)
+        fit = solve_local(U, stats, sparsity=sparsity, ridge_w=ridge_w, ridge_b=ridge_b, refine_steps=refine_steps, ridge_units=units)
     return fit
 
 

@@ -81,25 +81,33 @@ class ItemStats:
         return ItemStats(self.items, self.count * weights, self.total * weights, self.num_items)
 
 
-def length_buckets(stats: ItemStats, *, ratio: float = 2.0) -> list[tuple[Tensor, ItemStats]]:
-    """The users grouped by their number of rated items ``m_i``: ``(index, stats)`` per group.
-
-    A group holds users with ``m_i`` in ``[l, ratio * l)`` and its statistics are trimmed
-    to its largest ``m_i`` (the items are packed to the left), so a user's share of a
-    batched step is padded to less than ``ratio * m_i``, not to the batch's ``m_max``.
-    """
+def length_groups(width: Tensor, *, ratio: float = 2.0) -> list[Tensor]:
+    """The users' indices grouped by their length ``width`` (n,): a group holds lengths in ``[l, ratio * l)``, shortest first."""
     if ratio <= 1:
         raise ValueError(f"ratio == {ratio}, must be > 1.")
-    width = (stats.count > 0).sum(1)
     order = torch.argsort(width, stable=True)
     sorted_width = width[order]
     groups, start = [], 0
     while start < len(order):
         low = max(int(sorted_width[start]), 1)
         end = max(int(torch.searchsorted(sorted_width, torch.tensor(math.ceil(ratio * low)), right=False)), start + 1)
-        index, m = order[start:end], max(int(sorted_width[end - 1]), 1)
-        groups.append((index, ItemStats(stats.items[index, :m], stats.count[index, :m], stats.total[index, :m], stats.num_items)))
+        groups.append(order[start:end])
         start = end
+    return groups
+
+
+def length_buckets(stats: ItemStats, *, ratio: float = 2.0) -> list[tuple[Tensor, ItemStats]]:
+    """The users grouped by their number of rated items ``m_i``: ``(index, stats)`` per group.
+
+    A group holds users with ``m_i`` in ``[l, ratio * l)`` (:func:`length_groups`) and its statistics are trimmed
+    to its largest ``m_i`` (the items are packed to the left), so a user's share of a
+    batched step is padded to less than ``ratio * m_i``, not to the batch's ``m_max``.
+    """
+    width = (stats.count > 0).sum(1)
+    groups = []
+    for index in length_groups(width, ratio=ratio):
+        m = max(int(width[index].max()), 1)
+        groups.append((index, ItemStats(stats.items[index, :m], stats.count[index, :m], stats.total[index, :m], stats.num_items)))
     return groups
 
 

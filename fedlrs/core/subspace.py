@@ -94,15 +94,18 @@ def ls_part_vectors(stats: UserStats, B: Tensor) -> Tensor:
 
 
 def ls_solve(A: Tensor, c: Tensor, *, rank: int, normalizer: float, ridge: float) -> Tensor:
-    """``U = QR(unvec((A / N + ridge I)^{-1} c / N))`` with the column-major ``unvec`` (dr -> d x r).
+    """``U = QR(unvec((A / N + lam I)^{-1} c / N))`` with the column-major ``unvec`` (dr -> d x r).
 
-    ``N`` is the normalizer (the expected number of contributors under privacy).
+    ``N`` is the normalizer (the expected number of contributors under privacy). The ridge is relative,
+    ``lam = ridge tr(A / N) / (dr)`` (``ridge`` when that trace is not positive), so it means the same in any units.
     ``A`` is symmetrized first; the solve uses Cholesky, with a least-squares fallback
     when the (noised) system is not positive definite.
     """
     dr = A.shape[0]
     d = dr // rank
-    system = (A + A.T) / (2 * normalizer) + ridge * torch.eye(dr, dtype=A.dtype, device=A.device)
+    system = (A + A.T) / (2 * normalizer)
+    unit = float(torch.trace(system)) / dr
+    system = system + ridge * (unit if unit > 0 else 1.0) * torch.eye(dr, dtype=A.dtype, device=A.device)
     rhs = (c / normalizer).unsqueeze(-1)
     L, info = torch.linalg.cholesky_ex(system)
     if int(info) == 0:

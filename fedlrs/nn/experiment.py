@@ -45,7 +45,7 @@ from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsil
 from fedlrs.simulations.tables import aggregate, json_safe, markdown_table, plot_privacy, plot_rounds
 
 from .baselines import FedAvgFT, local_only
-from .federated import FederatedResult, contribution_shapes, run_federated
+from .federated import FederatedResult, NetworkConfig, contribution_shapes, run_federated
 from .experiment_setup import NAMES  # noqa: F401 - the CLI lists the network experiments from here
 from .experiment_setup import LABELS, error, load_nn_experiment, loop_config, make_method, state_size, user_metric
 from .method import FederatedMethod, State, UserExamples
@@ -146,7 +146,7 @@ class _Runner:
                 ledgers.append(list(ledger.events))
                 return math.nan if result is None else validation_metric(method, result.shared, result.personal)
 
-            self.clips[(key, epsilon)] = choose(key, epsilon, {"clip": self.config["private"]["clip"]}, clip_score)["clip"]
+            self.clips[(key, epsilon)] = choose(key, epsilon, {"clip": self.config["private"].get("clip", NetworkConfig.clip)}, clip_score)["clip"]
             self.tuning_events[(key, epsilon)] = [e for events in ledgers for e in events]
         self.echo(f"private clipping bounds chosen on validation: {self.clips}")
 
@@ -212,6 +212,7 @@ class _Runner:
                     extra["epsilon_spent"] = compute_epsilon(list(ledger.events), delta=delta).epsilon
                     extra["epsilon_with_tuning"] = compute_epsilon(self.tuning_events[(key, epsilon)] + list(ledger.events), delta=delta).epsilon
                     extra["clip"] = self.clips[(key, epsilon)]
+                    extra["clip_bounds"] = None if result is None else result.clip_bounds
                     if result is not None:
                         extra["audit"] = self.audited(result, directory)
                 shared = result.shared if result is not None else method.init_shared(gen)
@@ -275,7 +276,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     headers = {"test": f"per-user test {metric}", "epsilon_spent": "epsilon spent (RDP, reported run)", "epsilon_with_tuning": "epsilon incl. clip tuning",
                "storage": "numbers stored/user", "server_size": "server model size", "upload": "upload/user/round"}
     table = markdown_table(rows, columns, headers)
-    note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits)) + "\n" + compare_lrs_fedrep(rows, loss)
+    note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits), runner.tuning) + "\n" + compare_lrs_fedrep(rows, loss)
     failed = [r for r in runner.records if isinstance(r["test"], float) and math.isnan(r["test"])]
     if runner.diverged:
         where = "; ".join(f"{d['stage']} run of {d['method']} at epsilon {d['epsilon']:g}, clip {d['clip']:g}, seed {d['seed']}" for d in runner.diverged)
@@ -310,16 +311,23 @@ def compare_lrs_fedrep(rows: list[dict], loss: str) -> str:
     return "LRS-NN vs FedRep at equal epsilon: " + "; ".join(parts) + "." if parts else ""
 
 
-def _notes(config: dict, info: dict, n_seeds: int, seconds: float, threads: int, quick: bool, audits: int) -> str:
+def _notes(config: dict, info: dict, n_seeds: int, seconds: float, threads: int, quick: bool, audits: int, tuning: list[dict]) -> str:
     loop = config["loop"]
+    quantile = loop_config(config, 0, epsilon=1.0).clip_quantile
+    tuned = any(t["method"].endswith("(private)") and t["candidates"][0]["validation"] is not None for t in tuning)
+    clipping = ("private runs choose the clip bound C privately and 'epsilon incl. clip tuning' composes those runs' ledgers with the reported one"
+                if tuned else "private runs use no tuned clip bound: 'epsilon incl. clip tuning' is the reported epsilon")
+    if quantile > 0:
+        clipping += (f"; adaptive clipping at the {quantile:g} quantile of the contributions' norms (round 1 clips at C = "
+                     f"{config['private'].get('clip', NetworkConfig.clip)}, each later round at the quantile read from the previous "
+                     "round's noised norm histogram, released with the contribution in the same accounted release)")
     lines = [
         f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s CPU wall time "
         f"({threads} torch thread{'s' if threads > 1 else ''}).",
         f"Task: {info.get('users')} users; {info.get('split')}; {info.get('network')} ({info.get('parameters')} parameters). "
         f"Loop: {loop.get('rounds')} rounds, Poisson sampling q = {loop.get('sample_rate')}, user-level clipping of the whole contribution, "
         f"delta = {info['delta']:.2g}.",
-        "Hyperparameters were chosen on validation rows only (first seed); private runs choose the clip bound C privately and "
-        "'epsilon incl. clip tuning' composes those runs' ledgers with the reported one. FedAvg+FT fine-tunes the FedAvg run's "
+        f"Hyperparameters were chosen on validation rows only (first seed); {clipping}. FedAvg+FT fine-tunes the FedAvg run's "
         "network (same ledger); local only trains alone and releases nothing. "
         f"All {audits} completed reported private runs pass the privacy audit (`fedlrs privacy audit`).",
     ]

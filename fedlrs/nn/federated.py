@@ -8,9 +8,16 @@ DESIGN.md section 3, written once for every method. Round t:
     S_t     ~ Poisson(q)  over the N users                     (engine's sampler and seed convention)
     P[S_t]  <- method.local_update(shared, P[S_t], data[S_t])
     g_i     =  flatten(method.contribution(shared, P[S_t], data[S_t]))_i      (D numbers per user)
-    s       =  sum_{i in S_t} clip_C(g_i) + N(0, z^2 C^2 I)    (private: GaussianSumRelease, ledger first)
+    s       =  sum_{i in S_t} clip_{C_t}(g_i) + N(0, z^2 C_t^2 I)   (private: GaussianSumRelease, ledger first)
             =  sum_{i in S_t} g_i                              (not private: no clipping, no noise)
     shared  <- method.apply(shared, unflatten(s / (q N)))      (q N, never |S_t|)
+
+C_t is ``clip`` in every round, or with adaptive clipping (private and ``clip_quantile > 0``; after
+Andrew et al. 2021, same sample) C_1 = ``clip`` and each sampled user also sends
+``h_i = onehot(bin of ||g_i|| on the grid C_t 2^-W .. C_t 2^W)`` (sensitivity 1) in the SAME release,
+with noise weight ``HISTOGRAM_NOISE_WEIGHT`` (:class:`~fedlrs.privacy.mechanism.GaussianSumRelease`:
+one event, whose z is the joint mechanism's), and
+``C_{t+1} = quantile_bound((sum_i h_i + noise) / (q N), grid_t, clip_quantile)`` (post-processing).
 
 The private server is the engine's :class:`~fedlrs.privacy.release.PrivateServer`
 (event ``"round-t"``, calibration of z before round 1, budget check, ledger record
@@ -30,16 +37,18 @@ import torch
 
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
-from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, clip
+from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, calibrate_noise_multiplier, clip
+from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, norm_bins, part_noise_weights, quantile_bound, relative_grid, require_quantile
+from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
-from fedlrs.simulations.engine_config import DTYPES
+from fedlrs.simulations.engine_config import DTYPES, EngineConfig
 
 Tensor = torch.Tensor
 
-#: the single part of a network contribution released by the Gaussian mechanism
-PART = "contribution"
+#: the parts of a network round: the flattened contribution, and with adaptive clipping its norm's one-hot bin
+PART, HISTOGRAM = "contribution", "H"
 
 Evaluator = Callable[[State, State], dict]
 
@@ -50,7 +59,9 @@ class NetworkConfig(PrivacySettings):
 
     rounds: T. sample_rate: q, each user takes part in a round with probability q
     (Poisson sampling). clip: C, the user-level L2 bound of a user's whole flattened
-    contribution (applied when ``private``). The privacy knobs (private, target_epsilon,
+    contribution (applied when ``private``); with adaptive clipping the bound of round 1.
+    clip_quantile: gamma, the quantile of the contributions' norms that the bound follows
+    (adaptive clipping, private runs only; 0: the fixed ``clip``). The privacy knobs (private, target_epsilon,
     delta, accountant, noise_multiplier, noise_seed; keyword-only) are those of
     :class:`~fedlrs.privacy.settings.PrivacySettings`; noise_multiplier 0 calibrates z
     for ``rounds`` rounds before round 1. seed: the sampler's and the initialisation's generator (and,
@@ -69,6 +80,7 @@ class NetworkConfig(PrivacySettings):
     rounds: int = 10
     sample_rate: float = 1.0
     clip: float = 1.0
+    clip_quantile: float = EngineConfig.clip_quantile
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -86,6 +98,7 @@ class NetworkConfig(PrivacySettings):
             raise ValueError(f"evaluate_every == {self.evaluate_every}, must be >= 0 (0: first and last round only).")
         require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
         require_number("clip", self.clip, "must be a finite number > 0", lambda v: 0 < v < math.inf)
+        require_quantile(self.clip_quantile)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         try:
@@ -99,8 +112,8 @@ class NetworkConfig(PrivacySettings):
 
     @property
     def adaptive(self) -> bool:
-        """Adaptive clipping (:mod:`fedlrs.privacy.adaptive`) is not in the network loop: it clips at the fixed ``clip``."""
-        return False
+        """Adaptive clipping (private and ``clip_quantile > 0``): the bound follows the quantile, from the histogram in each round's release."""
+        return self.private and self.clip_quantile > 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,8 +124,9 @@ class FederatedResult(SpentEpsilon):
     """The final shared state, every user's personal state after ``personalize``, and the run's record.
 
     ``history[j]`` holds ``{"round": t, "seconds": ...}`` plus ``evaluate``'s metrics,
-    for t = 0 (the initialisation) and the evaluated rounds. ``ledger`` and
-    ``noise_multiplier`` are None when the run was not private.
+    for t = 0 (the initialisation) and the evaluated rounds. ``clip_bounds[t - 1]``: the
+    bound C_t of round t (private runs). ``ledger`` and ``noise_multiplier`` are None when
+    the run was not private.
     """
 
     shared: State
@@ -123,6 +137,7 @@ class FederatedResult(SpentEpsilon):
     rounds_completed: int = 0
     ledger: Ledger | None = None
     noise_multiplier: float | None = None
+    clip_bounds: list[float] = field(default_factory=list)
     _private: PrivateServer | None = field(default=None, repr=False)
 
     def ledger_delta(self) -> float:
@@ -159,29 +174,63 @@ def flat_contributions(contribution: State, shapes: Mapping[str, torch.Size]) ->
     return flatten(contribution, shapes)
 
 
-def clipped_sum(flat: Tensor, config: NetworkConfig) -> Tensor:
-    """``sum_i clip_C(g_i)`` (private) or ``sum_i g_i`` over the rows of ``flat`` (n, D)."""
-    if config.private:
-        flat, _ = clip(flat, bound=config.clip)
-    return flat.sum(dim=0)
+def round_parts(config: NetworkConfig, dimension: int, bound: float) -> dict[str, tuple[tuple[int, ...], float]]:
+    """``{name: (shape, L2 bound)}`` of a round's parts (the network task's contribution spec, :mod:`fedlrs.protocol.parts`):
+    ``contribution`` (D,), bound C_t; with adaptive clipping also ``H`` (2W + 1,), bound 1, the one-hot bin of the
+    unclipped norm on :func:`~fedlrs.privacy.adaptive.relative_grid` (W = ``CLIP_WINDOW``)."""
+    parts = {PART: ((dimension,), float(bound))}
+    return {**parts, HISTOGRAM: ((2 * CLIP_WINDOW + 1,), 1.0)} if config.adaptive else parts
 
 
-def release_mean(total: Tensor, config: NetworkConfig, expected_count: float, private: PrivateServer | None, event: DpEvent | None) -> Tensor:
-    """The released mean ``(s + N(0, z^2 C^2 I)) / (q N)`` through the ledger (private), or ``s / (q N)``.
+def clipped_parts(flat: Tensor, config: NetworkConfig, bound: float) -> dict[str, Tensor]:
+    """The sums over the rows of ``flat`` (n, D) that a round releases.
 
-    Raises :class:`fedlrs.privacy.BudgetExceededError` (nothing recorded, nothing
-    released) when the round would take epsilon past the target.
+    ``{"contribution": sum_i clip_C(g_i)}`` (private; ``sum_i g_i`` when not), and with adaptive
+    clipping ``{"H": sum_i onehot(bin of ||g_i|| on relative_grid(C))}`` (the norms before clipping).
+    A device calls it with its own row (n = 1).
+    """
+    if not config.private:
+        return {PART: flat.sum(dim=0)}
+    sums = {PART: clip(flat, bound=bound)[0].sum(dim=0)}
+    if config.adaptive:
+        sums[HISTOGRAM] = norm_bins(flat_norms(flat), relative_grid(bound, dtype=flat.dtype, device=flat.device)).sum(dim=0)
+    return sums
+
+
+def release_parts(sums: dict[str, Tensor], config: NetworkConfig, expected_count: float, private: PrivateServer | None, event: DpEvent | None,
+                  bound: float) -> dict[str, Tensor]:
+    """The released means ``(sums_p + N(0, sigma_p^2 I)) / (q N)`` through the ledger (private), or ``sums / (q N)``.
+
+    With adaptive clipping ``H`` gets ``HISTOGRAM_NOISE_WEIGHT`` times the contribution's noise per unit
+    bound (one joint Gaussian mechanism, one event). Raises :class:`fedlrs.privacy.BudgetExceededError`
+    (nothing recorded, nothing released) when the round would take epsilon past the target.
     """
     if private is None:
-        return total / expected_count
-    return private.release({PART: total}, event, {PART: config.clip}, expected_count)[PART]
+        return {name: total / expected_count for name, total in sums.items()}
+    bounds = {name: part_bound for name, (_, part_bound) in round_parts(config, len(sums[PART]), bound).items()}
+    return private.release(sums, event, bounds, expected_count, noise_weights=part_noise_weights(list(bounds), HISTOGRAM, HISTOGRAM_NOISE_WEIGHT))
+
+
+def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float) -> float:
+    """C_{t+1}: with adaptive clipping ``quantile_bound(H / (q N), relative_grid(C_t), clip_quantile)``; otherwise C_t."""
+    if HISTOGRAM not in released:
+        return bound
+    fractions = released[HISTOGRAM]
+    return quantile_bound(fractions, relative_grid(bound, dtype=fractions.dtype, device=fractions.device), config.clip_quantile)
 
 
 def private_server(config: NetworkConfig, ledger: Ledger | None, *, retry_ids: bool = False) -> PrivateServer | None:
-    """The engine's private server for ``config`` (None when not private); the round z is calibrated here, before round 1."""
+    """The engine's private server for ``config`` (None when not private); the round z is calibrated here, before round 1.
+
+    The histogram of adaptive clipping rides in the round's release (same event), so z is calibrated for the
+    rounds alone (not :func:`~fedlrs.privacy.adaptive.adaptive_plan`'s separate clip releases).
+    """
     if not config.private:
         return None
     private = PrivateServer(config, ledger if ledger is not None else Ledger(), retry_ids=retry_ids)
+    if config.noise_multiplier == 0 and config.adaptive:
+        private.noise_multiplier = calibrate_noise_multiplier(target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=config.sample_rate,
+                                                              rounds=config.rounds, accountant=config.accountant, prior_events=private.ledger.events)
     private.calibrate()
     return private
 
@@ -254,6 +303,7 @@ def run_federated(
     private = private_server(config, ledger)
     expected_count = config.sample_rate * num_users
     history: list[dict] = []
+    bound, bounds = config.clip, []
 
     def record(round_number: int) -> None:
         entry = {"round": round_number, "seconds": time.perf_counter() - started}
@@ -277,11 +327,14 @@ def run_federated(
             updated = method.local_update(shared, _select(personal, index), data, local_generator)
             contribution = method.contribution(shared, updated, data, local_generator)
             personal = _put(personal, index, updated)
-            total = clipped_sum(flat_contributions(contribution, shapes), config)
-        else:  # nobody sampled: the (noised) zero sum is released all the same
-            total = torch.zeros(flat_size(shapes), device=config.device, dtype=config.torch_dtype)
-        mean = release_mean(total, config, expected_count, private, event)
-        shared = method.apply(shared, unflatten(mean, shapes))
+            sums = clipped_parts(flat_contributions(contribution, shapes), config, bound)
+        else:  # nobody sampled: the (noised) zero sums are released all the same
+            empty = torch.zeros(0, flat_size(shapes), device=config.device, dtype=config.torch_dtype)
+            sums = clipped_parts(empty, config, bound)
+        released = release_parts(sums, config, expected_count, private, event, bound)
+        shared = method.apply(shared, unflatten(released[PART], shapes))
+        bounds.append(bound)
+        bound = next_bound(released, config, bound)
         completed = round_number
         every = config.evaluate_every
         if round_number == config.rounds or (every and round_number % every == 0):
@@ -293,5 +346,5 @@ def run_federated(
         shared, personal, history, config.to_dict(), stopped, completed,
         ledger=None if private is None else private.ledger,
         noise_multiplier=None if private is None else private.noise_multiplier,
-        _private=private,
+        clip_bounds=bounds if config.private else [], _private=private,
     )

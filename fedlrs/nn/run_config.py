@@ -28,7 +28,7 @@ __all__ = ["LINEAR", "PART", "TASK_CHOICES", "check_network_knobs", "contributio
            "network_method", "network_setup", "network_shapes", "node_task"]
 
 #: NetworkConfig field -> the run-config key it comes from
-_NETWORK_KEYS = {"rounds": "num-server-rounds", "sample_rate": "sample-rate", "clip": "nn-clip", "private": "private",
+_NETWORK_KEYS = {"rounds": "num-server-rounds", "sample_rate": "sample-rate", "clip": "nn-clip", "clip_quantile": "clip-quantile", "private": "private",
                  "target_epsilon": "target-epsilon", "delta": "delta", "accountant": "accountant",
                  "noise_multiplier": "noise-multiplier", "noise_seed": "noise-seed", "seed": "seed", "dtype": "dtype"}
 #: LRSNetwork argument -> the run-config key it comes from
@@ -61,7 +61,11 @@ def check_network_knobs(config: Any) -> None:
         raise ValueError(f"task == {config.task!r}, must be one of {list(TASK_CHOICES)}.")
     if config.task == LINEAR:
         return
-    network_config(config)
+    network = network_config(config)
+    if network.adaptive and config.secure_aggregation != "off":
+        raise ValueError(f"secure-aggregation == {config.secure_aggregation!r} with task == {config.task!r}, private == true and clip-quantile == "
+                         f"{config.clip_quantile}: SecAgg+ runs with a fixed clip bound only; set clip-quantile = 0 (and nn-clip), "
+                         "or secure-aggregation = 'off'.")
 
 
 @functools.lru_cache(maxsize=2)

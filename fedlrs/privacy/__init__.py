@@ -13,7 +13,7 @@ from fedlrs.privacy.accountants import ACCOUNTANTS, EpsilonResult, compute_epsil
 from fedlrs.privacy.audit import AuditResult, audit_report
 from fedlrs.privacy.budget import BudgetExceededError, PrivacyBudget
 from fedlrs.privacy.calibration import CalibrationError, calibrate_noise_multiplier
-from fedlrs.privacy.clipping import clip, clip_scales, flat_norms, ls_part_norms, ls_part_scales
+from fedlrs.privacy.clipping import clip, clip_scales, flat_norms, ls_part_norms, ls_part_scales, ls_private_scales
 from fedlrs.privacy.events import (DpEvent, InvalidEventError, accounted_noise_multiplier,
                                    per_part_noise_multiplier)
 from fedlrs.privacy.ledger import (DuplicateReleaseError, Ledger, LedgerConflictError,
@@ -54,6 +54,7 @@ __all__ = [
     "flat_norms",
     "ls_part_norms",
     "ls_part_scales",
+    "ls_private_scales",
     "method_of_moments_release",
     "move_aside",
     "per_part_noise_multiplier",

@@ -78,3 +78,32 @@ def ls_part_scales(W: Tensor, xtx: Tensor, g: Tensor, *, bound_A: float,
     """
     norm_A, norm_c = ls_part_norms(W, xtx, g)
     return clip_scales(norm_A, bound=bound_A), clip_scales(norm_c, bound=bound_c)
+
+
+#: bound of the unit-free "ls" part ``c_i / ||A_i||_F``: noiseless, ``g_i = S_i U w_i`` and
+#: ``||c_i|| = ||S_i U w_i|| ||w_i|| <= ||S_i||_F ||w_i||^2 = ||A_i||_F``, so 1 clips only label noise and a poor U
+LS_UNIT_FREE_C_BOUND = 1.0
+
+
+def ls_unit_free_scales(W: Tensor, xtx: Tensor, g: Tensor, *, bound_c: float = LS_UNIT_FREE_C_BOUND) -> tuple[Tensor, Tensor]:
+    """Scales ``(s_A, s_c)`` of the unit-free "ls" parts: each user sends ``A_i / ||A_i||_F`` (bound 1) and
+    ``c_i / ||A_i||_F`` clipped to ``bound_c``.
+
+    ``s_A,i = 1 / ||A_i||_F`` (0 when ``A_i = 0``) and ``s_c,i = s_A,i min(1, C_c / (s_A,i ||c_i||))``, norms from
+    :func:`ls_part_norms`. Both parts are ratios of the user's own statistics, so they do not change when X or y
+    change units; each user's normal equations are weighted by ``1 / ||A_i||_F``, which keeps their solution.
+    """
+    norm_A, norm_c = ls_part_norms(W, xtx, g)
+    positive = norm_A > 0
+    s_A = torch.where(positive, 1 / torch.where(positive, norm_A, torch.ones_like(norm_A)), torch.zeros_like(norm_A))
+    return s_A, s_A * clip_scales(s_A * norm_c, bound=bound_c)
+
+
+def ls_private_scales(W: Tensor, xtx: Tensor, g: Tensor, *, unit_free: bool, bound_A: float, bound_c: float) -> dict[str, Tensor]:
+    """``{"weights_A": s_A, "weights_c": s_c}`` of a private "ls" contribution (:func:`fedlrs.core.ls_system`'s weights):
+    unit-free (:func:`ls_unit_free_scales`) or each part clipped to its fixed bound (:func:`ls_part_scales`)."""
+    if unit_free:
+        s_A, s_c = ls_unit_free_scales(W, xtx, g)
+    else:
+        s_A, s_c = ls_part_scales(W, xtx, g, bound_A=bound_A, bound_c=bound_c)
+    return {"weights_A": s_A, "weights_c": s_c}

@@ -8,15 +8,19 @@ wire format quantizes it (:mod:`fedlrs.protocol.wire`). Written once, here.
 
 AMHT-LRS (``task = "linear"``):
 
-* ``"moments"`` (private init): ``M`` (d, d), symmetric, bound ``clip-moments`` (adaptive clipping:
+* ``"moments"`` (private init): ``M`` (d, d), symmetric, bound ``clip-moments`` (``clip-quantile > 0``:
   each user sends ``M_i / ||M_i||_F``, bound 1);
-* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): ``H`` (K,), the one-hot bin of the
+* ``"clip"`` (the unit-free "gd" step, ``clip-quantile > 0``): ``H`` (9,), the one-hot bin (on the grid around the previous bound) of the
   norm of the user's unit-free contribution (:mod:`fedlrs.privacy.adaptive`), bound 1;
-* ``"round"`` in mode "ls": ``A`` (dr, dr), symmetric, bound ``clip-a``, and ``c`` (dr,), bound ``clip-c``;
+* ``"round"`` in mode "ls": ``A`` (dr, dr), symmetric, bound ``clip-a``, and ``c`` (dr,), bound ``clip-c``
+  (private with ``clip-quantile > 0``: unit-free, ``A_i / ||A_i||_F`` bound 1 and ``c_i / ||A_i||_F`` bound 1);
   in mode "gd": ``G`` (d, r), bound ``clip-g``; with the unit-free step ``G`` (d, r) bounded by the
   round's bound (the clip phase's quantile) and ``P`` (r, r), symmetric, bound 1.
 
-A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``.
+A network task (``task = "nn-*"``) has rounds only, with one part ``contribution`` (D,), bound ``nn-clip``;
+with adaptive clipping (private, ``clip-quantile > 0``) the bound is the round's ``C_t`` and a second part
+``H`` (K,), bound 1, is the one-hot bin of the norm of the unclipped contribution on the grid around ``C_t``
+(:func:`fedlrs.nn.federated.round_parts`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fedlrs.privacy.adaptive import clip_grid
+from fedlrs.privacy.adaptive import CLIP_WINDOW
+from fedlrs.privacy.clipping import LS_UNIT_FREE_C_BOUND
 
 Phase = Literal["moments", "clip", "round"]
 #: the phases of a run: the private moments init, then the rounds (each preceded by a clip phase in the unit-free step)
@@ -65,13 +70,15 @@ def linear_parts(config: Any, phase: Phase, dim: int, bound: float | None = None
     engine = _engine(config)
     d, r = dim, config.rank
     if phase == "clip":
-        return [Part("H", (len(clip_grid()),), 1.0)]
+        return [Part("H", (2 * CLIP_WINDOW + 1,), 1.0)]
     if phase == "moments":
-        return [Part("M", (d, d), 1.0 if engine.adaptive else float(config.clip_moments), True)]
+        return [Part("M", (d, d), 1.0 if engine.unit_free_init else float(config.clip_moments), True)]
     if engine.unit_free:
         if bound is None:
             raise ValueError("a round of the unit-free step has no parts without the round's clip bound (bound == None).")
         return [Part("G", (d, r), float(bound)), Part("P", (r, r), 1.0, True)]
+    if config.mode == "ls" and engine.unit_free_ls:
+        return [Part("A", (d * r, d * r), 1.0, True), Part("c", (d * r,), LS_UNIT_FREE_C_BOUND)]
     if config.mode == "ls":
         return [Part("A", (d * r, d * r), float(config.clip_a), True), Part("c", (d * r,), float(config.clip_c))]
     return [Part("G", (d, r), float(config.clip_g))]
@@ -81,13 +88,15 @@ def contribution_parts(config: Any, phase: Phase, bound: float | None = None) ->
     """The parts of a contribution of the run ``config`` (a :class:`~fedlrs.federation_config.FederationConfig`)
     in ``phase``, with their (finite) clipping bounds; ``bound``: the round's bound of the unit-free step.
 
-    A network task (``task != "linear"``) has one part, ``contribution`` (D,), bounded by ``nn-clip``,
-    D being the length of its method's flattened contribution.
+    A network task (``task != "linear"``): :func:`fedlrs.nn.federated.round_parts` for D, the length of its
+    method's flattened contribution, and the round's bound (``nn-clip`` when ``bound`` is None).
     """
     if config.task != "linear":
-        from fedlrs.nn.run_config import PART, contribution_dimension
+        from fedlrs.nn.federated import round_parts
+        from fedlrs.nn.run_config import contribution_dimension, network_config
 
-        return [Part(PART, (contribution_dimension(config),), float(config.nn_clip))]
+        parts = round_parts(network_config(config), contribution_dimension(config), float(config.nn_clip if bound is None else bound))
+        return [Part(name, shape, part_bound) for name, (shape, part_bound) in parts.items()]
     return linear_parts(config, phase, config.dim, bound)
 
 

@@ -65,3 +65,12 @@ def validate_reply(reply: Any, parts: dict[str, tuple[tuple[int, ...], float]], 
                 raise RefusedReply(f"{name} has L2 norm {norm:.6g}, above its clipping bound {bound:g}.")
         tensors[name] = tensor
     return tensors
+
+
+def require_one_hot(name: str, value: torch.Tensor) -> None:
+    """Refuse a histogram part that is not exactly one-hot (one entry 1, the others 0), as
+    :func:`fedlrs.privacy.adaptive.norm_bins` makes it: :class:`RefusedReply` otherwise."""
+    ones, zeros = int((value == 1).sum()), int((value == 0).sum())
+    if ones != 1 or ones + zeros != value.numel():
+        raise RefusedReply(f"{name} must be one-hot (one entry 1, the others 0), has {ones} ones and "
+                           f"{value.numel() - ones - zeros} entries neither 0 nor 1.")

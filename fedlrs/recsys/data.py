@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedlrs.core.multihot import FeatureStats, feature_statistics
 from fedlrs.core.sparse import ItemStats, item_statistics
 from fedlrs.simulations.realdata import DataError, _rdataset, split_by_time, validate_columns
 
@@ -137,3 +138,42 @@ def synthetic_ratings(num_users: int, *, num_items: int = 1000, rank: int = 4, r
     signal = 3.5 + user_bias[users] + item_bias[items] + (U[items] * W[users]).sum(1)
     ratings = np.clip(np.round(signal + rng.normal(scale=0.8, size=len(users))), 1, 5)
     return build_split("synthetic", users, items, ratings, None, protocol="random", rating_range=(1.0, 5.0), seed=seed, info={"source": "synthetic"})
+
+
+@dataclass(frozen=True)
+class ItemGenres:
+    """Multi-hot item features: row ``x_ij`` = item j's one-hot id (``d`` columns) and its genre indicators (``len(names)`` more).
+
+    ``genres[j]``: the genre ids of item ``j`` (the item index of :func:`load_ratings`); public, the catalogue's.
+    """
+
+    names: tuple[str, ...]
+    genres: tuple[np.ndarray, ...]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.genres) + len(self.names)
+
+    def rows(self, part: Ratings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR ``(indptr, columns, values)`` of the rows of ``part``: ``[j, d + g for g in genres[j]]``, all 1."""
+        d = len(self.genres)
+        columns = [np.concatenate([[j], d + self.genres[j]]) for j in part.items]
+        indptr = np.concatenate([[0], np.cumsum([len(c) for c in columns])]).astype(np.int64)
+        flat = np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
+        return indptr, flat, np.ones(len(flat))
+
+    def stats(self, split: RatingSplit, part: Ratings, dtype=torch.float64) -> FeatureStats:
+        """The :class:`FeatureStats` of ``part`` for every user of ``split``."""
+        indptr, columns, values = self.rows(part)
+        return feature_statistics(part.users, indptr, columns, values, part.ratings, num_users=split.num_users, num_features=self.num_features, dtype=dtype)
+
+
+def movielens_genres() -> ItemGenres:
+    """MovieLens's genres (``"Comedy|Romance"``, 20 names with ``"(no genres listed)"``) per item of :func:`load_ratings`."""
+    frame, source = _rdataset("dslabs", "movielens")
+    validate_columns(frame, {"movieId": "key", "genres": "text"}, source=source)
+    first = frame.drop_duplicates("movieId").set_index("movieId")["genres"].astype(str)
+    movies = np.unique(frame["movieId"])  # the item index of build_split: sorted ids
+    names = sorted({g for text in first for g in text.split("|")})
+    index = {g: i for i, g in enumerate(names)}
+    return ItemGenres(tuple(names), tuple(np.array(sorted(index[g] for g in first[m].split("|")), dtype=np.int64) for m in movies))

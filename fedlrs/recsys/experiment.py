@@ -8,7 +8,9 @@ fixed, seeds change the initialization and the noise), of:
 
 - global: ``mu + c_j``, one model for all users; local only: ``mu + a_i`` (each user's own
   ratings); biased: ``mu + a_i + c_j`` (rank-0 ALS); MF (surprise SVD): biased matrix
-  factorization of scikit-surprise; LRS: ``o + a_i + c_j + U_j . w_i + b_ij``;
+  factorization of scikit-surprise; LRS: ``o + a_i + c_j + U_j . w_i + b_ij``; with ``[genres]`` (MovieLens),
+  LRS (item + genre): the same over multi-hot rows, the item's one-hot id and its genre indicators
+  (:mod:`fedlrs.core.multihot`, the LRS's tuned setting with ``[genres] rounds``);
 - private (user-level DP, every ``epsilon`` of the config): the biased model (the item biases
   released privately, :func:`fedlrs.recsys.model.fit_recsys` at rank 0) and LRS, which makes the
   same release and adds taste (:func:`fedlrs.recsys.private.fit_private_lrs`).
@@ -40,7 +42,7 @@ from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, con
                                             plot_privacy)
 
 from .baselines import global_item_model, library_mf, rmse
-from .data import RatingSplit, load_ratings, synthetic_ratings
+from .data import ItemGenres, RatingSplit, load_ratings, movielens_genres, synthetic_ratings
 from .model import RecsysConfig, fit_recsys
 from .private import fit_private_lrs, private_settings
 
@@ -105,6 +107,16 @@ def _private_settings(split: RatingSplit, epsilon: float) -> dict[str, dict]:
     return private_settings(num_users=split.num_users, rating_range=split.rating_range, epsilon=epsilon)
 
 
+GENRE_LRS = "LRS (item + genre)"
+
+
+def genre_rmse(split: RatingSplit, genres: ItemGenres, params: dict) -> float:
+    """Test RMSE of LRS fitted on train + validation over the item + genre features (``params``: :class:`RecsysConfig`'s)."""
+    result = fit_recsys(genres.stats(split, split.train_full), RecsysConfig(**params), rating_range=split.rating_range)
+    prediction = result.predict_rows(split.test.users, *genres.rows(split.test))
+    return float((prediction - torch.as_tensor(split.test.ratings)).square().mean().sqrt())
+
+
 def storage(method: str, params: dict, num_items: int) -> tuple[int, int]:
     """(numbers stored per user, numbers in the published state) of ``method``."""
     if method == "global":
@@ -121,6 +133,9 @@ def run_protocol(config: dict, protocol: str, seeds: list[int], out: Path, echo)
     """Every method's records (one per seed and epsilon) under ``protocol``, and the tuning."""
     data, max_users = config["data"], config.get("max_users")
     tuning = tune(config, load_ratings(data, protocol=protocol, seed=0, max_users=max_users), echo)
+    if "genres" in config and data != "movielens":
+        raise ValueError(f"[genres] needs data == 'movielens' (the genres of its items), not {data!r}.")
+    genres = movielens_genres() if "genres" in config else None
     records = []
     for seed in seeds:
         split = load_ratings(data, protocol=protocol, seed=seed, max_users=max_users)
@@ -135,6 +150,10 @@ def run_protocol(config: dict, protocol: str, seeds: list[int], out: Path, echo)
         for method, value in test.items():
             params = tuning["mf"] if method.startswith("MF") else tuning["lrs"] if method == "LRS" else {}
             records.append({**row, "method": method, "test_rmse": value, **dict(zip(("storage", "published"), storage(method, params, split.num_items)))})
+        if genres is not None:  # LRS over multi-hot features: the item's one-hot id and its genres (fedlrs.core.multihot)
+            params = {**tuning["lrs"], "rounds": int(config["genres"]["rounds"]), "seed": seed}
+            records.append({**row, "method": GENRE_LRS, "test_rmse": genre_rmse(split, genres, params),
+                            **dict(zip(("storage", "published"), storage(GENRE_LRS, params, genres.num_features)))})
         for epsilon in [e for e in epsilon_sweep(config) if e != INF]:
             for method, params in _private_settings(split, epsilon).items():
                 keep = out / "privacy" / f"{protocol}-{method.split()[0].lower()}-eps{epsilon:g}" if seed == seeds[0] else None

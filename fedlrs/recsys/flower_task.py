@@ -1,7 +1,9 @@
 """The matrix-completion task on Flower, without Flower: which ratings each device holds, and the public release bounds.
 
 The server side is :mod:`fedlrs.server.recsys`, the device side :mod:`fedlrs.client.recsys`
-(the protocol: :mod:`fedlrs.server.recsys`'s docstring).
+(the protocol: :mod:`fedlrs.server.recsys`'s docstring). Selected in a Flower run by the run
+config's ``task = "recsys"``; :func:`recsys_task` reads the task from the run config once
+(``recsys-*`` keys, and the shared ``num-server-rounds``, ``seed``, ``data-seed``, ``sample-rate`` and privacy keys).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from .data import load_ratings
 from .model import RecsysConfig, _PrivateRelease
 
 
+DATA_SETS = ("movielens", "insteval")
+RECSYS = "recsys"  # the run config's task
+
+
 @dataclass(frozen=True)
 class RecsysFlowerTask:
     """Which data each device holds (``data``, ``protocol``, ``seed``, ``max_users``) and the model's :class:`RecsysConfig`."""
@@ -29,6 +35,12 @@ class RecsysFlowerTask:
     config: RecsysConfig = field(default_factory=RecsysConfig)
 
     def __post_init__(self) -> None:
+        if self.data not in DATA_SETS:
+            raise ValueError(f"data == {self.data!r}, must be one of {list(DATA_SETS)}.")
+        if self.protocol not in ("random", "time") or (self.protocol == "time" and self.data != "movielens"):
+            raise ValueError(f"protocol == {self.protocol!r}, must be 'random' (or 'time', for movielens only).")
+        if self.max_users is not None and (isinstance(self.max_users, bool) or not isinstance(self.max_users, int) or self.max_users < 1):
+            raise ValueError(f"max_users == {self.max_users!r}, must be None (every user) or an integer >= 1.")
         if self.config.sample_rate != 1.0:
             raise ValueError(f"sample_rate == {self.config.sample_rate}: the Flower recsys task runs every user every round (1.0).")
 
@@ -54,3 +66,48 @@ def device_ratings(task: RecsysFlowerTask, partition_id: int):
 def device_release(task: RecsysFlowerTask, rating_range) -> _PrivateRelease | None:
     """The device's view of the release: its public bounds (z is calibrated once per process)."""
     return _PrivateRelease(task.config, rating_range, Ledger()) if task.config.private else None
+
+
+#: RecsysFlowerTask field -> the run-config key it comes from (max_users: 0 is every user)
+TASK_KEYS = {"data": "recsys-data", "protocol": "recsys-protocol", "seed": "data-seed", "max_users": "recsys-max-users"}
+#: RecsysConfig field -> the run-config key it comes from
+CONFIG_KEYS = {
+    "rounds": "num-server-rounds", "seed": "seed", "sample_rate": "sample-rate", "private": "private", "target_epsilon": "target-epsilon",
+    "delta": "delta", "accountant": "accountant", "noise_multiplier": "noise-multiplier", "noise_seed": "noise-seed",
+    **{name: "recsys-" + name.replace("_", "-") for name in (
+        "rank", "sparsity", "mode", "ridge_w", "ridge_b", "ridge_u", "ridge_user_bias", "ridge_item_bias", "gd_learning_rate", "init_scale",
+        "rating_cap", "factor_bound", "residual_bound", "noise_ridge")},
+}
+
+
+def _run_config_error(error: ValueError, keys: dict[str, str]) -> ValueError:
+    """``error`` with its leading ``name ==`` renamed to the run-config key the value came from."""
+    text = str(error)
+    for name, key in keys.items():
+        if text.startswith(f"{name} =="):
+            return ValueError(key + text[len(name):])
+    return ValueError(text)
+
+
+@functools.lru_cache(maxsize=8)
+def recsys_task(config) -> RecsysFlowerTask:
+    """The :class:`RecsysFlowerTask` of a run config with ``task = "recsys"`` (``config``: a frozen
+    :class:`~fedlrs.federation_config.FederationConfig`); an error names the run-config key and its rule."""
+    if config.task != RECSYS:
+        raise ValueError(f"task == {config.task!r}: the recsys handlers answer a run with task == 'recsys' only.")
+
+    def value(key: str):
+        return getattr(config, key.replace("-", "_"))
+
+    try:
+        model = RecsysConfig(**{name: value(key) for name, key in CONFIG_KEYS.items()})
+    except ValueError as error:
+        raise _run_config_error(error, CONFIG_KEYS) from error
+    task = {name: value(key) for name, key in TASK_KEYS.items()}
+    if task["max_users"] < 0:
+        raise ValueError(f"recsys-max-users == {task['max_users']}, must be >= 0 (0: every user of the data set).")
+    task["max_users"] = task["max_users"] or None
+    try:
+        return RecsysFlowerTask(**task, config=model)
+    except ValueError as error:
+        raise _run_config_error(error, {**TASK_KEYS, "sample_rate": "sample-rate"}) from error

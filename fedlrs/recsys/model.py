@@ -1,4 +1,4 @@
-"""AMHT-LRS as (private) matrix completion: the round loop over one-hot item features.
+"""AMHT-LRS as (private) matrix completion: the round loop over one-hot (or multi-hot) item features.
 
 Published: ``P = [U, c]`` (d, r + 1), the item factors and item biases. On each device:
 ``w_i`` (r), the user bias ``a_i`` and the k-sparse ``b_i`` on its rated items
@@ -7,6 +7,10 @@ local state for the published ``P``, forms its contribution ("ls": the per-item 
 ``A_i``, ``c_i``; "gd": the gradient rows ``G_i``), the server sums, and updates ``P``
 (one (r+1) x (r+1) solve per item, or a gradient step). Rank 0 is the biased baseline
 (offset + user bias + item bias); ``rounds = 0`` with rank 0 is local only (user bias).
+
+The same loop runs over multi-hot rows (:class:`fedlrs.core.multihot.FeatureStats`, e.g. an
+item's id and its genres): the local step of :mod:`fedlrs.core.multihot`, "gd" as above, and in
+mode "ls" the majorized per-feature step (exact ALS for one-hot rows), non-private only.
 
 Privately (DESIGN.md section 3, as DPALS bounds a user's contribution): a user contributes
 at most ``rating_cap`` of its rated items (a uniform random subset), its ``w_i`` clipped
@@ -25,8 +29,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fedlrs.core.multihot import (FeatureStats, feature_buckets, feature_contributions, feature_predictions, feature_statistics, majorized_step,
+                                  solve_local_features)
 from fedlrs.core.sparse import (ItemFit, ItemStats, extended_coordinates, item_contribution_norms, item_gd_step, item_gradient_rows, item_gradient_sum,
                                 item_normal_equations, item_residual_totals, item_solve, length_buckets, rating_predictions, solve_local_items)
 from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, calibrate_noise_multiplier, clip_scales, write_privacy_report
@@ -110,6 +117,14 @@ class RecsysResult(SpentEpsilon):
         fit = ItemFit(self.fit.w[users], self.fit.user_bias[users], self.fit.b_items[users], self.fit.b_values[users])
         return rating_predictions(self.P, fit, items, offset=self.offset).squeeze(1)
 
+    def predict_rows(self, users, indptr, columns, values) -> Tensor:
+        """Predicted ratings of multi-hot rows (CSR ``indptr``, ``columns``, ``values``) of the users ``users[l]``: ``o + a_i + x . (c + U w_i + b_i)``."""
+        users = torch.as_tensor(np.asarray(users), dtype=torch.long)
+        rows = feature_statistics(np.arange(len(users)), indptr, columns, values, np.zeros(len(users)), num_users=len(users), num_features=self.P.shape[0],
+                                  dtype=self.P.dtype)
+        fit = ItemFit(self.fit.w[users], self.fit.user_bias[users], self.fit.b_items[users], self.fit.b_values[users])
+        return feature_predictions(self.P, fit, rows, offset=self.offset)[:, 0]
+
     def rmse(self, ratings) -> float:
         """``sqrt(mean_l (y_l - p_l)^2)`` over the rows of a :class:`~fedlrs.recsys.data.Ratings`."""
         prediction = self.predict(ratings.users, ratings.items)
@@ -124,16 +139,24 @@ class RecsysResult(SpentEpsilon):
                                     calibrated_noise_multiplier=self.noise_multiplier)
 
 
-def local_fit(P: Tensor, stats: ItemStats, config: RecsysConfig, offset: float) -> ItemFit:
-    """Every user's ``(w_i, a_i, b_i)`` for the published ``P``: the client's local step, batched per :func:`length_buckets` group.
+def _buckets(stats: ItemStats | FeatureStats):
+    """The length groups of the users and the local solver of their kind of features (one-hot items or multi-hot rows)."""
+    if isinstance(stats, FeatureStats):
+        return feature_buckets(stats), solve_local_features
+    return length_buckets(stats), solve_local_items
 
-    A user with fewer than ``k + 1`` rated items gets a smaller support, padded with item 0 and value 0.
+
+def local_fit(P: Tensor, stats: ItemStats | FeatureStats, config: RecsysConfig, offset: float) -> ItemFit:
+    """Every user's ``(w_i, a_i, b_i)`` for the published ``P``: the client's local step, batched per length group.
+
+    A user with fewer than ``k + 1`` rated items (local features) gets a smaller support, padded with id 0 and value 0.
     """
     n, k = stats.num_users, config.sparsity
     dtype = stats.total.dtype
-    fit = ItemFit(P.new_zeros(n, config.rank), P.new_zeros(n), stats.items.new_zeros(n, k), P.new_zeros(n, k, dtype=dtype))
-    for index, group in length_buckets(stats):
-        part = solve_local_items(P, group, offset=offset, sparsity=k, ridge_w=config.ridge_w, ridge_b=config.ridge_b, ridge_bias=config.ridge_user_bias,
+    fit = ItemFit(P.new_zeros(n, config.rank), P.new_zeros(n), torch.zeros(n, k, dtype=torch.long), P.new_zeros(n, k, dtype=dtype))
+    groups, solve = _buckets(stats)
+    for index, group in groups:
+        part = solve(P, group, offset=offset, sparsity=k, ridge_w=config.ridge_w, ridge_b=config.ridge_b, ridge_bias=config.ridge_user_bias,
                                  starts=config.starts, refine_steps=config.refine_steps)
         fit.w[index], fit.user_bias[index] = part.w, part.user_bias
         fit.b_items[index, :part.b_items.shape[1]], fit.b_values[index, :part.b_values.shape[1]] = part.b_items, part.b_values
@@ -180,13 +203,19 @@ class _PrivateRelease:
         return self.mechanism(expected_count).release(sums, ledger=self.ledger, event=event, budget=self.config.budget)
 
 
-def contribution_sums(P: Tensor, fit: ItemFit, stats: ItemStats, config: RecsysConfig, offset: float, private: _PrivateRelease | None, weights: Tensor) -> dict[str, Tensor]:
+def contribution_sums(P: Tensor, fit: ItemFit, stats: ItemStats | FeatureStats, config: RecsysConfig, offset: float, private: _PrivateRelease | None, weights: Tensor) -> dict[str, Tensor]:
     """The summed contributions of the users in ``stats`` (their items weighted by ``weights``, the rating cap), per :func:`length_buckets` group.
 
     "ls": ``A`` (d, r', r') and ``c`` (d, r'); "gd": ``G`` (d, r'). Privately each user's ``w_i``
     is clipped to ``factor_bound``, each rating's residual to ``R``, and each part to its bound.
     """
     sums: dict[str, Tensor] = {}
+    if isinstance(stats, FeatureStats):  # multi-hot rows: non-private only (fit_recsys refuses a private run)
+        for index, group in feature_buckets(stats):
+            part_fit = ItemFit(fit.w[index], fit.user_bias[index], fit.b_items[index], fit.b_values[index])
+            part = feature_contributions(P, part_fit, group, offset=offset, mode=config.mode, weights=weights[index, :group.mask.shape[1]])
+            sums = part if not sums else {key: sums[key] + value for key, value in part.items()}
+        return sums
     for index, group in length_buckets(stats):
         capped = group.with_weights(weights[index, :group.items.shape[1]])
         part_fit = ItemFit(fit.w[index], fit.user_bias[index], fit.b_items[index], fit.b_values[index])
@@ -218,17 +247,22 @@ def server_step(P: Tensor, sums: dict[str, Tensor], config: RecsysConfig, normal
         sums = private.release(sums, round_number, normalizer)  # noised, divided by q N
         extra = private.ridge() if config.mode == "ls" else 0.0
         ridge, ridge_bias, normalizer = (ridge + extra) / normalizer, (ridge_bias + extra) / normalizer, 1.0
+    if "G" in sums and "A" in sums:  # multi-hot "ls": the majorized per-feature step (fedlrs.core.multihot)
+        return majorized_step(P, sums["A"], sums["G"], normalizer=normalizer, ridge=ridge, ridge_bias=ridge_bias)
     if config.mode == "ls":
         return item_solve(sums["A"], sums["c"], normalizer=normalizer, ridge=ridge, ridge_bias=ridge_bias)
     return item_gd_step(P, sums["G"], normalizer=normalizer, learning_rate=config.gd_learning_rate, ridge=ridge, ridge_bias=ridge_bias)
 
 
-def fit_recsys(stats: ItemStats, config: RecsysConfig, *, rating_range: tuple[float, float], ledger: Ledger | None = None, evaluate=None) -> RecsysResult:
+def fit_recsys(stats: ItemStats | FeatureStats, config: RecsysConfig, *, rating_range: tuple[float, float], ledger: Ledger | None = None, evaluate=None) -> RecsysResult:
     """Run ``config.rounds`` rounds over the users of ``stats`` and return ``P``, every user's fit and (private) the ledger.
 
     The offset ``o`` is the training mean (non-private) or the midpoint of the public
     ``rating_range`` (private). ``evaluate(result)`` (optional) adds metrics to the history after every round.
     """
+    if config.private and isinstance(stats, FeatureStats):
+        raise ValueError("a private run over multi-hot features is not supported: its per-user bounds are those of one-hot items; "
+                         "use one-hot item features (ItemStats) or private == False.")
     generator = torch.Generator().manual_seed(config.seed)
     d, n = stats.num_items, stats.num_users
     dtype = stats.total.dtype

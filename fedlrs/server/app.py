@@ -1,15 +1,37 @@
-"""The Flower ServerApp of fedlrs: parse the run config once, run the billboard (``task``: linear or a network task) on the Grid."""
+"""The Flower ServerApp of fedlrs: parse the run config once, run the task it names on the Grid.
+
+``task``: "linear" (the AMHT-LRS billboard), "nn-*" (a network task on the same billboard rules)
+or "recsys" (matrix completion, :mod:`fedlrs.server.recsys`); :func:`run_task` is the one dispatch.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlrs.federation_config import parse_run_config
+from fedlrs.federation_config import FederationConfig, parse_run_config
+from fedlrs.privacy import Ledger
+from fedlrs.recsys.flower_task import RECSYS, recsys_task
 from fedlrs.server.billboard import Billboard
 from fedlrs.server.network import NetworkBillboard
+from fedlrs.server.recsys import run_recsys
+
+
+def run_task(grid: Grid, config: FederationConfig):
+    """Run the run config's task on ``grid`` and return its result."""
+    if config.task == "linear":
+        return Billboard(config).run(grid)
+    if config.task == RECSYS:  # matrix completion: every device one user's ratings; report-dir gets P and the privacy report
+        task = recsys_task(config)
+        ledger = Ledger(Path(config.report_dir) / "ledger.jsonl") if config.report_dir and config.private else None  # every event on disk first
+        result = run_recsys(grid, task, ledger=ledger, min_nodes=config.min_nodes, wait_for_nodes=config.wait_for_nodes, round_timeout=config.round_timeout)
+        if config.report_dir:
+            result.write(config.report_dir, task)
+        return result
+    return NetworkBillboard(config).run(grid)  # a network task: the same billboard rules for a network method's shared state
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
@@ -18,11 +40,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = parse_run_config(context.run_config, overrides)
-        if config.task == "linear":
-            Billboard(config).run(grid)
-        else:  # a network task: the same billboard rules for a network method's shared state
-            NetworkBillboard(config).run(grid)
+        run_task(grid, parse_run_config(context.run_config, overrides))
 
     return server_app
 

@@ -125,6 +125,10 @@ class Billboard:
         """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.protocol.parts.expected_parts`)."""
         return expected_parts(self.config, phase, self.clip_bound)
 
+    def _validate(self, reply: Message, parts: dict[str, tuple[tuple[int, ...], float]]) -> dict[str, torch.Tensor]:
+        """A reply's parts (:func:`~fedlrs.protocol.validation.validate_reply`), or :class:`RefusedReply`."""
+        return validate_reply(reply, parts, self.config.torch_dtype)
+
     def _message_type(self, phase: Phase) -> str:
         """The message that asks the nodes for their contribution in ``phase``."""
         return message_type(phase)
@@ -148,7 +152,7 @@ class Billboard:
                 if node in seen:
                     raise RefusedReply("a second reply from the same node.")
                 seen.add(node)
-                accepted[node] = validate_reply(reply, parts, self.config.torch_dtype)
+                accepted[node] = self._validate(reply, parts)
             except RefusedReply as error:
                 self.refusals.append(Refusal(round_number, node, str(error)))
                 _log(WARNING, "round %d: refused the reply of node %d: %s", round_number, node, error)
@@ -194,7 +198,7 @@ class Billboard:
 
     # ------------------------------------------------------------------ the run
     def _checkpoint(self, round_number: int, shared: dict[str, torch.Tensor], generator: torch.Generator) -> None:
-        """Save the shared state after ``round_number`` updates, the sampler's state, z and the ledger's length."""
+        """Save the shared state after ``round_number`` updates, the sampler's state, z, the ledger's length and the clip bound."""
         if self.checkpoint_dir is None:
             return
         private = self.private
@@ -202,7 +206,7 @@ class Billboard:
         save_checkpoint(self.checkpoint_dir, Checkpoint(round_number, shared, generator.get_state(),
                                                         -1.0 if z is None else z,
                                                         0 if private is None else len(private.ledger),
-                                                        self.fingerprint))
+                                                        self.fingerprint, self.clip_bound))
 
     def _resume(self, ledger: Ledger | None, generator: torch.Generator) -> Checkpoint | None:
         """The checkpoint to go on from, with the sampler's state restored into ``generator``; None: a fresh start.
@@ -248,12 +252,14 @@ class Billboard:
         checkpoint = self._resume(ledger, generator)
         resume = None
         if checkpoint is not None:
-            resume = (checkpoint.round, {"U": checkpoint.shared["U"].to(c.torch_dtype), "bound": None})
+            # the bound: the center of the next clip phase's grid (adaptive clipping; None before the first)
+            resume = (checkpoint.round, {"U": checkpoint.shared["U"].to(c.torch_dtype), "bound": checkpoint.clip_bound})
             self._restore_noise_multiplier(checkpoint)
         elif not nodes:
             raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
 
         def record(round_number: int, shared: dict) -> None:
+            self.clip_bound = shared.get("bound")  # checkpointed: the center of the next clip phase's grid
             self._checkpoint(round_number, {"U": shared["U"]}, generator)
             if round_number > 0:
                 sampled = self.sampled[round_number]

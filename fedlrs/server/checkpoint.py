@@ -33,6 +33,7 @@ class Checkpoint:
 
     shared: ``{"U": U}`` for AMHT-LRS, the network method's shared state for a network run.
     noise_multiplier: the calibrated z (-1 when the run is not private).
+    clip_bound: the next round's clip bound of adaptive clipping (None: none, or an older checkpoint).
     """
 
     round: int
@@ -41,6 +42,7 @@ class Checkpoint:
     noise_multiplier: float
     ledger_events: int
     fingerprint: dict[str, Any]
+    clip_bound: float | None = None
 
 
 def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
@@ -51,7 +53,8 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     shared = {name: value.detach().cpu() for name, value in checkpoint.shared.items()}
     payload = {"format": FORMAT, "version": VERSION, "round": checkpoint.round, "shared": shared,
                "generator_state": checkpoint.generator_state, "noise_multiplier": checkpoint.noise_multiplier,
-               "ledger_events": checkpoint.ledger_events, "fingerprint": checkpoint.fingerprint}
+               "ledger_events": checkpoint.ledger_events, "fingerprint": checkpoint.fingerprint,
+               "clip_bound": checkpoint.clip_bound}
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
 
@@ -72,4 +75,4 @@ def load_checkpoint(directory: str | Path, fingerprint: dict[str, Any]) -> Check
                               f"use a new checkpoint-dir or the same settings.")
     shared = {"U": payload["U"]} if payload["version"] == 1 else dict(payload["shared"])
     return Checkpoint(int(payload["round"]), shared, payload["generator_state"], float(payload["noise_multiplier"]),
-                      int(payload["ledger_events"]), payload["fingerprint"])
+                      int(payload["ledger_events"]), payload["fingerprint"], payload.get("clip_bound"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from fedlrs.tasks.base import ROUND, USERS, Sums, count
+from fedlrs.tasks.linear import clip_center
 
 
 class GridTransport:
@@ -36,7 +37,8 @@ class GridTransport:
         sampled = self.nodes if index is None else [self.nodes[i] for i in index.tolist()]
         if phase == ROUND:
             board.sampled[round_number] = sampled
-        board.clip_bound = shared.get("bound") if phase == ROUND else None  # sent with the round's request, checked in its replies
+        # sent with the request: the round's bound (checked in its replies), or the clip phase's grid center (the previous bound)
+        board.clip_bound = shared.get("bound") if phase == ROUND else clip_center(shared) if phase == "clip" else None
         return {**board._collect(self.grid, sampled, phase, shared["U"], round_number), USERS: count(len(sampled))}
 
     def release(self, private, phase: str, shared: dict, sums: Sums, event, expected_count: float) -> Sums | None:

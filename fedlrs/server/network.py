@@ -8,18 +8,24 @@ the device (:mod:`fedlrs.client.network`) answers with its clipped flattened con
 server refuses any reply that is not exactly such a vector (keys, shape, dtype, finite,
 norm <= ``nn-clip``; :func:`fedlrs.protocol.validation.validate_reply`), sums the rest in node
 order, releases ``(sum + N(0, z^2 C^2 I)) / (q N)`` through the ledger
-(:func:`fedlrs.nn.federated.release_mean`), and steps with ``method.apply``. At the end
+(:func:`fedlrs.nn.federated.release_parts`), and steps with ``method.apply``. With adaptive clipping
+(private, ``clip-quantile > 0``) the round config carries the round's bound ``clip-bound`` C_t
+(``nn-clip`` in round 1), a reply also holds ``H``, the one-hot bin of its unclipped norm (refused
+unless exactly one-hot: :func:`fedlrs.protocol.validation.require_one_hot`), both parts are released
+together (one event) and C_{t+1} is :func:`fedlrs.nn.federated.next_bound` of the released ``H``,
+as in the in-process loop. At the end
 (``personalize-at-end``) every node personalizes (``query.nn_personalize``) and keeps it.
 
 As on the linear billboard, ``checkpoint-dir`` holds the shared state, the round, the sampler's
-state and z after every round (atomically) beside the append-only ledger, and a restarted server
-goes on from there (:meth:`~fedlrs.server.billboard.Billboard._resume`).
+state, z and the next round's clip bound after every round (atomically) beside the append-only
+ledger, and a restarted server goes on from there (:meth:`~fedlrs.server.billboard.Billboard._resume`).
 
 Secure aggregation (``secure-aggregation = server-noise | distributed-noise``) works as on the
 linear billboard (:mod:`fedlrs.server.secure_aggregation`): the shared state goes out as the
 SecAgg+ request's arrays, each device answers with its clipped vector in the integer wire format
 (one part, ``contribution`` (D,), bound ``nn-clip``), masked, and the server unmasks only the
-cohort's sum and releases it through the ledger.
+cohort's sum and releases it through the ledger. SecAgg+ runs with the fixed bound only: a private run
+with ``clip-quantile > 0`` and secure aggregation is refused (:func:`fedlrs.nn.run_config.check_network_knobs`).
 """
 
 from __future__ import annotations
@@ -33,14 +39,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedlrs.federation_config import FederationConfig
-from fedlrs.nn.federated import PART, contribution_shapes, initial_state, private_server, release_mean, round_event
+from fedlrs.nn.federated import HISTOGRAM, PART, contribution_shapes, initial_state, next_bound, private_server, release_parts, round_event, round_parts
 from fedlrs.nn.method import FederatedMethod, State
 from fedlrs.nn.network import flat_size, unflatten
 from fedlrs.nn.run_config import LINEAR, check_network_knobs, contribution_dimension, network_config, network_setup
 from fedlrs.privacy import BudgetExceededError
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_nodes
-from fedlrs.protocol.messages import PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
+from fedlrs.protocol.messages import CLIP_BOUND, PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
+from fedlrs.protocol.validation import require_one_hot
 from fedlrs.server.billboard import Billboard, BillboardResult
 
 
@@ -52,9 +59,11 @@ def _log(level: int, message: str, *args) -> None:
 
 @dataclass
 class NetworkBillboardResult(BillboardResult):
-    """A network run: ``shared`` is the final shared state (``U`` is its ``"U"`` when the method has one)."""
+    """A network run: ``shared`` is the final shared state (``U`` is its ``"U"`` when the method has one);
+    ``clip_bounds``: round t -> its bound C_t (private runs, the rounds run by this process)."""
 
     shared: State = field(default_factory=dict)
+    clip_bounds: dict[int, float] = field(default_factory=dict)
 
 
 class NetworkBillboard(Billboard):
@@ -70,7 +79,16 @@ class NetworkBillboard(Billboard):
         self.dimension: int | None = None
 
     def _parts(self, phase) -> dict[str, tuple[tuple[int, ...], float]]:
-        return {PART: ((self.dimension,), self.network.clip if self.network.private else math.inf)}
+        """``{name: (shape, bound)}`` of a valid reply: :func:`~fedlrs.nn.federated.round_parts` for the round's bound (infinite when not private)."""
+        parts = round_parts(self.network, self.dimension, self.clip_bound)
+        return {name: (shape, bound if self.network.private else math.inf) for name, (shape, bound) in parts.items()}
+
+    def _validate(self, reply, parts) -> dict[str, torch.Tensor]:
+        """The billboard's checks, and with adaptive clipping ``H`` exactly one-hot."""
+        tensors = super()._validate(reply, parts)
+        if HISTOGRAM in tensors:
+            require_one_hot(HISTOGRAM, tensors[HISTOGRAM])
+        return tensors
 
     def _message_type(self, phase) -> str:
         return TRAIN_NN
@@ -79,14 +97,17 @@ class NetworkBillboard(Billboard):
         """Under secure aggregation the shared state goes out as the SecAgg+ request's arrays, in its order."""
         return [] if shared is None else [v.detach().cpu().numpy() for v in shared.values()]
 
-    def _mean(self, sums: dict[str, torch.Tensor], expected_count: float, event) -> torch.Tensor:
-        """The released mean of the round: through SecAgg+'s release (its ledger note names the mode) or :func:`release_mean`."""
+    def _released(self, sums: dict[str, torch.Tensor], expected_count: float, event) -> dict[str, torch.Tensor]:
+        """The released means of the round: through SecAgg+'s release (its ledger note names the mode) or :func:`release_parts`."""
         if self.secure is not None and self.private is not None:
-            return self.secure.release(self.private, sums, event, max(expected_count, 1e-12))[PART]
-        return release_mean(sums[PART], self.network, expected_count, self.private, event)
+            return self.secure.release(self.private, sums, event, max(expected_count, 1e-12))
+        return release_parts(sums, self.network, expected_count, self.private, event, self.clip_bound)
 
     def _content(self, shared: State | None, round_number: int) -> RecordDict:
-        content = RecordDict({ROUND_CONFIG: ConfigRecord({"round": round_number})})
+        settings = {"round": round_number}
+        if self.network.adaptive:
+            settings[CLIP_BOUND] = self.clip_bound
+        content = RecordDict({ROUND_CONFIG: ConfigRecord(settings)})
         if shared is not None:
             content[SHARED] = ArrayRecord({k: Array(a) for k, a in state_arrays(shared).items()})
         return content
@@ -104,18 +125,20 @@ class NetworkBillboard(Billboard):
             start = checkpoint.round
             self.private = None if ledger is None else PrivateServer(net, ledger, retry_ids=True)
             self._restore_noise_multiplier(checkpoint)
+            self.clip_bound = net.clip if checkpoint.clip_bound is None else checkpoint.clip_bound
         else:
             if not nodes:
                 raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
             shared, start = initial_state(self.method, net, generator), 0
             self.private = private_server(net, ledger, retry_ids=True)
+            self.clip_bound = net.clip
             self._checkpoint(0, shared, generator)
         shapes = contribution_shapes(self.method, shared)
         self.dimension = flat_size(shapes)
         if self.secure is not None and self.dimension != contribution_dimension(c):
             raise ValueError(f"the method's contribution has {self.dimension} numbers, the devices' wire format "
                              f"{contribution_dimension(c)}: secure aggregation needs the run config's own method.")
-        stopped, completed = "rounds done", start
+        stopped, completed, bounds = "rounds done", start, {}
         for round_number in range(start + 1, net.rounds + 1):
             try:
                 event = round_event(self.private, round_number)
@@ -123,12 +146,15 @@ class NetworkBillboard(Billboard):
                 sampled = sample_nodes(nodes, c.sample_rate, generator)
                 self.sampled[round_number] = sampled
                 sums = self._collect(grid, sampled, "round", shared, round_number)
-                mean = self._mean(sums, c.sample_rate * len(nodes), event)
+                released = self._released(sums, c.sample_rate * len(nodes), event)
             except BudgetExceededError as error:
                 stopped = f"budget: {error}"
                 _log(WARNING, "round %d not released: %s", round_number, error)
                 break
-            shared = self.method.apply(shared, unflatten(mean, shapes))
+            shared = self.method.apply(shared, unflatten(released[PART], shapes))
+            if net.private:
+                bounds[round_number] = self.clip_bound
+            self.clip_bound = next_bound(released, net, self.clip_bound)
             self._checkpoint(round_number, shared, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, shared state published", round_number, len(sampled),
@@ -137,6 +163,6 @@ class NetworkBillboard(Billboard):
             self._exchange(grid, sorted(int(n) for n in grid.get_node_ids()), PERSONALIZE_NN, shared, completed)
         z = None if self.private is None else self.private.noise_multiplier
         result = NetworkBillboardResult(shared.get("U"), completed, stopped, z, ledger, self.refusals, self.dropped,
-                                        self.sampled, shared=shared)
+                                        self.sampled, shared=shared, clip_bounds=bounds)
         self.write_report(result)
         return result

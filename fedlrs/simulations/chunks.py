@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from fedlrs.core import LeanUsers, LocalFit, UserData
+from fedlrs.privacy.adaptive import CLIP_START
 from fedlrs.tasks.base import Sums
 from fedlrs.tasks.linear import LinearTask, local_fit
 
@@ -177,9 +178,10 @@ class Federation:
         """:func:`~fedlrs.tasks.linear.round_partial_sums` of the users at ``index`` added over the chunks; ``fit`` (theirs, in order) skips the local step."""
         return self._sums("round", {"U": U, "bound": bound}, index, fit)
 
-    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None) -> Sums:
-        """:func:`~fedlrs.tasks.linear.clip_partial_sums` of the users at ``index`` added over the chunks (the clip phase of the unit-free step)."""
-        return self._sums("clip", {"U": U, "bound": None}, index, fit)
+    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
+        """:func:`~fedlrs.tasks.linear.clip_partial_sums` of the users at ``index`` added over the chunks (the clip phase of the unit-free step),
+        on the grid around ``center`` (the previous round's bound)."""
+        return self._sums("clip", {"U": U, "bound": center}, index, fit)
 
     def _sums(self, phase: str, shared: dict, index: Tensor | None, fit: LocalFit | None) -> Sums:
         """The linear task's client step of ``phase`` (:meth:`fedlrs.tasks.linear.LinearTask.client_step`) added over the chunks of the users at ``index``."""

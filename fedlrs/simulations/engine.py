@@ -23,7 +23,7 @@ from fedlrs.core import LocalFit, user_parameters
 from fedlrs.privacy import Ledger, PrivacyBudget, write_privacy_report
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.settings import SpentEpsilon
-from fedlrs.tasks.linear import LinearTask
+from fedlrs.tasks.linear import LinearTask, clip_center
 from fedlrs.tasks.loop import run_task
 
 from .chunks import Federation, as_federation  # noqa: F401 - Federation: importable beside run_engine (the tests)
@@ -96,7 +96,7 @@ class FederationTransport:
         U = shared["U"]
         fit = self.fit_all if index is None and self.fit_for is U else None
         if phase == "clip":
-            return self.federation.clip_sums(U, index, fit)
+            return self.federation.clip_sums(U, index, fit, clip_center(shared))
         return self.federation.round_sums(U, index, fit, shared.get("bound"))
 
 

@@ -20,7 +20,8 @@ class EngineConfig(PrivacySettings):
     rank, sparsity: r and k of ``theta_i = U w_i + b_i``. rounds: T. mode: "ls" or "gd".
     loss: "squared" or "logistic" (logistic needs mode "gd"). init: "moments" or "random".
     sample_rate: q, each user takes part in a round with probability q (Poisson sampling).
-    ridge_w, ridge_b: local ridge penalties; ridge_u: ridge of the "ls" U solve;
+    ridge_w, ridge_b: local ridge penalties, in units of each user's mean squared feature ``tr(X_i^T X_i) / (d m_i)``; ridge_u: ridge of
+    the "ls" U solve, relative to ``tr(A / N) / (dr)`` (so none of them depends on the data's units);
     gd_learning_rate: step of the "gd" update; refine_steps, starts: local support search.
 
     Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
@@ -35,8 +36,10 @@ class EngineConfig(PrivacySettings):
     ledger event, the init sends ``M_i / ||M_i||_F`` (bound 1), and the step is
     :func:`fedlrs.core.preconditioned_step` (also without privacy); nothing depends on the data's
     units. 0: fixed bounds clip_a, clip_c ("ls"), clip_g ("gd"), clip_moments (L2 bounds of each
-    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's); mode "ls" always
-    uses the fixed bounds.
+    part) and the raw gradient step ``U - lr sum_i G_i / N`` (Private FedRep's). In mode "ls" a private
+    run with clip_quantile > 0 sends unit-free parts instead of clipping to clip_a, clip_c: ``A_i / ||A_i||_F``
+    (bound 1) and ``c_i / ||A_i||_F`` clipped to :data:`~fedlrs.privacy.clipping.LS_UNIT_FREE_C_BOUND`
+    (:func:`fedlrs.privacy.clipping.ls_unit_free_scales`); its init too sends ``M_i / ||M_i||_F``.
     """
 
     rank: int
@@ -114,6 +117,16 @@ class EngineConfig(PrivacySettings):
     def unit_free(self) -> bool:
         """The "gd" update is the unit-free preconditioned step (squared loss, ``clip_quantile > 0``), private or not."""
         return self.mode == "gd" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def unit_free_ls(self) -> bool:
+        """Private mode "ls" with ``clip_quantile > 0``: each user sends ``A_i / ||A_i||_F`` and ``c_i / ||A_i||_F`` (clipped), no data-unit bound."""
+        return self.private and self.mode == "ls" and self.loss == "squared" and self.clip_quantile > 0
+
+    @property
+    def unit_free_init(self) -> bool:
+        """The private moments init sends ``M_i / ||M_i||_F`` (bound 1): adaptive clipping or the unit-free "ls" parts."""
+        return self.adaptive or self.unit_free_ls
 
     @property
     def adaptive(self) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fedlrs.core import LocalFit, UserData
+from fedlrs.privacy.adaptive import CLIP_START
 
 from .chunks import DEFAULT_CHUNK_USERS, Federation, add_sums, check_users, split_index
 
@@ -70,8 +71,8 @@ class ShardWorker:
     def round_sums(self, U: Tensor, index: Tensor | None, bound: float | None = None) -> dict[str, Tensor]:
         return self.federation.round_sums(U, index, bound=bound)
 
-    def clip_sums(self, U: Tensor, index: Tensor | None) -> dict[str, Tensor]:
-        return self.federation.clip_sums(U, index)
+    def clip_sums(self, U: Tensor, index: Tensor | None, center: float) -> dict[str, Tensor]:
+        return self.federation.clip_sums(U, index, center=center)
 
     def local_fit(self, U: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
         fit = self.federation.local_fit(U, index)
@@ -167,9 +168,9 @@ class RayFederation:
         """The partial sums of the shards holding the users at ``index``, added in shard order (``fit`` unused: the actors fit)."""
         return self._shard_sums("round_sums", U, index, bound)
 
-    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None) -> dict[str, Tensor]:
+    def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, center: float = CLIP_START) -> dict[str, Tensor]:
         """The clip histograms' partial sums (:func:`~fedlrs.tasks.linear.clip_partial_sums`) of the shards, added in shard order."""
-        return self._shard_sums("clip_sums", U, index)
+        return self._shard_sums("clip_sums", U, index, center)
 
     def _shard_sums(self, method: str, U: Tensor, index: Tensor | None, *args) -> dict[str, Tensor]:
         U_ref = self._ray.put(U)

@@ -36,9 +36,9 @@ from fedlrs.core import (
     unit_free_gradients,
     user_parameters,
 )
-from fedlrs.privacy import DpEvent, GaussianSumRelease, clip_scales, ls_part_scales
-from fedlrs.privacy.adaptive import (clip_grid, clip_histogram, clipped_round_parts, part_noise_weights, quantile_bound, shrink_released_curvature,
-                                     shrink_released_mean)
+from fedlrs.privacy import DpEvent, GaussianSumRelease, clip_scales, ls_private_scales
+from fedlrs.privacy.adaptive import (CLIP_START, clip_histogram, clipped_round_parts, part_noise_weights, quantile_bound, relative_grid,
+                                     shrink_released_curvature, shrink_released_mean)
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.protocol.parts import Part, linear_parts
 from fedlrs.simulations.engine_config import EngineConfig
@@ -102,14 +102,14 @@ def local_fit(config: EngineConfig, U: Tensor, users: LeanUsers) -> LocalFit:
 def moment_partial_sums(config: EngineConfig, data: UserData) -> Sums:
     """``{"M": sum_i s_i M_i, "users": n}``, ``M_i = sum_j y_ij^2 x_ij x_ij^T``.
 
-    ``s_i`` = 1 when not private; privately with adaptive clipping ``1 / ||M_i||_F`` (each user
+    ``s_i`` = 1 when not private; privately with unit-free parts (``config.unit_free_init``) ``1 / ||M_i||_F`` (each user
     sends ``M_i / ||M_i||_F``, 0 for ``M_i = 0``: bound 1, unit-free), else the factor clipping
     ``||M_i||_F`` to ``clip_moments``.
     """
     weights = None
     if config.private:
         norms = moment_norms(data)
-        if config.adaptive:
+        if config.unit_free_init:
             weights = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
         else:
             weights = clip_scales(norms, bound=config.clip_moments)
@@ -120,7 +120,8 @@ def contribution_sums(config: EngineConfig, U: Tensor, users: LeanUsers, fit: Lo
     """The summed contributions of ``users`` with their local fit, each clipped first when ``config.private``.
 
     "ls": ``A = sum_i a_i (w_i w_i^T) kron (X_i^T X_i)``, ``c = sum_i c_i vec(g_i w_i^T)`` with
-    ``a_i, c_i`` clipping ``||A_i||_F`` to ``clip_a`` and ``||c_i||`` to ``clip_c``.
+    ``a_i, c_i`` clipping ``||A_i||_F`` to ``clip_a`` and ``||c_i||`` to ``clip_c``, or unit-free
+    (``config.unit_free_ls``: ``a_i = 1 / ||A_i||_F``, :func:`fedlrs.privacy.ls_private_scales`).
     "gd", unit-free step: ``G = sum_i s_i Delta_i``, ``P = sum_i s_i P_i`` (:func:`fedlrs.core.unit_free_gradients`)
     with ``s_i`` clipping ``||Delta_i||_F`` to the round's ``bound``, also without privacy
     (:func:`fedlrs.privacy.adaptive.clipped_round_parts`).
@@ -137,8 +138,7 @@ def contribution_sums(config: EngineConfig, U: Tensor, users: LeanUsers, fit: Lo
         stats = users.statistics()
         weights = {}
         if c.private:
-            g = ls_part_vectors(stats, fit.b)
-            weights = dict(zip(("weights_A", "weights_c"), ls_part_scales(fit.w, stats.xtx, g, bound_A=c.clip_a, bound_c=c.clip_c)))
+            weights = ls_private_scales(fit.w, stats.xtx, ls_part_vectors(stats, fit.b), unit_free=c.unit_free_ls, bound_A=c.clip_a, bound_c=c.clip_c)
         A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
         return {"A": A, "c": vec_c, **counted}
     if c.loss == "squared":
@@ -163,23 +163,31 @@ def round_partial_sums(config: EngineConfig, U: Tensor, users: LeanUsers, fit: L
     return contribution_sums(config, U, users, fit, bound)
 
 
-def clip_partial_sums(config: EngineConfig, U: Tensor, users: LeanUsers, fit: LocalFit | None = None) -> Sums:
+def clip_partial_sums(config: EngineConfig, U: Tensor, users: LeanUsers, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
     """The clip phase of a round of the unit-free step for a chunk of sampled users: ``{"H": sum_i onehot(bin of ||Delta_i||_F), "users": n}``
-    over the candidate bounds :func:`fedlrs.privacy.adaptive.clip_grid` (:func:`fedlrs.privacy.adaptive.clip_histogram`, sensitivity 1)."""
+    over the candidate bounds around ``center`` (the previous bound, :func:`fedlrs.privacy.adaptive.relative_grid`;
+    :func:`fedlrs.privacy.adaptive.clip_histogram`, sensitivity 1)."""
     users, fit = fitted(config, U, users, fit)
     delta, _ = unit_free_gradients(users.statistics(), U, fit.w, fit.b)
-    edges = clip_grid(dtype=config.torch_dtype, device=config.device)
+    edges = relative_grid(center, dtype=config.torch_dtype, device=config.device)
     return {**clip_histogram(delta, edges), USERS: count(users.num_users)}
+
+
+def clip_center(shared: State) -> float:
+    """The center of a clip phase's grid: the previous round's bound (``shared["bound"]``), :data:`~fedlrs.privacy.adaptive.CLIP_START` at first."""
+    bound = shared.get("bound")
+    return CLIP_START if bound is None else float(bound)
 
 
 class LinearTask(TaskBase):
     """AMHT-LRS (``theta_i = U w_i + b_i``) as a :class:`~fedlrs.tasks.base.Task`; ``settings``: its :class:`EngineConfig`, ``dim``: d.
 
-    Shared state ``{"U": (d, r), "bound": the round's clip bound of the unit-free step (None before its clip phase)}``;
+    Shared state ``{"U": (d, r), "bound": the clip bound of the unit-free step}``: the last clip phase's, the center of the
+    next clip phase's grid (None before the first: :data:`~fedlrs.privacy.adaptive.CLIP_START`);
     personal state: the users' local fit ``(w_i, b_i)`` for the published ``U`` (made afresh in each step
     unless given: :func:`round_partial_sums`). Phases: ``"moments"`` (init ``"moments"``: the top-r
     eigenvectors of the released ``M``), then per round ``"clip"`` (the unit-free step: the bound is the
-    ``clip_quantile`` of the released norm histogram) and ``"round"`` (:func:`server_step`).
+    ``clip_quantile`` of the released norm histogram on the grid around the previous bound) and ``"round"`` (:func:`server_step`).
     """
 
     name = "linear"
@@ -210,7 +218,7 @@ class LinearTask(TaskBase):
             return moment_partial_sums(self.settings, data), personal
         users, fit = fitted(self.settings, shared["U"], data, personal)
         if phase == "clip":
-            return clip_partial_sums(self.settings, shared["U"], users, fit), fit
+            return clip_partial_sums(self.settings, shared["U"], users, fit, clip_center(shared)), fit
         return contribution_sums(self.settings, shared["U"], users, fit, shared.get("bound")), fit
 
     def release(self, private: PrivateServer, phase: str, shared: State, sums: Sums, event: DpEvent, expected_count: float) -> Sums:
@@ -224,5 +232,6 @@ class LinearTask(TaskBase):
             return {**shared, "U": top_eigenvectors(sums["M"], c.rank)}
         if phase == "clip":
             fractions = sums["H"] / normalizer
-            return {**shared, "bound": quantile_bound(fractions, clip_grid(dtype=c.torch_dtype, device=c.device), c.clip_quantile)}
+            grid = relative_grid(clip_center(shared), dtype=c.torch_dtype, device=c.device)
+            return {**shared, "bound": quantile_bound(fractions, grid, c.clip_quantile)}
         return {**shared, "U": server_step(c, shared["U"], sums, normalizer, round_number)}

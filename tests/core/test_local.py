@@ -65,8 +65,9 @@ def test_projected_gram_pieces_match_the_dense_matrix(federation):
     U = federation.U_star
     H, h, _, _ = _projected_problem(U, stats, 0.1, 0.2)
     V = stats.xtx @ U
-    G = U.T @ V + 0.1 * torch.eye(3, dtype=U.dtype)
-    dense = stats.xtx - V @ torch.linalg.solve(G, V.transpose(1, 2)) + 0.2 * torch.eye(30, dtype=U.dtype)
+    unit = (torch.diagonal(stats.xtx, dim1=1, dim2=2).mean(1) / stats.count).view(-1, 1, 1)  # ridges in units of tr(S_i) / (d m_i)
+    G = U.T @ V + 0.1 * unit * torch.eye(3, dtype=U.dtype)
+    dense = stats.xtx - V @ torch.linalg.solve(G, V.transpose(1, 2)) + 0.2 * unit * torch.eye(30, dtype=U.dtype)
     index = torch.tensor([[3, 7, 1]] * 5)
     torch.testing.assert_close(H.diagonal(), torch.diagonal(dense, dim1=1, dim2=2))
     rows = H.rows(index)

@@ -17,5 +17,6 @@ def test_irls_reaches_the_penalized_logistic_optimum():
     fit = solve_local_logistic(U, data, sparsity=0, ridge_w=ridge, iterations=15)
     theta = user_parameters(U, fit)
     p = torch.sigmoid((X @ theta.unsqueeze(-1)).squeeze(-1))
-    gradient = (X.transpose(1, 2) @ (p - y).unsqueeze(-1)).squeeze(-1) + ridge * theta
+    unit = X.square().sum(dim=(1, 2)) / (d * m)  # the ridge is in units of tr(X_i^T X_i) / (d m_i)
+    gradient = (X.transpose(1, 2) @ (p - y).unsqueeze(-1)).squeeze(-1) + ridge * unit.unsqueeze(-1) * theta
     assert float(gradient.abs().max()) < 1e-8

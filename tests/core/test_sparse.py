@@ -49,7 +49,8 @@ def test_local_step_equals_dense_solver_on_the_one_hot_design(sparsity):
                             starts=4, refine_steps=1)
     U_dense = torch.zeros(d + 1, r + 1, dtype=DT)  # the user bias is the coordinate of the constant feature
     U_dense[:d, :r], U_dense[d, r] = P[:, :r], 1
-    dense = solve_local(U_dense, _dense_stats(users, items, y, n, d, True), sparsity=sparsity, ridge_w=0.1, ridge_b=0.1, refine_steps=1, starts=4)
+    dense = solve_local(U_dense, _dense_stats(users, items, y, n, d, True), sparsity=sparsity, ridge_w=0.1, ridge_b=0.1, refine_steps=1, starts=4,
+                         ridge_units=torch.ones(n, dtype=DT))  # the item path's ridges are per rating, absolute
     torch.testing.assert_close(fit.w, dense.w[:, :r])
     torch.testing.assert_close(fit.user_bias, dense.w[:, r])
     b = torch.zeros(n, d + 1, dtype=DT).scatter(1, fit.b_items, fit.b_values)

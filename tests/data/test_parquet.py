@@ -105,6 +105,7 @@ def test_simulate_and_the_estimator_accept_a_federation_on_disk(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["history"]) == 5 and metrics["final"]["distance"] < 0.05
     assert metrics["config"]["dtype"] == ParquetFederation(out).dtype == "float32"  # at scale: the stored precision by default
+    assert metrics["data"] == {"data_dir": str(out), "users": 800, "dim": 12}  # the federation on disk, not the drawing options
     model = LRSRegressor(rank=2, sparsity=1, rounds=4).fit(ParquetFederation(out))
     assert model.W_.shape == (800, 2) and list(model.groups_[:3]) == [0, 1, 2]
     assert float(principal_angle_distance(torch.as_tensor(model.U_), true_subspace(out))) < 0.05

@@ -51,14 +51,29 @@ def test_private_reply_is_exactly_the_clipped_contribution(small, U, mode, names
         assert math.isclose(np.linalg.norm(value), bounds[name], rel_tol=1e-9)  # these bounds do bind
 
 
-def test_adaptive_clip_phase_and_round_reply(small, U):
-    """clip-quantile > 0 in mode gd: train.clip answers one one-hot bin; train answers G within the server's bound and P (trace <= 1)."""
-    from fedlrs.privacy.adaptive import clip_grid
+def test_private_ls_reply_is_unit_free(small, U):
+    """Private "ls" with clip-quantile > 0: A_i / ||A_i||_F (norm exactly 1) and c_i / ||A_i||_F clipped to 1."""
+    reply = make_client_app({**small, "mode": "ls", "private": True})(_message("train", U), _context())
+    record = reply.content.array_records["contribution"]
+    A, c = record["A"].numpy(), record["c"].numpy()
+    assert math.isclose(np.linalg.norm(A), 1.0, rel_tol=1e-12) and np.allclose(A, A.T) and np.linalg.norm(c) <= 1 + 1e-12
 
+
+def test_adaptive_clip_phase_and_round_reply(small, U):
+    """clip-quantile > 0 in mode gd: train.clip answers one one-hot bin of the grid around the server's previous bound;
+    train answers G within the server's bound and P (trace <= 1)."""
     overrides = {**small, "mode": "gd", "private": True}
     app = make_client_app(overrides)
-    histogram = app(_message("train.clip", U), _context()).content.array_records["contribution"]["H"].numpy()
-    assert histogram.shape == (len(clip_grid()),) and sorted(histogram.tolist())[-2:] == [0.0, 1.0] and histogram.sum() == 1.0
+    bins = []
+    for center in (1.0, 1e-6, 1e6):  # norms far below the grid fall in its first bin, far above in its last
+        clip_message = _message("train.clip", U)
+        clip_message.content["round-config"]["clip-bound"] = center
+        histogram = app(clip_message, _context()).content.array_records["contribution"]["H"].numpy()
+        assert histogram.shape == (9,) and sorted(histogram.tolist())[-2:] == [0.0, 1.0] and histogram.sum() == 1.0
+        bins.append(int(histogram.argmax()))
+    assert bins[1:] == [8, 0]
+    with pytest.raises(Exception):  # a clip phase without the grid's center is an error on the device
+        app(_message("train.clip", U), _context())
     message = _message("train", U)
     message.content["round-config"]["clip-bound"] = 1e-4
     record = app(message, _context()).content.array_records["contribution"]

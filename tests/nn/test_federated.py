@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedlrs.nn.federated import NetworkConfig, clipped_sum, contribution_shapes, flat_contributions, run_federated
+from fedlrs.nn.federated import NetworkConfig, clipped_parts, contribution_shapes, flat_contributions, run_federated
 from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.privacy import Ledger, audit_report, calibrate_noise_multiplier
@@ -66,6 +66,7 @@ def test_counter_is_a_federated_method():
     ("noise_multiplier", -0.5, "must be a finite number >= 0"), ("accountant", "moments", "must be one of"),
     ("dtype", "float16", "must be one of"), ("noise_seed", -2, "must be >= 0"), ("rounds", 2.5, "must be an integer"),
     ("device", "gpu7", "must be a torch device"), ("evaluate_every", -1, "must be >= 0"),
+    ("clip_quantile", 1.0, "must be 0 (fixed clip bounds) or in (0, 1)"), ("clip_quantile", -0.5, "must be 0"),
 ])
 def test_config_errors_name_the_knob_the_value_and_the_rule(knob, value, rule):
     with pytest.raises(ValueError) as error:
@@ -89,12 +90,12 @@ def test_non_private_mean_divides_by_the_expected_count_not_the_realized_one():
 
 def test_every_contribution_is_clipped_to_the_bound():
     flat = torch.randn(50, 30, generator=torch.Generator().manual_seed(1)) * torch.logspace(-2, 2, 50).unsqueeze(1)
-    config = NetworkConfig(private=True, clip=1.5, noise_multiplier=1.0)
-    total = clipped_sum(flat, config)
+    config = NetworkConfig(private=True, clip=1.5, noise_multiplier=1.0, clip_quantile=0)
+    total = clipped_parts(flat, config, 1.5)
     scales = torch.clamp(1.5 / flat.norm(dim=1), max=1.0)
-    assert torch.allclose(total, (flat * scales.unsqueeze(1)).sum(0))
+    assert list(total) == ["contribution"] and torch.allclose(total["contribution"], (flat * scales.unsqueeze(1)).sum(0))
     assert ((flat * scales.unsqueeze(1)).norm(dim=1) <= 1.5 * (1 + 1e-6)).all()
-    assert torch.equal(clipped_sum(flat, NetworkConfig(private=False)), flat.sum(0))
+    assert torch.equal(clipped_parts(flat, NetworkConfig(private=False), 1.5)["contribution"], flat.sum(0))
 
 
 def test_contribution_keys_and_shapes_are_checked():
@@ -105,11 +106,14 @@ def test_contribution_keys_and_shapes_are_checked():
         flat_contributions({"a": torch.zeros(1, 2, 3), "c": torch.zeros(1, 5)}, shapes)
 
 
-def test_private_run_one_event_a_round_calibrated_z_and_an_audited_report(tmp_path):
+@pytest.mark.parametrize("quantile", [0.5, 0.0], ids=["adaptive", "fixed"])
+def test_private_run_one_event_a_round_calibrated_z_and_an_audited_report(tmp_path, quantile):
+    """Adaptive clipping adds no event: its histogram is a part of the round's release, so z is the rounds' own."""
     users, q, rounds, target = 20, 0.5, 3, 4.0
     ledger = Ledger(tmp_path / "ledger.jsonl")
     method = Counter(scale=10.0)  # every contribution (norm 10 sqrt(10)) is clipped to C = 1
-    config = NetworkConfig(rounds=rounds, sample_rate=q, private=True, target_epsilon=target, clip=1.0, noise_seed=0, dtype="float64")
+    config = NetworkConfig(rounds=rounds, sample_rate=q, private=True, target_epsilon=target, clip=1.0, noise_seed=0, dtype="float64",
+                           clip_quantile=quantile)
     result = run_federated(method, _examples(users), config, ledger=ledger)
     z = calibrate_noise_multiplier(target_epsilon=target, delta=1e-5, sample_rate=q, rounds=rounds)
     assert result.noise_multiplier == pytest.approx(z)
@@ -121,6 +125,60 @@ def test_private_run_one_event_a_round_calibrated_z_and_an_audited_report(tmp_pa
     assert report["plan"] == {"rounds": rounds, "noise_multiplier": result.noise_multiplier}
     audit = audit_report(tmp_path / "report" / "privacy_report.json", ledger_path=tmp_path / "ledger.jsonl")
     assert audit.ok, audit.reasons
+    assert config.adaptive == (quantile > 0) and result.clip_bounds[0] == 1.0 and len(result.clip_bounds) == rounds
+
+
+class Spread(Counter):
+    """User i contributes ``X[i, 0, 0] e_1``: a contribution of a known norm."""
+
+    def contribution(self, shared, personal, data, generator):
+        a = torch.zeros(data.num_users, 2, 3, dtype=shared["a"].dtype)
+        a[:, 0, 0] = data.X[:, 0, 0].to(a.dtype)
+        return {"a": a, "c": torch.zeros(data.num_users, 4, dtype=shared["c"].dtype)}
+
+
+def _spread(norms):
+    X = torch.zeros(len(norms), 1, 2, dtype=torch.float64)
+    X[:, 0, 0] = norms
+    return UserExamples(X, torch.zeros(len(norms), 1), torch.ones(len(norms), 1, dtype=torch.bool))
+
+
+def _adaptive(norms, rounds=1, quantile=0.5, clip=1.0, noise=0.05):
+    config = NetworkConfig(rounds=rounds, private=True, noise_multiplier=noise, target_epsilon=1e4, clip=clip, noise_seed=1, dtype="float64",
+                           clip_quantile=quantile, evaluate_every=0)
+    return run_federated(Spread(), _spread(norms), config)
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.2, 0.8])
+def test_the_adaptive_bound_follows_the_quantile_of_the_norms(quantile):
+    """300 users with norms spread over 16x: after round 1 the bound C_2 is within one grid step (a factor 2) above
+    the norms' quantile, and stays there; each contribution of round 2 was clipped to C_2."""
+    norms = 0.05 * 16 ** torch.rand(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = _adaptive(norms, rounds=3, quantile=quantile)
+    target = float(torch.quantile(norms, quantile))
+    assert result.clip_bounds[0] == 1.0
+    for bound in result.clip_bounds[1:]:
+        assert target <= bound <= 2 * target, (bound, target)
+    # each round released the mean of the norms clipped to its bound (noise std 0.05 * 1.02 C_t / 300 per round)
+    clipped = sum(float(norms.clamp_max(b).mean()) for b in result.clip_bounds)
+    assert abs(float(result.shared["a"][0, 0]) - clipped) < 1e-3 * clipped
+    assert [e.release_id for e in result.ledger.events] == ["round-1", "round-2", "round-3"]
+
+
+def test_adaptive_bounds_are_unit_free():
+    """The same norms times 100 give bounds 100 times larger (up to a grid step) once the bound has travelled from clip = 1."""
+    norms = 0.05 * 16 ** torch.rand(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    small, large = _adaptive(norms, rounds=5), _adaptive(100 * norms, rounds=5)
+    for a, b in zip(small.clip_bounds[3:], large.clip_bounds[3:]):
+        assert 50 <= b / a <= 200, (a, b)
+    # relative to its own bounds the run is the same: the released mean over the bound scale
+    assert 50 <= float(large.shared["a"][0, 0]) / float(small.shared["a"][0, 0]) <= 200
+
+
+def test_adaptive_clipping_is_only_for_private_runs():
+    result = run_federated(Spread(), _spread(torch.linspace(0.1, 3, 30, dtype=torch.float64)), NetworkConfig(rounds=2, dtype="float64"))
+    assert result.clip_bounds == [] and not NetworkConfig().adaptive and NetworkConfig(private=True).adaptive
+    assert NetworkConfig().clip_quantile == 0.5  # the project's one default (EngineConfig, run config)
 
 
 def test_budget_stops_the_run_before_a_release_it_cannot_pay_for():

@@ -1,8 +1,9 @@
 """LRS-NN on Flower: a fake Grid drives the network billboard, the ClientApp is called directly.
 
 Fidelity: for the same seed, the Flower run and :func:`fedlrs.nn.federated.run_federated`
-give the same shared state (non-private) and the same ledger and shared state (private,
-same noise seed). Replies hold the clipped contribution and nothing else.
+give the same shared state (non-private) and the same ledger, clip bounds and shared state
+(private, same noise seed; adaptive clipping by default, and the fixed bound). Replies hold
+the clipped contribution (and with adaptive clipping its norm's one-hot bin) and nothing else.
 """
 
 import json
@@ -63,51 +64,84 @@ def test_flower_and_run_federated_give_the_same_shared_state():
     assert set(state.keys()) == {"w", "b"} and (state["b"].numpy() != 0).sum() <= 4
 
 
-def test_private_flower_run_has_the_in_process_ledger_and_shared_state():
-    """A fixed z and no report keep it fast (calibration and the audited report: tests/nn/test_federated.py)."""
-    overrides = {**BASE, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0, "noise-seed": 7}
+@pytest.mark.parametrize("quantile", [0.5, 0.0], ids=["adaptive", "fixed"])
+def test_private_flower_run_has_the_in_process_ledger_bounds_and_shared_state(quantile):
+    """A fixed z and no report keep it fast (calibration and the audited report: tests/nn/test_federated.py).
+    With adaptive clipping (the default) both learn the same bound each round from the same released histogram."""
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0, "noise-seed": 7, "clip-quantile": quantile,
+                 "num-server-rounds": 4}
     flower, _ = _flower(overrides)
     engine = _in_process(overrides)
     assert _strip(flower.ledger) == _strip(engine.ledger)
-    assert [e.release_id for e in flower.ledger.events] == ["round-1", "round-2", "round-3"]
+    assert [e.release_id for e in flower.ledger.events] == ["round-1", "round-2", "round-3", "round-4"]
     assert all(e.noise_multiplier == 1.5 and e.sample_rate == 0.5 for e in flower.ledger.events)
+    assert list(flower.clip_bounds.values()) == engine.clip_bounds and list(flower.clip_bounds) == [1, 2, 3, 4]
+    assert engine.clip_bounds[0] == 0.5 and (len(set(engine.clip_bounds)) > 1) == (quantile > 0)
     for key, value in engine.shared.items():
         assert torch.allclose(flower.shared[key], value, atol=1e-6, rtol=0), key
 
 
-def test_replies_carry_the_clipped_contribution_and_nothing_else():
-    overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0, "num-server-rounds": 1}
+@pytest.mark.parametrize("quantile", [0.5, 0.0], ids=["adaptive", "fixed"])
+def test_replies_carry_the_clipped_contribution_and_nothing_else(quantile):
+    """Round 2 of an adaptive run: the round config names the round's bound, the contribution is clipped to it and
+    ``H`` is the one-hot bin of the unclipped norm; with clip-quantile 0 the reply is the contribution alone."""
+    from fedlrs.privacy.adaptive import relative_grid
+
+    overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0, "num-server-rounds": 2,
+                 "clip-quantile": quantile}
     replies = []
 
     def spy(node, message, reply):
-        replies.append(reply)
+        replies.append((message, reply))
         return reply
 
     result, _ = _flower(overrides, tamper=spy)
-    assert replies and len(replies) == len(result.sampled[1])
+    replies = [(m, r) for m, r in replies if m.metadata.group_id == "2"]
+    assert replies and len(replies) == len(result.sampled[2])
     dimension = sum(v.numel() for v in result.shared.values())
-    for reply in replies:
+    bound = result.clip_bounds[2]
+    assert (bound != 0.5) == (quantile > 0)
+    for message, reply in replies:
         assert set(reply.content.keys()) == {"contribution"}
         record = reply.content.array_records["contribution"]
-        assert list(record.keys()) == ["contribution"] and record["contribution"].shape == (dimension,)
-        assert torch.linalg.vector_norm(torch.from_numpy(record["contribution"].numpy())) <= 0.5 * (1 + 1e-9)
+        assert list(record.keys()) == (["contribution", "H"] if quantile else ["contribution"])
+        assert record["contribution"].shape == (dimension,)
+        assert torch.linalg.vector_norm(torch.from_numpy(record["contribution"].numpy())) <= bound * (1 + 1e-9)
+        settings = message.content.config_records["round-config"]
+        if quantile:
+            assert settings["clip-bound"] == bound
+            H = record["H"].numpy()
+            assert H.shape == (len(relative_grid(bound)),) and sorted(H) == [0.0] * (len(H) - 1) + [1.0]
+        else:
+            assert "clip-bound" not in settings
 
 
-@pytest.mark.parametrize("kind", ["norm", "extra", "nan"])
+@pytest.mark.parametrize("kind", ["norm", "extra", "nan", "H-split", "H-negative", "H-missing", "H-nan"])
 def test_a_reply_that_is_not_a_valid_clipped_contribution_is_refused(kind):
+    """Adaptive clipping (the default): ``H`` must be exactly one-hot (a split or negative bin keeps norm <= 1 and is still refused)."""
     overrides = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 0, "num-server-rounds": 1,
                  "sample-rate": 1.0}
 
     def tamper(node, message, reply):
         if node != 2:
             return reply
-        vector = reply.content.array_records["contribution"]["contribution"].numpy()
+        record = reply.content.array_records["contribution"]
+        vector, H = record["contribution"].numpy(), record["H"].numpy().copy()
         if kind == "norm":
             vector = vector * 100
         elif kind == "nan":
             vector = vector.copy()
             vector[0] = float("nan")
-        content = RecordDict({"contribution": ArrayRecord({"contribution": Array(vector)})})
+        elif kind == "H-split":
+            H[:] = 0.0
+            H[0] = H[-1] = 0.5
+        elif kind == "H-negative":
+            H[:] = 0.0
+            H[0] = -1.0
+        elif kind == "H-nan":
+            H[0] = float("nan")
+        arrays = {"contribution": Array(vector)} if kind == "H-missing" else {"contribution": Array(vector), "H": Array(H)}
+        content = RecordDict({"contribution": ArrayRecord(arrays)})
         if kind == "extra":
             content["loss"] = MetricRecord({"loss": 0.3})
         return Message(content, reply_to=message)
@@ -117,6 +151,8 @@ def test_a_reply_that_is_not_a_valid_clipped_contribution_is_refused(kind):
     result = billboard.run(grid)
     assert [(r.round, r.node_id) for r in result.refusals] == [(1, 2)]
     assert result.rounds_completed == 1 and billboard.counted[1] == USERS - 1
+    if kind in ("H-split", "H-negative"):
+        assert "must be one-hot" in result.refusals[0].reason
 
 
 def test_server_app_runs_the_network_task_named_in_the_run_config():
@@ -139,7 +175,7 @@ def test_a_killed_server_and_restarted_nodes_resume_the_network_run(tmp_path, pr
     uninterrupted run; private: the same ledger (the noise after a restart is fresh, so not the same state)."""
     base = {**BASE, "num-server-rounds": 4}
     if private:
-        base.update({"private": True, "noise-multiplier": 1.5, "target-epsilon": 50.0, "noise-seed": 5})
+        base.update({"private": True, "noise-multiplier": 1.5, "target-epsilon": 50.0, "noise-seed": 5, "nn-clip": 1e-3})
     full, full_grid = _flower(base)
 
     crashed = {**base, "checkpoint-dir": str(tmp_path / "server")}
@@ -160,9 +196,10 @@ def test_a_killed_server_and_restarted_nodes_resume_the_network_run(tmp_path, pr
     assert resumed.rounds_completed == 4 and [m.metadata.group_id for m in restarted.sent] == \
         ["3"] * len(full.sampled[3]) + ["4"] * len(full.sampled[4])
     assert resumed.sampled == {r: s for r, s in full.sampled.items() if r >= 3}
-    if private:
+    if private:  # adaptive clipping: round 3 goes on with the bound learnt in round 2, kept in the checkpoint
         assert _strip(resumed.ledger) == _strip(full.ledger)
         assert [e.release_id for e in resumed.ledger.events] == ["round-1", "round-2", "round-3", "round-4"]
+        assert list(resumed.clip_bounds) == [3, 4] and resumed.clip_bounds[3] == full.clip_bounds[3] >= 16e-3
         return
     for key, value in full.shared.items():
         assert torch.allclose(resumed.shared[key], value, atol=1e-12, rtol=0), key
@@ -220,7 +257,8 @@ def test_secure_network_run_hides_every_contribution_and_matches_the_clear_run(m
     from federation.test_secure_aggregation import RecordingGrid, _close, _forms, _payloads
     from fedlrs.protocol.wire import wire_parts
 
-    base = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 7, "round-timeout": 0.3}
+    base = {**BASE, "private": True, "noise-multiplier": 1.0, "target-epsilon": 50.0, "noise-seed": 7, "round-timeout": 0.3,
+            "clip-quantile": 0.0}
     drop = _flower(base)[0].sampled[2][0]
     vectors = []
     inner = client_network.secure_contribution_nn
@@ -287,12 +325,21 @@ def test_secure_network_device_refuses_a_shared_state_of_other_shapes():
 
 @pytest.mark.parametrize("key,value,rule", [
     ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
-    ("num-server-rounds", 0, "must be >= 1"),
+    ("num-server-rounds", 0, "must be >= 1"), ("clip-quantile", 1.5, "must be 0 (fixed clip bounds) or in (0, 1)"),
 ])
 def test_network_knobs_are_checked_in_kebab_case(key, value, rule):
     with pytest.raises(ConfigError) as error:
         parse_run_config({**BASE, key: value})
     assert f"{key} == {value!r}" in str(error.value) and rule in str(error.value)
+
+
+@pytest.mark.parametrize("secure", ["server-noise", "distributed-noise"])
+def test_adaptive_clipping_with_secure_aggregation_is_refused(secure):
+    """SecAgg+ sums one part at a fixed bound: a private run asks for clip-quantile 0 (the default 0.5 is refused, clearly)."""
+    with pytest.raises(ConfigError, match="SecAgg\\+ runs with a fixed clip bound only; set clip-quantile = 0"):
+        parse_run_config({**BASE, "private": True, "secure-aggregation": secure})
+    assert parse_run_config({**BASE, "private": True, "secure-aggregation": secure, "clip-quantile": 0.0}).clip_quantile == 0
+    assert parse_run_config({**BASE, "secure-aggregation": "server-noise"}).clip_quantile == 0.5  # not private: nothing adaptive
 
 
 def test_a_federation_of_the_wrong_size_is_refused():
@@ -312,7 +359,7 @@ def test_runs_in_the_flower_simulation(tmp_path, secure):
 
     overrides = {**BASE, "num-server-rounds": 2, "private": True, "noise-multiplier": 1.5, "target-epsilon": 20.0,
                  "checkpoint-dir": str(tmp_path), "personalize-at-end": True, "secure-aggregation": secure,
-                 "round-timeout": 120.0}
+                 "round-timeout": 120.0, "clip-quantile": 0.5 if secure == "off" else 0.0}
     run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides), num_supernodes=USERS,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})
@@ -339,3 +386,25 @@ def test_a_round_without_any_reply_fails_before_its_release(tmp_path):
     with pytest.raises(TooFewRepliesError, match=r"round 2: 0 of \d+ asked devices replied"):
         _flower(overrides, tamper=silent_in_round_2)
     assert [e.release_id for e in Ledger.load(tmp_path / "ledger.jsonl").events] == ["round-1"]
+
+
+def test_an_adaptive_round_without_its_bound_is_refused_on_the_device():
+    """With adaptive clipping the device clips to the round's bound from the server, never to a guess."""
+    from flwr.app import ConfigRecord
+
+    from fedlrs.client.network import state_to_record, train_nn
+    from fedlrs.nn.federated import initial_state
+    from fedlrs.nn.run_config import network_setup
+
+    config = parse_run_config({**BASE, "private": True, "noise-multiplier": 1.0})
+    _, method, net = network_setup(config)
+    shared = initial_state(method, net, torch.Generator().manual_seed(0))
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": USERS}, state=RecordDict(), run_config={})
+    content = RecordDict({"shared": state_to_record(shared), "round-config": ConfigRecord({"round": 1})})
+    message = Message(content, dst_node_id=1, message_type="train.nn", group_id="1")
+    with pytest.raises(ValueError, match="adaptive clipping needs the round's bound"):
+        train_nn(message, context, config)
+    content["round-config"] = ConfigRecord({"round": 1, "clip-bound": 0.25})
+    reply = train_nn(Message(content, dst_node_id=1, message_type="train.nn", group_id="1"), context, config)
+    vector = reply.content.array_records["contribution"]["contribution"].numpy()
+    assert 0.25 * (1 - 1e-9) <= float((vector ** 2).sum()) ** 0.5 <= 0.25 * (1 + 1e-9)  # clipped: the norm was above 0.25

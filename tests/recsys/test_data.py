@@ -40,3 +40,18 @@ def test_subsets_of_users_and_bad_names():
         load_ratings("netflix")
     with pytest.raises(ValueError, match="protocol"):
         load_ratings("movielens", protocol="leave-one-out")
+
+
+def test_movielens_genres_follow_the_item_index_and_make_multi_hot_rows():
+    from fedlrs.recsys.data import movielens_genres
+
+    genres = movielens_genres()
+    split = load_ratings("movielens", max_users=20)
+    assert len(genres.genres) == split.num_items and len(genres.names) == 20 and genres.num_features == split.num_items + 20
+    # movie id 1 (the smallest id: item 0) is Toy Story: Adventure|Animation|Children|Comedy|Fantasy
+    assert [genres.names[g] for g in genres.genres[0]] == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+    indptr, columns, values = genres.rows(split.test)
+    first = columns[indptr[0]:indptr[1]]
+    assert first[0] == split.test.items[0] and (first[1:] == split.num_items + genres.genres[split.test.items[0]]).all() and (values == 1).all()
+    stats = genres.stats(split, split.train)
+    assert stats.num_features == genres.num_features and int(stats.mask.sum()) == len(split.train)

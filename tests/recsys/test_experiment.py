@@ -9,7 +9,7 @@ from fedlrs.recsys.experiment import crossing_sentence, run_recsys_experiment
 def test_quick_movielens_experiment_writes_table_plots_and_audited_reports(tmp_path):
     result = run_recsys_experiment("recsys-movielens", quick=True, out=tmp_path, echo=lambda _: None)
     methods = {r["method"] for r in result["rows"]}
-    assert {"global", "local only", "biased", "MF (surprise SVD)", "LRS", "biased (private)", "LRS (private)"} <= methods
+    assert {"global", "local only", "biased", "MF (surprise SVD)", "LRS", "LRS (item + genre)", "biased (private)", "LRS (private)"} <= methods
     assert all(r["audit"] == "pass" and r["epsilon_spent"] <= r["epsilon"] for r in result["rows"] if "private" in r["method"])
     assert (tmp_path / "table.md").exists() and (tmp_path / "privacy_utility.png").exists() and (tmp_path / "users.png").exists()
     assert list((tmp_path / "privacy").glob("*/privacy_report.json"))

@@ -151,3 +151,20 @@ def test_joint_calibration_spends_the_budget_on_init_and_rounds_together():
     init, *rounds = result.ledger.events
     assert init.kind == "init" and init.noise_multiplier == result.noise_multiplier == rounds[0].noise_multiplier
     assert 1.95 <= result.ledger.account(delta=1e-6, accountant="rdp").epsilon <= 2.0
+
+
+def test_a_small_private_federation_reads_its_clip_bounds_near_the_last_one():
+    """160 users at epsilon 1: the clip histogram's noise (z_clip ~ 18 per bin against 160 users) would win the mode of
+    a wide fixed grid far from the norms; on the grid around the previous bound each round's bound moves at most 2^4
+    and the run keeps its U (the HSB failure: a bound of 2^-30 in round 7 lost U)."""
+    from fedlrs.core import mean_user_mse
+    from fedlrs.privacy.adaptive import CLIP_START, CLIP_WINDOW
+
+    data = make_lrs_data(users=160, examples=40, dim=4, rank=1, sparsity=0, noise=0.5, unit_weights=True, seed=3)
+    bad = 0
+    for seed in range(4):
+        result = run_engine(data.train, EngineConfig(rank=1, sparsity=0, mode="gd", rounds=10, private=True, target_epsilon=1.0, delta=1e-3, noise_seed=seed, seed=seed))
+        bounds = [CLIP_START] + result.clip_bounds
+        assert all(2.0 ** -CLIP_WINDOW <= b / a <= 2.0 ** CLIP_WINDOW for a, b in zip(bounds, bounds[1:]))
+        bad += float(mean_user_mse(data.test, result.theta)) > 2 * float(mean_user_mse(data.test, data.theta_star)) + 0.5
+    assert bad == 0
