@@ -320,7 +320,8 @@ def _notes(config: dict, info: dict, n_seeds: int, seconds: float, threads: int,
     if quantile > 0:
         clipping += (f"; adaptive clipping at the {quantile:g} quantile of the contributions' norms (round 1 clips at C = "
                      f"{config['private'].get('clip', NetworkConfig.clip)}, each later round at the quantile read from the previous "
-                     "round's noised norm histogram, released with the contribution in the same accounted release)")
+                     "round's noised norm histogram, released with the contribution in the same accounted release, divided by "
+                     "1 + D sigma^2 / (q N)^2, the noise of the released mean per unit bound: docs/privacy.md section 8)")
     lines = [
         f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s CPU wall time "
         f"({threads} torch thread{'s' if threads > 1 else ''}).",

@@ -17,7 +17,9 @@ Andrew et al. 2021, same sample) C_1 = ``clip`` and each sampled user also sends
 ``h_i = onehot(bin of ||g_i|| on the grid C_t 2^-W .. C_t 2^W)`` (sensitivity 1) in the SAME release,
 with noise weight ``HISTOGRAM_NOISE_WEIGHT`` (:class:`~fedlrs.privacy.mechanism.GaussianSumRelease`:
 one event, whose z is the joint mechanism's), and
-``C_{t+1} = quantile_bound((sum_i h_i + noise) / (q N), grid_t, clip_quantile)`` (post-processing).
+``C_{t+1} = quantile_bound((sum_i h_i + noise) / (q N), grid_t, clip_quantile) / (1 + D sigma^2 / (q N)^2)``
+(post-processing; sigma the contribution's noise std per unit bound: the bound that minimises the released mean's
+error for norms at the quantile, :func:`~fedlrs.privacy.adaptive.network_bound`).
 
 The private server is the engine's :class:`~fedlrs.privacy.release.PrivateServer`
 (event ``"round-t"``, calibration of z before round 1, budget check, ledger record
@@ -38,7 +40,9 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flat_size, flatten, unflatten
 from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, calibrate_noise_multiplier, clip
-from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, norm_bins, part_noise_weights, quantile_bound, relative_grid, require_quantile
+from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
+from fedlrs.privacy.mechanism import GaussianSumRelease
+from fedlrs.privacy.noise import GaussianNoise
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.sampling import sample_users
@@ -211,12 +215,18 @@ def release_parts(sums: dict[str, Tensor], config: NetworkConfig, expected_count
     return private.release(sums, event, bounds, expected_count, noise_weights=part_noise_weights(list(bounds), HISTOGRAM, HISTOGRAM_NOISE_WEIGHT))
 
 
-def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float) -> float:
-    """C_{t+1}: with adaptive clipping ``quantile_bound(H / (q N), relative_grid(C_t), clip_quantile)``; otherwise C_t."""
+def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float, *, noise_multiplier: float | None, expected_count: float) -> float:
+    """C_{t+1}: with adaptive clipping :func:`~fedlrs.privacy.adaptive.network_bound` of the released ``H`` on ``relative_grid(C_t)``
+    (the quantile bound over ``1 + D sigma^2 / (q N)^2``); otherwise C_t. ``sigma``: the noise std of the contribution's
+    sum per unit bound that the round's release added (:meth:`GaussianSumRelease.noise_stds` at z ``noise_multiplier``).
+    """
     if HISTOGRAM not in released:
         return bound
     fractions = released[HISTOGRAM]
-    return quantile_bound(fractions, relative_grid(bound, dtype=fractions.dtype, device=fractions.device), config.clip_quantile)
+    stds = GaussianSumRelease(noise_multiplier=noise_multiplier, bounds={PART: 1.0, HISTOGRAM: 1.0}, expected_count=expected_count, noise=GaussianNoise(secure=False, seed=0),
+                              noise_weights=part_noise_weights([PART, HISTOGRAM], HISTOGRAM, HISTOGRAM_NOISE_WEIGHT)).noise_stds()
+    grid = relative_grid(bound, dtype=fractions.dtype, device=fractions.device)
+    return network_bound(fractions, grid, config.clip_quantile, dimension=len(released[PART]), contribution_noise=stds[PART], expected_count=expected_count)
 
 
 def private_server(config: NetworkConfig, ledger: Ledger | None, *, retry_ids: bool = False) -> PrivateServer | None:
@@ -334,7 +344,7 @@ def run_federated(
         released = release_parts(sums, config, expected_count, private, event, bound)
         shared = method.apply(shared, unflatten(released[PART], shapes))
         bounds.append(bound)
-        bound = next_bound(released, config, bound)
+        bound = next_bound(released, config, bound, noise_multiplier=None if private is None else private.noise_multiplier, expected_count=expected_count)
         completed = round_number
         every = config.evaluate_every
         if round_number == config.rounds or (every and round_number % every == 0):

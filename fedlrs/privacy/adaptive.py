@@ -180,3 +180,27 @@ def shrink_released_mean(mean: Tensor, *, noise_std: float) -> Tensor:
     energy = float(mean.square().sum())
     factor = max(0.0, 1.0 - mean.numel() * noise_std ** 2 / energy) if energy > 0 else 0.0
     return mean * factor
+
+
+
+def noise_shrinkage(*, dimension: int, contribution_noise: float, expected_count: float) -> float:
+    """``a = D (sigma / (q N))^2``: the noise of the released mean per unit bound, squared, over all D coordinates.
+
+    ``sigma`` (``contribution_noise``) is the noise std of the contribution's sum per unit bound, so the mean's
+    noise at bound C has expected squared norm ``a C^2`` (docs/privacy.md section 8).
+    """
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1 or not (contribution_noise >= 0 and expected_count > 0):
+        raise ValueError(f"dimension == {dimension!r}, contribution_noise == {contribution_noise!r}, expected_count == {expected_count!r}: "
+                         "need an integer dimension >= 1, contribution_noise >= 0 and expected_count > 0.")
+    return dimension * (contribution_noise / expected_count) ** 2
+
+
+def network_bound(fractions: Tensor, edges: Tensor, quantile: float, *, dimension: int, contribution_noise: float, expected_count: float) -> float:
+    """C_{t+1} of a network round: the quantile bound lowered by the noise, ``quantile_bound(fractions, edges, gamma) / (1 + a)``.
+
+    ``a`` is :func:`noise_shrinkage`. For users whose norms sit at the quantile n, the released mean's error at a
+    bound C <= n is ``(n - C)^2 + a C^2`` (what clipping takes away, plus the noise; per unit direction), smallest
+    at ``C = n / (1 + a)``: the median without noise, a third of it when the noise norm is sqrt(2) times the bound.
+    Post-processing of the released histogram and public numbers (D, z, q N).
+    """
+    return quantile_bound(fractions, edges, quantile) / (1 + noise_shrinkage(dimension=dimension, contribution_noise=contribution_noise, expected_count=expected_count))

@@ -12,8 +12,8 @@ order, releases ``(sum + N(0, z^2 C^2 I)) / (q N)`` through the ledger
 (private, ``clip-quantile > 0``) the round config carries the round's bound ``clip-bound`` C_t
 (``nn-clip`` in round 1), a reply also holds ``H``, the one-hot bin of its unclipped norm (refused
 unless exactly one-hot: :func:`fedlrs.protocol.validation.require_one_hot`), both parts are released
-together (one event) and C_{t+1} is :func:`fedlrs.nn.federated.next_bound` of the released ``H``,
-as in the in-process loop. At the end
+together (one event) and C_{t+1} is :func:`fedlrs.nn.federated.next_bound` of the released ``H``
+(the quantile over ``1 + D sigma^2 / (q N)^2``), as in the in-process loop. At the end
 (``personalize-at-end``) every node personalizes (``query.nn_personalize``) and keeps it.
 
 As on the linear billboard, ``checkpoint-dir`` holds the shared state, the round, the sampler's
@@ -154,7 +154,8 @@ class NetworkBillboard(Billboard):
             shared = self.method.apply(shared, unflatten(released[PART], shapes))
             if net.private:
                 bounds[round_number] = self.clip_bound
-            self.clip_bound = next_bound(released, net, self.clip_bound)
+            self.clip_bound = next_bound(released, net, self.clip_bound, noise_multiplier=None if self.private is None else self.private.noise_multiplier,
+                                          expected_count=c.sample_rate * len(nodes))
             self._checkpoint(round_number, shared, generator)
             completed = round_number
             _log(INFO, "round %d: %d sampled, %d counted, shared state published", round_number, len(sampled),

@@ -1,5 +1,7 @@
 """The method-agnostic federated loop: config rules, sampling and q N, clipping, the ledger and its report."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -173,6 +175,17 @@ def test_adaptive_bounds_are_unit_free():
         assert 50 <= b / a <= 200, (a, b)
     # relative to its own bounds the run is the same: the released mean over the bound scale
     assert 50 <= float(large.shared["a"][0, 0]) / float(small.shared["a"][0, 0]) <= 200
+
+
+def test_the_adaptive_bound_is_lowered_by_the_noise_of_the_mean():
+    """300 users at norm 0.9 (the quantile reads 1.0 on the grid of C_1 = 1): C_2 is 1 / (1 + D sigma^2 / (q N)^2), sigma the
+    contribution's noise std per unit bound (z sqrt(1 + 1/5^2) with the histogram's weight 5), D = 10; more noise, a lower bound."""
+    norms = torch.full((300,), 0.9, dtype=torch.float64)
+    bounds = {}
+    for z in (0.05, 20.0, 40.0):
+        bounds[z] = _adaptive(norms, rounds=2, noise=z).clip_bounds[1]
+        assert bounds[z] == pytest.approx(1 / (1 + 10 * (z * math.sqrt(1 + 1 / 25) / 300) ** 2), rel=1e-12)
+    assert bounds[0.05] > bounds[20.0] > bounds[40.0]
 
 
 def test_adaptive_clipping_is_only_for_private_runs():

@@ -14,10 +14,14 @@ from fedlrs.privacy.adaptive import (
     clip_histogram,
     clip_noise_multiplier,
     clipped_round_parts,
+    network_bound,
+    noise_shrinkage,
     norm_bins,
     quantile_bound,
+    relative_grid,
     require_quantile,
 )
+from fedlrs.privacy.clipping import clip
 
 
 def test_each_user_is_in_exactly_one_bin_so_the_histogram_has_sensitivity_1():
@@ -129,3 +133,42 @@ def test_the_audit_recomputes_epsilon_with_the_clip_releases(tmp_path):
     (tmp_path / "privacy_report.json").write_text(json.dumps(report))
     audit = audit_report(tmp_path / "privacy_report.json")
     assert not audit.ok and any("below the recomputed" in reason for reason in audit.reasons)
+
+
+def _concentrated(norm: float, users: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released fractions (no noise) of ``users`` norms all equal to ``norm``, on the relative grid of C = 1."""
+    edges = relative_grid(1.0)
+    return norm_bins(torch.full((users,), norm, dtype=torch.float64), edges).sum(dim=0) / users, edges
+
+
+def test_the_network_bound_is_the_quantile_without_noise_and_shrinks_as_z_or_D_grows():
+    fractions, edges = _concentrated(0.9)
+    quantile = quantile_bound(fractions, edges, 0.5)
+    assert quantile == 1.0 and network_bound(fractions, edges, 0.5, dimension=3730, contribution_noise=0.0, expected_count=100) == quantile
+
+    def bound(dimension, z):
+        return network_bound(fractions, edges, 0.5, dimension=dimension, contribution_noise=z, expected_count=100)
+
+    by_z = [bound(3730, z) for z in (0.5, 1.0, 2.3, 5.0)]
+    by_dimension = [bound(d, 2.3) for d in (10, 330, 2410, 3730)]
+    assert all(a > b for a, b in zip(by_z, by_z[1:])) and all(a > b for a, b in zip(by_dimension, by_dimension[1:]))
+    # nn-digits at epsilon 1 (D = 3730, z about 2.3, q N = 100): the noise norm of the mean is about 1.4 C, the bound a third of the quantile
+    assert noise_shrinkage(dimension=3730, contribution_noise=2.3, expected_count=100) == pytest.approx(1.97, abs=0.01)
+    assert by_z[2] == pytest.approx(quantile / 2.97, rel=1e-2)
+    with pytest.raises(ValueError, match="dimension == 0"):
+        noise_shrinkage(dimension=0, contribution_noise=1.0, expected_count=100)
+
+
+@pytest.mark.parametrize("dimension, z", [(3730, 2.3), (2410, 1.0), (50, 0.7)])
+def test_the_network_bound_minimises_the_error_of_the_released_mean(dimension, z):
+    """Users who all send the same vector of norm n (n on the grid: the quantile reads it exactly): the bound is the C that
+    minimises the released mean's expected squared error ``||mean_i clip_C(g_i) - g||^2 + D (z C / (q N))^2``, found by search."""
+    users, norm = 100, 2.0
+    fractions, edges = _concentrated(norm, users)
+    g = torch.zeros(users, dimension, dtype=torch.float64)
+    g[:, 0] = norm
+    candidates = torch.linspace(0.01, 2 * norm, 4000, dtype=torch.float64)
+    errors = [float((clip(g, bound=float(c))[0].mean(dim=0) - g[0]).square().sum()) + dimension * (z * float(c) / users) ** 2 for c in candidates]
+    best = float(candidates[int(torch.tensor(errors).argmin())])
+    bound = network_bound(fractions, edges, 0.5, dimension=dimension, contribution_noise=z, expected_count=users)
+    assert bound == pytest.approx(best, abs=float(candidates[1] - candidates[0]))
