@@ -48,12 +48,15 @@ class NetworkTask(TaskBase):
     """A :class:`~fedlrs.nn.method.FederatedMethod` under a :class:`~fedlrs.nn.federated.NetworkConfig` (module docstring).
 
     The local updates draw from their own generator (``settings.seed + 1``), as in ``run_federated``.
+    ``expected_count`` (q N) and ``noise_multiplier`` (the round z, None when not private): public numbers
+    fixed before round 1 that the noise-aware next bound reads (:func:`~fedlrs.nn.federated.next_bound`).
     """
 
     name = "nn"
 
-    def __init__(self, method: FederatedMethod, settings: NetworkConfig):
+    def __init__(self, method: FederatedMethod, settings: NetworkConfig, *, expected_count: float = 1.0, noise_multiplier: float | None = None):
         self.method, self.settings = method, settings
+        self.expected_count, self.noise_multiplier = expected_count, noise_multiplier
         self.local_generator = torch.Generator().manual_seed(settings.seed + 1)
         self.shapes: dict[str, torch.Size] | None = None
 
@@ -84,7 +87,8 @@ class NetworkTask(TaskBase):
         """``method.apply(state, unflatten(s / normalizer))`` and the next bound (:func:`~fedlrs.nn.federated.next_bound`)."""
         released = {name: total / normalizer for name, total in sums.items()}
         state = self.method.apply(shared["state"], unflatten(released[PART], self.shapes))
-        return {"state": state, "bound": next_bound(released, self.settings, shared["bound"])}
+        bound = next_bound(released, self.settings, shared["bound"], noise_multiplier=self.noise_multiplier, expected_count=self.expected_count)
+        return {"state": state, "bound": bound}
 
 
 def run_network_task(method: FederatedMethod, train: UserExamples, config: NetworkConfig, *, ledger: Ledger | None = None,
@@ -93,9 +97,10 @@ def run_network_task(method: FederatedMethod, train: UserExamples, config: Netwo
     if train.num_users == 0:
         raise ValueError("train has no users; the federation needs at least one.")
     train = prepare_examples(train, config)
-    task = NetworkTask(method, config)
-    transport = InProcessTransport(task, train, dtype=config.torch_dtype, device=config.device)
     private = private_server(config, ledger)
+    task = NetworkTask(method, config, expected_count=config.sample_rate * train.num_users,
+                       noise_multiplier=None if private is None else private.noise_multiplier)
+    transport = InProcessTransport(task, train, dtype=config.torch_dtype, device=config.device)
     started, history, bounds = time.perf_counter(), [], [float(config.clip)]
 
     def write(round_number: int, shared: State) -> None:
