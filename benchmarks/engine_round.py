@@ -42,9 +42,11 @@ def child(users: int, mode: str, backend: str, args) -> dict:
     import torch
 
     from fedlrs.data import ParquetFederation, true_subspace
-    from fedlrs.simulations.chunks import Federation
     from fedlrs.privacy.sampling import sample_users
-    from fedlrs.simulations.engine import EngineConfig, choose_clip_bound, update_subspace
+    from fedlrs.simulations.chunks import Federation
+    from fedlrs.simulations.engine import EngineConfig, FederationTransport
+    from fedlrs.tasks.linear import LinearTask
+    from fedlrs.tasks.loop import step
 
     torch.set_num_threads(args.threads)
     directory = Path(args.data_dir) / f"users-{users}"
@@ -65,6 +67,7 @@ def child(users: int, mode: str, backend: str, args) -> dict:
     setup = time.perf_counter() - started
     U = true_subspace(directory).to(device=args.device, dtype=config.torch_dtype)
     generator = torch.Generator().manual_seed(0)
+    task, transport = LinearTask(config, federation.dim), FederationTransport(federation)
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -74,9 +77,11 @@ def child(users: int, mode: str, backend: str, args) -> dict:
             torch.cuda.synchronize()
         start = time.perf_counter()
         # gd with the defaults is the unit-free round: its clip phase (a histogram over its own sample), then the step
-        bound = choose_clip_bound(federation, U, None, None, 1, generator) if config.unit_free else None
-        index = sample_users(users, config.sample_rate, generator, args.device)
-        U = update_subspace(federation, U, None, index, config.sample_rate * users, bound=bound, round_number=1)
+        shared = {"U": U, "bound": None}
+        for phase in task.round_phases(shared):
+            index = sample_users(users, config.sample_rate, generator, args.device)
+            shared = step(task, transport, phase, shared, index, private=None, round_number=1, normalizer=config.sample_rate * users)
+        U = shared["U"]
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)

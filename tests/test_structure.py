@@ -121,9 +121,9 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 #: package -> the fedlrs packages it must never import (DESIGN.md section 4: lower never imports higher;
 #: client and server are two adapters that share the protocol, never each other)
 FORBIDDEN = {
-    "core": {"privacy", "protocol", "nn", "simulations", "server", "client", "federation_config"},
-    "privacy": {"protocol", "nn", "simulations", "server", "client", "federation_config"},
-    "protocol": {"server", "client", "simulations"},
+    "core": {"privacy", "protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
+    "privacy": {"protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
+    "protocol": {"server", "client", "simulations", "tasks"},
     "tasks": {"server", "client"},
     "nn": {"protocol", "server", "client"},
     "simulations": {"server", "client"},

@@ -1,7 +1,8 @@
 """The billboard: the server side of AMHT-LRS over Flower's Grid (DESIGN.md sections 2-4).
 
-Per round: Poisson-sample the connected nodes (the engine's random convention,
-:func:`fedlrs.privacy.sampling.sample_nodes`), send them the published ``U``, collect replies
+The rounds are the one loop (:func:`fedlrs.tasks.loop.run_task`) of the linear task over the Grid
+(:class:`fedlrs.server.grid_transport.GridTransport`). Per round: Poisson-sample the connected nodes
+(the engine's random convention, :func:`fedlrs.privacy.sampling.sample_nodes`), send them the published ``U``, collect replies
 with a timeout, refuse any reply that is not exactly a valid clipped
 contribution (:func:`fedlrs.protocol.validation.validate_reply`), release the sum through the
 engine's own :class:`fedlrs.privacy.release.PrivateServer` (events, calibration,
@@ -27,19 +28,18 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedlrs.core import random_orthonormal, top_eigenvectors
 from fedlrs.federation_config import FederationConfig
-from fedlrs.privacy import BudgetExceededError, Ledger
-from fedlrs.privacy.adaptive import CLIP_START, quantile_bound, relative_grid
+from fedlrs.privacy import Ledger
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.sampling import sample_nodes
 from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, PERSONALIZE, ROUND_CONFIG, message_type
 from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.exchange import exchange
 from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
-from fedlrs.tasks.linear import release_clip, release_init, release_round, server_step
+from fedlrs.server.grid_transport import GridTransport
+from fedlrs.tasks.linear import LinearTask
+from fedlrs.tasks.loop import run_task
 
 _LOG = logging.getLogger("fedlrs.server")
 
@@ -133,26 +133,6 @@ class Billboard:
         """The message that asks the nodes for their contribution in ``phase``."""
         return message_type(phase)
 
-    def _choose_clip_bound(self, grid: Grid, nodes: list[int], U: torch.Tensor, round_number: int, generator: torch.Generator) -> None:
-        """The clip phase of a round of the unit-free step (the engine's :func:`~fedlrs.simulations.engine.choose_clip_bound`):
-        its own Poisson sample sends the bins of its norms on the grid around the previous bound (sent as ``clip-bound``;
-        :data:`~fedlrs.privacy.adaptive.CLIP_START` at first), the server (privately: releases them as a ``"clip"`` event and)
-        sets ``clip_bound`` to the ``clip-quantile`` of the histogram."""
-        c = self.config
-        sampled = sample_nodes(nodes, c.sample_rate, generator)
-        normalizer = max(c.sample_rate * len(nodes), 1e-12)
-        center = CLIP_START if self.clip_bound is None else self.clip_bound
-        self.clip_bound = center  # what the clip message carries: the center of the grid
-        if self.private is not None:
-            event = self.private.event("clip", round_number)
-            self.private.budget.check(self.private.ledger, event)
-        histogram = self._collect(grid, sampled, "clip", U, round_number)
-        if self.private is not None:
-            fractions = release_clip(self.private, histogram, event, normalizer)["H"]
-        else:
-            fractions = histogram["H"] / normalizer
-        self.clip_bound = quantile_bound(fractions, relative_grid(center, dtype=fractions.dtype), c.clip_quantile)
-
     def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
         if self.secure is not None:
@@ -217,18 +197,6 @@ class Billboard:
         return Ledger(path, budget=self.engine_config.budget.to_dict(), plan={"rounds": c.num_server_rounds, "sample_rate": c.sample_rate})
 
     # ------------------------------------------------------------------ the run
-    def _initial_subspace(self, grid: Grid, nodes: list[int], generator: torch.Generator) -> torch.Tensor:
-        c = self.config
-        if c.init == "random":
-            return random_orthonormal(c.dim, c.rank, generator=generator, dtype=c.torch_dtype)
-        sums = self._collect(grid, nodes, "moments", None, 0)
-        M = sums["M"]
-        if self.private is not None and self.secure is not None:
-            M = self.secure.release(self.private, sums, self.private.event("init", 0), float(max(len(nodes), 1)))["M"]
-        elif self.private is not None:
-            M = release_init(self.private, M, max(len(nodes), 1))
-        return top_eigenvectors(M, c.rank)
-
     def _checkpoint(self, round_number: int, shared: dict[str, torch.Tensor], generator: torch.Generator) -> None:
         """Save the shared state after ``round_number`` updates, the sampler's state, z, the ledger's length and the clip bound."""
         if self.checkpoint_dir is None:
@@ -270,7 +238,8 @@ class Billboard:
             self.private.noise_multiplier = None if checkpoint.noise_multiplier < 0 else checkpoint.noise_multiplier
 
     def run(self, grid: Grid) -> BillboardResult:
-        """Run (or resume) the rounds; returns the final ``U`` and what happened."""
+        """Run (or resume) the rounds on the one loop (:func:`fedlrs.tasks.loop.run_task`: the linear task over
+        the Grid, :class:`~fedlrs.server.grid_transport.GridTransport`); returns the final ``U`` and what happened."""
         c = self.config
         generator = torch.Generator().manual_seed(c.seed)
         ledger = self._open_ledger()
@@ -281,57 +250,33 @@ class Billboard:
         if self.private is not None:  # the clip histograms' noise is planned for the expected count at the start
             self.private.expected_count = c.sample_rate * len(nodes)
         checkpoint = self._resume(ledger, generator)
+        resume = None
         if checkpoint is not None:
-            U, start = checkpoint.shared["U"].to(c.torch_dtype), checkpoint.round
+            # the bound: the center of the next clip phase's grid (adaptive clipping; None before the first)
+            resume = (checkpoint.round, {"U": checkpoint.shared["U"].to(c.torch_dtype), "bound": checkpoint.clip_bound})
             self._restore_noise_multiplier(checkpoint)
-            self.clip_bound = checkpoint.clip_bound  # the center of the next clip phase's grid
-        else:
-            if not nodes:
-                raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
-            U, start = self._initial_subspace(grid, nodes, generator), 0
-            if self.private is not None:
-                self.private.calibrate()
-            self._checkpoint(0, {"U": U}, generator)
-        stopped = "rounds done"
-        completed = start
-        for round_number in range(start + 1, c.num_server_rounds + 1):
-            nodes = sorted(int(n) for n in grid.get_node_ids())
-            event = None
-            try:
-                if self.private is not None:
-                    event = self.private.event("round", round_number)
-                    self.private.budget.check(ledger, event)
-                if self.engine_config.unit_free:  # its own sample, drawn before the round's (as in the engine)
-                    self._choose_clip_bound(grid, nodes, U, round_number, generator)
-            except BudgetExceededError as error:
-                stopped = f"budget: {error}"
-                _log(WARNING, "round %d not started: %s", round_number, error)
-                break
-            sampled = sample_nodes(nodes, c.sample_rate, generator)
-            self.sampled[round_number] = sampled
-            normalizer = c.sample_rate * len(nodes)
-            sums = self._collect(grid, sampled, "round", U, round_number)
-            if self.private is not None:
-                try:
-                    if self.secure is not None:
-                        sums = self.secure.release(self.private, sums, event, max(normalizer, 1e-12))
-                    else:
-                        sums = release_round(self.private, sums, event, max(normalizer, 1e-12), c.dim, self.clip_bound)
-                except BudgetExceededError as error:
-                    stopped = f"budget: {error}"
-                    break
-                normalizer = 1.0
-            U = server_step(self.engine_config, U, sums, normalizer, round_number)
-            self._checkpoint(round_number, {"U": U}, generator)
-            completed = round_number
-            _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),
-                 len(sampled) - sum(1 for r, _ in self.dropped if r == round_number)
-                 - sum(1 for x in self.refusals if x.round == round_number))
+        elif not nodes:
+            raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
+
+        def record(round_number: int, shared: dict) -> None:
+            self.clip_bound = shared.get("bound")  # checkpointed: the center of the next clip phase's grid
+            self._checkpoint(round_number, {"U": shared["U"]}, generator)
+            if round_number > 0:
+                sampled = self.sampled[round_number]
+                _log(INFO, "round %d: %d sampled, %d counted, U published", round_number, len(sampled),
+                     len(sampled) - sum(1 for r, _ in self.dropped if r == round_number)
+                     - sum(1 for x in self.refusals if x.round == round_number))
+
+        outcome = run_task(LinearTask(self.engine_config, c.dim), GridTransport(self, grid, nodes), generator=generator, private=self.private,
+                           rounds=c.num_server_rounds, record=record, resume=resume)
+        U, completed = outcome.shared["U"], outcome.completed
+        if outcome.stopped != "rounds done":
+            _log(WARNING, "round %d not done: %s", completed + 1, outcome.stopped)
         if c.personalize_at_end:
             nodes = sorted(int(n) for n in grid.get_node_ids())
             self._exchange(grid, nodes, PERSONALIZE, U, completed)
         z = None if self.private is None else self.private.noise_multiplier
-        result = BillboardResult(U, completed, stopped, z, ledger, self.refusals, self.dropped, self.sampled)
+        result = BillboardResult(U, completed, outcome.stopped, z, ledger, self.refusals, self.dropped, self.sampled)
         self.write_report(result)
         return result
 

@@ -1,13 +1,12 @@
-"""A federation in chunks of users, and one round's partial sums for a chunk: the seam of every backend.
+"""A federation in chunks of users: the linear task's in-process transport, the seam of every backend.
 
 Each backend (users in memory, streamed from Parquet, sharded on Ray actors) holds
-or reads its users a chunk at a time and calls the same two functions:
-:func:`moment_partial_sums` (the moments init) and :func:`round_partial_sums`
-(the batched local step, then the contributions, clipped when private, summed).
-The unit-free step (``config.unit_free``) adds a third: :func:`clip_partial_sums`, the
-chunk's part of a round's clip histogram (adaptive clipping's first phase).
+or reads its users a chunk at a time and runs the linear task's client step on each
+(:meth:`fedlrs.tasks.linear.LinearTask.client_step`): the moments init, the batched local step
+then the contributions (clipped when private, summed), and with the unit-free step
+(``config.unit_free``) the chunk's part of a round's clip histogram (adaptive clipping's first phase).
 A partial sum is a dict of named sums: the parts the server releases ("M";
-"A" and "c", or "G" (and "P" with the unit-free step): :func:`released_parts`; "H")
+"A" and "c", or "G" (and "P" with the unit-free step): :func:`fedlrs.tasks.linear.released_parts`; "H")
 and counts ("users", the number of contributors, checked by the driver before a release). Partial sums of disjoint chunks add up
 (:func:`add_sums`) to the sums of their union, so a driver never needs more
 than one chunk's statistics (``n_chunk`` x d x d) at a time.
@@ -20,47 +19,18 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
-from fedlrs.core import (
-    LeanUsers,
-    LocalFit,
-    UserData,
-    gd_gradient_sum,
-    gd_residual_vectors,
-    logistic_residual_vectors,
-    ls_part_vectors,
-    ls_system,
-    moment_norms,
-    moment_sum,
-    solve_local,
-    solve_local_logistic,
-    unit_free_gradients,
-    user_parameters,
-)
-from fedlrs.privacy import clip_scales, ls_private_scales
-from fedlrs.privacy.adaptive import CLIP_START, clip_histogram, clipped_round_parts, relative_grid
+from fedlrs.core import LeanUsers, LocalFit, UserData
+from fedlrs.privacy.adaptive import CLIP_START
+from fedlrs.tasks.base import Sums
+from fedlrs.tasks.linear import LinearTask, local_fit
 
 if TYPE_CHECKING:
     from .engine_config import EngineConfig
 
 Tensor = torch.Tensor
-Sums = dict[str, Tensor]
 
 #: users per chunk: a chunk's d x d statistics (16384 x 50 x 50 float32: 160 MB) are the peak of a round
 DEFAULT_CHUNK_USERS = 16384
-#: the count entry of every partial sum; never released
-USERS = "users"
-
-
-def released_parts(config: "EngineConfig") -> tuple[str, ...]:
-    """The round sums the server releases (noised, through the ledger): "ls": ``A, c``; "gd": ``G``, and ``P`` with the
-    unit-free step. Any other name in a partial sum is a count."""
-    if config.mode == "ls":
-        return ("A", "c")
-    return ("G", "P") if config.unit_free else ("G",)
-
-
-def _count(n: int) -> Tensor:
-    return torch.tensor(float(n), dtype=torch.float64)
 
 
 def add_sums(total: Sums | None, part: Sums) -> Sums:
@@ -70,88 +40,6 @@ def add_sums(total: Sums | None, part: Sums) -> Sums:
     if total.keys() != part.keys():
         raise ValueError(f"partial sums name {sorted(part)}, must name {sorted(total)} like the others.")
     return {name: total[name] + part[name] for name in total}
-
-
-def local_fit(config: "EngineConfig", U: Tensor, users: LeanUsers) -> LocalFit:
-    """``w_i, b_i`` of ``users`` for the published ``U``: the client's local step, batched."""
-    c = config
-    if c.loss == "squared":
-        return solve_local(U, users.statistics(), sparsity=c.sparsity, ridge_w=c.ridge_w, ridge_b=c.ridge_b, refine_steps=c.refine_steps, starts=c.starts)
-    return solve_local_logistic(U, users.data, sparsity=c.sparsity, ridge_w=c.ridge_w, ridge_b=c.ridge_b, iterations=c.logistic_iterations, refine_steps=c.refine_steps)
-
-
-def moment_partial_sums(config: "EngineConfig", data: UserData) -> Sums:
-    """``{"M": sum_i s_i M_i, "users": n}``, ``M_i = sum_j y_ij^2 x_ij x_ij^T``.
-
-    ``s_i`` = 1 when not private; privately with unit-free parts (``config.unit_free_init``) ``1 / ||M_i||_F`` (each user
-    sends ``M_i / ||M_i||_F``, 0 for ``M_i = 0``: bound 1, unit-free), else the factor clipping
-    ``||M_i||_F`` to ``clip_moments``.
-    """
-    weights = None
-    if config.private:
-        norms = moment_norms(data)
-        if config.unit_free_init:
-            weights = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
-        else:
-            weights = clip_scales(norms, bound=config.clip_moments)
-    return {"M": moment_sum(data, weights=weights), USERS: _count(data.num_users)}
-
-
-def contribution_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit, bound: float | None = None) -> Sums:
-    """The summed contributions of ``users`` with their local fit, each clipped first when ``config.private``.
-
-    "ls": ``A = sum_i a_i (w_i w_i^T) kron (X_i^T X_i)``, ``c = sum_i c_i vec(g_i w_i^T)`` with
-    ``a_i, c_i`` clipping ``||A_i||_F`` to ``clip_a`` and ``||c_i||`` to ``clip_c``, or unit-free
-    (``config.unit_free_ls``: ``a_i = 1 / ||A_i||_F``, :func:`fedlrs.privacy.ls_private_scales`).
-    "gd", unit-free step: ``G = sum_i s_i Delta_i``, ``P = sum_i s_i P_i`` (:func:`fedlrs.core.unit_free_gradients`)
-    with ``s_i`` clipping ``||Delta_i||_F`` to the round's ``bound``, also without privacy
-    (:func:`fedlrs.privacy.adaptive.clipped_round_parts`).
-    "gd" otherwise: ``G = sum_i s_i e_i w_i^T`` with ``s_i`` clipping ``||e_i|| ||w_i||`` to ``clip_g``.
-    """
-    c = config
-    count = {USERS: _count(users.num_users)}
-    if c.unit_free:
-        if bound is None:
-            raise ValueError("the unit-free step needs the round's clip bound (the engine's choose_clip_bound).")
-        delta, curvature = unit_free_gradients(users.statistics(), U, fit.w, fit.b)
-        return {**clipped_round_parts(delta, curvature, bound=bound)[0], **count}
-    if c.mode == "ls":
-        stats = users.statistics()
-        weights = {}
-        if c.private:
-            weights = ls_private_scales(fit.w, stats.xtx, ls_part_vectors(stats, fit.b), unit_free=c.unit_free_ls, bound_A=c.clip_a, bound_c=c.clip_c)
-        A, vec_c = ls_system(stats, fit.w, fit.b, **weights)
-        return {"A": A, "c": vec_c, **count}
-    if c.loss == "squared":
-        e = gd_residual_vectors(users.statistics(), U, fit.w, fit.b)
-    else:
-        e = logistic_residual_vectors(users.data, user_parameters(U, fit))
-    weights = clip_scales(e.norm(dim=1) * fit.w.norm(dim=1), bound=c.clip_g) if c.private else None
-    return {"G": gd_gradient_sum(e, fit.w, weights), **count}
-
-
-def round_partial_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit | None = None, bound: float | None = None) -> Sums:
-    """One round for a chunk of sampled users: the local step (unless ``fit`` is given), then :func:`contribution_sums`
-    (``bound``: the round's clip bound of the unit-free step)."""
-    users, fit = _fitted(config, U, users, fit)
-    return contribution_sums(config, U, users, fit, bound)
-
-
-def clip_partial_sums(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
-    """The clip phase of a round of the unit-free step for a chunk of sampled users: ``{"H": sum_i onehot(bin of ||Delta_i||_F), "users": n}``
-    over the candidate bounds around ``center`` (the previous bound, :func:`fedlrs.privacy.adaptive.relative_grid`;
-    :func:`fedlrs.privacy.adaptive.clip_histogram`, sensitivity 1)."""
-    users, fit = _fitted(config, U, users, fit)
-    delta, _ = unit_free_gradients(users.statistics(), U, fit.w, fit.b)
-    edges = relative_grid(center, dtype=config.torch_dtype, device=config.device)
-    return {**clip_histogram(delta, edges), USERS: _count(users.num_users)}
-
-
-def _fitted(config: "EngineConfig", U: Tensor, users: LeanUsers, fit: LocalFit | None) -> tuple[LeanUsers, LocalFit]:
-    """``users`` (statistics formed once when the squared loss keeps examples) and their local fit (``fit``, or made here)."""
-    if users.stats is None and config.loss == "squared":
-        users = LeanUsers(None, users.statistics())  # formed once for the local step and the contribution
-    return users, fit if fit is not None else local_fit(config, U, users)
 
 
 def chunk_bounds(num_users: int, chunk_users: int) -> list[tuple[int, int]]:
@@ -232,6 +120,7 @@ class Federation:
         source = MemorySource(data, chunk_users) if isinstance(data, UserData) else data
         check_users(source.counts(), source.dim, config)
         self.config, self.num_users, self.dim, self.bounds = config, source.num_users, source.dim, source.bounds
+        self.task = LinearTask(config, source.dim)  # its client step, run on each chunk
         self._moments: Sums | None = None
         self._kept: list[LeanUsers] | None = None
         self.source = source
@@ -241,7 +130,7 @@ class Federation:
 
     def _keep(self, data: UserData) -> LeanUsers:
         if self.config.init == "moments":
-            self._moments = add_sums(self._moments, moment_partial_sums(self.config, data))
+            self._moments = add_sums(self._moments, self.task.client_step({}, None, data, "moments")[0])
         return self._lean(data)
 
     def _lean(self, data: UserData) -> LeanUsers:
@@ -262,12 +151,12 @@ class Federation:
                 yield data
 
     def moments(self) -> Sums:
-        """``{"M": sum_i s_i M_i, "users": N}`` over every user (:func:`moment_partial_sums`), from one pass."""
+        """``{"M": sum_i s_i M_i, "users": N}`` over every user (:func:`fedlrs.tasks.linear.moment_partial_sums`), from one pass."""
         if self._moments is None:
             if self.source is None:
                 raise ValueError("the moments of an in-memory federation are formed at construction, with init == 'moments'.")
             for data in self._stream(list(range(len(self.bounds)))):
-                self._moments = add_sums(self._moments, moment_partial_sums(self.config, data))
+                self._moments = add_sums(self._moments, self.task.client_step({}, None, data, "moments")[0])
         return self._moments
 
     def parts(self, index: Tensor | None) -> Iterator[tuple[LeanUsers, int]]:
@@ -286,22 +175,23 @@ class Federation:
         return LocalFit(torch.cat([f.w for f in fits]), torch.cat([f.b for f in fits]))
 
     def round_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, bound: float | None = None) -> Sums:
-        """:func:`round_partial_sums` of the users at ``index`` added over the chunks; ``fit`` (theirs, in order) skips the local step."""
-        return self._sums(round_partial_sums, U, index, fit, bound=bound)
+        """:func:`~fedlrs.tasks.linear.round_partial_sums` of the users at ``index`` added over the chunks; ``fit`` (theirs, in order) skips the local step."""
+        return self._sums("round", {"U": U, "bound": bound}, index, fit)
 
     def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, center: float = CLIP_START) -> Sums:
-        """:func:`clip_partial_sums` of the users at ``index`` added over the chunks (the clip phase of the unit-free step)."""
-        return self._sums(clip_partial_sums, U, index, fit, center=center)
+        """:func:`~fedlrs.tasks.linear.clip_partial_sums` of the users at ``index`` added over the chunks (the clip phase of the unit-free step),
+        on the grid around ``center`` (the previous round's bound)."""
+        return self._sums("clip", {"U": U, "bound": center}, index, fit)
 
-    def _sums(self, partial_sums, U: Tensor, index: Tensor | None, fit: LocalFit | None, **options) -> Sums:
-        """``partial_sums(config, U, chunk, fit_of_chunk, **options)`` added over the chunks of the users at ``index``."""
+    def _sums(self, phase: str, shared: dict, index: Tensor | None, fit: LocalFit | None) -> Sums:
+        """The linear task's client step of ``phase`` (:meth:`fedlrs.tasks.linear.LinearTask.client_step`) added over the chunks of the users at ``index``."""
         total, done = None, 0
         for users, _ in self.parts(index):
             part_fit = None
             if fit is not None:
                 part_fit = LocalFit(fit.w[done : done + users.num_users], fit.b[done : done + users.num_users])
                 done += users.num_users
-            total = add_sums(total, partial_sums(self.config, U, users, part_fit, **options))
+            total = add_sums(total, self.task.client_step(shared, part_fit, users, phase)[0])
         return total
 
 

@@ -5,6 +5,8 @@ published ``U`` (:func:`fedlrs.core.solve_local`), form their contribution, the
 server sums the contributions and updates ``U`` ("ls": exact least squares,
 "gd": a gradient step), then re-orthonormalizes. The engine calls the same
 ``fedlrs.core`` functions as the Flower client and server; only the batching differs.
+The rounds are the one loop (:mod:`fedlrs.tasks.loop`) of the linear task
+(:class:`fedlrs.tasks.linear.LinearTask`) over the federation's chunks (:class:`FederationTransport`).
 """
 
 from __future__ import annotations
@@ -17,21 +19,14 @@ from typing import Callable
 
 import torch
 
-from fedlrs.core import LocalFit, random_orthonormal, top_eigenvectors, user_parameters
-from fedlrs.privacy import (
-    BudgetExceededError,
-    DpEvent,
-    Ledger,
-    PrivacyBudget,
-    write_privacy_report,
-)
-from fedlrs.privacy.adaptive import CLIP_START, quantile_bound, relative_grid
+from fedlrs.core import LocalFit, user_parameters
+from fedlrs.privacy import Ledger, PrivacyBudget, write_privacy_report
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import SpentEpsilon
-from fedlrs.tasks.linear import release_clip, release_init, release_round, server_step
+from fedlrs.tasks.linear import LinearTask, clip_center
+from fedlrs.tasks.loop import run_task
 
-from .chunks import USERS, Federation, as_federation, released_parts
+from .chunks import Federation, as_federation  # noqa: F401 - Federation: importable beside run_engine (the tests)
 from .engine_config import DTYPES, EngineConfig  # noqa: F401 - DTYPES: the engine's dtypes, also for the network loop
 from .synthetic import synthetic_evaluator  # noqa: F401 - run_engine's usual evaluate, importable beside it
 
@@ -83,62 +78,26 @@ class EngineResult(SpentEpsilon):
 Evaluator = Callable[[Tensor, LocalFit], dict]
 
 
-def initial_subspace(federation: Federation, generator: torch.Generator, private: PrivateServer | None = None) -> Tensor:
-    """Random orthonormal U, or the top-r eigenvectors of ``M = sum_i sum_j y_ij^2 x_ij x_ij^T`` ("moments").
+class FederationTransport:
+    """The linear task's in-process transport over a federation (:class:`~fedlrs.simulations.chunks.Federation`, in memory or
+    streamed, or :class:`~fedlrs.simulations.ray_engine.RayFederation`): :meth:`collect` adds the task's client step over its
+    chunks or shards. ``fit_all``: every user's fit for the ``U`` it was made for (the evaluation's), which a phase over every
+    user (q = 1) reuses instead of fitting again."""
 
-    Privately: ``M = (sum_i s_i M_i + E) / N`` with ``s_i`` clipping ``||M_i||_F`` to ``clip_moments`` (adaptive
-    clipping: ``s_i = 1 / ||M_i||_F``, bound 1; :func:`fedlrs.simulations.chunks.moment_partial_sums`)
-    and symmetric Gaussian ``E``, released as the ledger's ``"init"`` event.
-    """
-    c = federation.config
-    if c.init == "random":
-        return random_orthonormal(federation.dim, c.rank, generator=generator, dtype=c.torch_dtype, device=c.device)
-    sums = federation.moments()
-    check_contributors(sums, federation.num_users)
-    if private is None:
-        return top_eigenvectors(sums["M"], c.rank)
-    return top_eigenvectors(release_init(private, sums["M"], federation.num_users), c.rank)
+    def __init__(self, federation):
+        self.federation, self.num_users = federation, federation.num_users
+        self.fit_all: LocalFit | None = None
+        self.fit_for: Tensor | None = None
 
-
-def check_contributors(sums: dict[str, Tensor], expected: int) -> None:
-    """Refuse sums that do not count every contributor (a lost partial sum); nothing is released from them."""
-    counted = int(sums[USERS]) if USERS in sums else -1
-    if counted != expected:
-        raise RuntimeError(f"the sums count {counted} contributors, the step has {expected}: a partial sum is missing; nothing was released.")
-
-
-def update_subspace(federation: Federation, U: Tensor, fit: LocalFit | None, index: Tensor | None, normalizer: float, private: PrivateServer | None = None,
-                    event: DpEvent | None = None, bound: float | None = None, round_number: int = 1) -> Tensor:
-    """The server's step from the contributions of the users at ``index`` (all when None) in round ``round_number``.
-
-    ``fit`` is theirs when already made (None: each chunk's local step runs here). The sums
-    (:func:`fedlrs.simulations.chunks.round_partial_sums`, added over chunks or shards) must count
-    every sampled user. Privately each user's contribution is clipped ("ls": ``A_i`` to ``clip_a``
-    and ``c_i`` to ``clip_c``; "gd": ``G_i = e_i w_i^T`` to ``clip_g``; the unit-free step: ``Delta_i`` and ``P_i``
-    at the round's ``bound``, also without privacy) and the sums are released through the ledger.
-    """
-    sums = federation.round_sums(U, index, fit, bound)
-    check_contributors(sums, federation.num_users if index is None else len(index))
-    sums = {name: sums[name] for name in released_parts(federation.config)}  # the other names are counts
-    if private is not None:
-        sums, normalizer = release_round(private, sums, event, normalizer, U.shape[0], bound), 1.0
-    return server_step(federation.config, U, sums, normalizer, round_number)
-
-
-def choose_clip_bound(federation: Federation, U: Tensor, fit_all: LocalFit | None, private: PrivateServer | None, round_number: int, generator: torch.Generator,
-                      center: float = CLIP_START) -> float:
-    """The first phase of a round with the unit-free step: its own Poisson sample sends the bins of its contributions' norms
-    on the grid around ``center`` (the previous round's bound; :func:`fedlrs.privacy.adaptive.relative_grid`)
-    (:func:`fedlrs.simulations.chunks.clip_partial_sums`, added over chunks or shards, counting every sampled user), the
-    server (privately: releases the histogram as a ``"clip"`` event and) sets the round's bound, the ``clip_quantile``
-    of the histogram (:func:`fedlrs.privacy.adaptive.quantile_bound`). ``fit_all``: every user's fit for ``U`` when made."""
-    c = federation.config
-    index = sample_users(federation.num_users, c.sample_rate, generator, c.device)
-    sums = federation.clip_sums(U, index, fit_all if index is None else None, center)
-    check_contributors(sums, federation.num_users if index is None else len(index))
-    histogram, normalizer = {"H": sums["H"]}, c.sample_rate * federation.num_users
-    fractions = histogram["H"] / normalizer if private is None else release_clip(private, histogram, private.event("clip", round_number), normalizer)["H"]
-    return quantile_bound(fractions, relative_grid(center, dtype=c.torch_dtype, device=c.device), c.clip_quantile)
+    def collect(self, phase: str, shared: dict, index: Tensor | None, round_number: int = 0) -> dict[str, Tensor]:
+        """The sums of ``phase`` of the users at ``index`` (all when None), with their count ``"users"``."""
+        if phase == "moments":
+            return self.federation.moments()
+        U = shared["U"]
+        fit = self.fit_all if index is None and self.fit_for is U else None
+        if phase == "clip":
+            return self.federation.clip_sums(U, index, fit, clip_center(shared))
+        return self.federation.round_sums(U, index, fit, shared.get("bound"))
 
 
 def run_engine(
@@ -153,6 +112,11 @@ def run_engine(
 ) -> EngineResult:
     """Run ``config.rounds`` rounds of AMHT-LRS over ``data`` and return U, the users' fits and the history.
 
+    The rounds are the one loop (:func:`fedlrs.tasks.loop.run_task`) of the linear task
+    (:class:`fedlrs.tasks.linear.LinearTask`: the moments init or a random ``U``; per round, with the
+    unit-free step, a clip phase whose released histogram sets the round's bound; the round's sums,
+    released, then the server step) over the federation's chunks (:class:`FederationTransport`).
+
     ``data``: a :class:`UserData` (in memory), a source such as :class:`fedlrs.data.ParquetFederation`
     (streamed from disk each round) or a federation (:class:`fedlrs.simulations.ray_engine.RayFederation`);
     see :func:`fedlrs.simulations.chunks.as_federation`. ``keep_fit=False`` skips the final local fit
@@ -164,57 +128,38 @@ def run_engine(
     which the result carries; a round the budget cannot pay for is not run.
     """
     federation = as_federation(data, config)
+    transport = FederationTransport(federation)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     private = PrivateServer(config, ledger if ledger is not None else Ledger()) if config.private else None
     if private is not None:
         private.expected_count = config.sample_rate * federation.num_users
-    U = initial_subspace(federation, generator, private)
-    if private is not None:
-        private.calibrate()
     history: list[dict] = []
     clip_bounds: list[float] = []
-    stopped = "rounds done"
+    bar = _progress(progress, config.rounds)
 
-    def record(round_number: int, U: Tensor) -> LocalFit | None:
-        """Append the round's entry; returns the full local fit for ``U`` when ``evaluate`` made one."""
+    def record(round_number: int, shared: dict) -> None:
+        """Append the round's entry (``evaluate`` on a full local fit for ``U``, kept for the next phase over every user)."""
+        U = shared["U"]
         entry = {"round": round_number, "seconds": time.perf_counter() - started}
-        fit_all = None
+        transport.fit_all, transport.fit_for = None, U
         if evaluate is not None:
-            fit_all = federation.local_fit(U)
-            entry.update(evaluate(U, fit_all))
+            transport.fit_all = federation.local_fit(U)
+            entry.update(evaluate(U, transport.fit_all))
+        if round_number > 0:
+            if config.unit_free:
+                clip_bounds.append(shared["bound"])
+            bar.advance()
         history.append(entry)
         if on_round is not None:
             on_round(entry)
-        return fit_all
 
-    fit_all = record(0, U)
-    bound_before = CLIP_START  # the center of the next clip phase's grid
-    task = _progress(progress, config.rounds)
-    for round_number in range(1, config.rounds + 1):
-        event = None
-        if private is not None:
-            event = private.event("round", round_number)
-            try:
-                private.budget.check(private.ledger, event)
-            except BudgetExceededError as error:
-                stopped = f"budget: {error}"
-                break
-        bound = None
-        if config.unit_free:
-            bound = choose_clip_bound(federation, U, fit_all, private, round_number, generator, bound_before)
-            bound_before = bound
-            clip_bounds.append(bound)
-        index = sample_users(federation.num_users, config.sample_rate, generator, config.device)
-        # every user takes part (index None) and the evaluation already fitted them all for this U
-        fit = fit_all if index is None else None
-        U = update_subspace(federation, U, fit, index, config.sample_rate * federation.num_users, private, event, bound, round_number)
-        fit_all = record(round_number, U)
-        task.advance()
-    task.close()
-    final_fit = fit_all if fit_all is not None or not keep_fit else federation.local_fit(U)
+    outcome = run_task(LinearTask(config, federation.dim), transport, generator=generator, private=private, device=config.device, record=record)
+    bar.close()
+    U = outcome.shared["U"]
+    final_fit = transport.fit_all if transport.fit_all is not None or not keep_fit else federation.local_fit(U)
     result = EngineResult(U, final_fit, history, asdict(config))
-    result.stopped = stopped
+    result.stopped = outcome.stopped
     result.clip_bounds = clip_bounds
     if private is not None:
         result.ledger = private.ledger

@@ -5,10 +5,10 @@
   ``argmin_t (1/m_i)||y_i - X_i t||^2 + mu ||t - theta||^2`` (a d x d solve on the user's
   own statistics) and send the update ``delta_i = t_i - theta``; privately ``delta_i`` is
   clipped to L2 norm ``clip`` and the sum is released through
-  :class:`fedlrs.privacy.GaussianSumRelease` (ledger first, noise ``z clip``, divided by
+  :class:`fedlrs.privacy.release.PrivateServer` (ledger first, noise ``z clip``, divided by
   the expected count ``q N``). The server steps ``theta <- theta + lr * mean delta``.
-  z is calibrated to (epsilon, delta) for the planned rounds with
-  :func:`fedlrs.privacy.calibrate_noise_multiplier`; nothing is computed inline.
+  z is calibrated to (epsilon, delta) for the planned rounds by the PrivateServer; the task is
+  :class:`fedlrs.tasks.fedavg.GlobalLinearTask`, run by the one loop (:mod:`fedlrs.tasks.loop`).
 - :func:`mixedlm_random_slopes`: ``statsmodels`` MixedLM with a random intercept and
   random slopes per user (the classical model of the HSB data), predicting with the
   fixed effects plus each user's predicted random effects (BLUPs).
@@ -16,24 +16,16 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from fedlrs.core import UserData, sufficient_statistics
-from fedlrs.privacy import (
-    DpEvent,
-    GaussianNoise,
-    GaussianSumRelease,
-    Ledger,
-    PrivacySettings,
-    SpentEpsilon,
-    calibrate_noise_multiplier,
-    clip_scales,
-)
-from fedlrs.privacy.sampling import sample_users
+from fedlrs.core import UserData
+from fedlrs.privacy import Ledger, PrivacySettings, SpentEpsilon
+from fedlrs.privacy.release import PrivateServer
+from fedlrs.tasks.fedavg import GlobalLinearTask
+from fedlrs.tasks.loop import InProcessTransport, run_task
 
 Tensor = torch.Tensor
 
@@ -67,6 +59,11 @@ class FedAvgConfig(PrivacySettings):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} == {getattr(self, name)}, must be > 0.")
 
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive clipping is not in DP-FedAvg: it clips at the fixed ``clip``."""
+        return False
+
 
 @dataclass
 class FedAvgResult(SpentEpsilon):
@@ -77,6 +74,7 @@ class FedAvgResult(SpentEpsilon):
     ledger: Ledger | None = None
     noise_multiplier: float | None = None
     delta: float | None = None
+    stopped: str = "rounds done"
 
     def thetas(self, num_users: int) -> Tensor:
         """The same ``theta`` for every user, (n, d)."""
@@ -86,56 +84,28 @@ class FedAvgResult(SpentEpsilon):
         return self.delta
 
 
-def local_prox_updates(data: UserData, theta: Tensor, *, prox: float, ridge: float = 1e-6) -> Tensor:
-    """``delta_i = argmin_t (1/m_i)||y_i - X_i t||^2 + mu ||t - theta||^2 - theta`` for every user, (n, d).
-
-    Closed form: ``(S_i + mu I) delta_i = s_i - S_i theta`` with ``S_i = X_i^T X_i / m_i``,
-    ``s_i = X_i^T y_i / m_i``.
-    """
-    stats = sufficient_statistics(data)
-    m = stats.count.clamp_min(1).view(-1, 1)
-    S = stats.xtx / m.unsqueeze(-1)
-    s = stats.xty / m
-    eye = torch.eye(data.dim, dtype=S.dtype, device=S.device)
-    rhs = s - S @ theta
-    return torch.linalg.solve(S + (prox + ridge) * eye, rhs)
-
-
 def dp_fedavg_global(data: UserData, config: FedAvgConfig, *, ledger: Ledger | None = None, evaluate=None) -> FedAvgResult:
     """Train one global linear model federatedly, privately when ``config.private`` (module docstring).
 
-    ``evaluate(theta)`` (optional) adds metrics to each round's history entry.
+    The rounds are the one loop (:func:`fedlrs.tasks.loop.run_task`) of
+    :class:`fedlrs.tasks.fedavg.GlobalLinearTask`, every user a slice of one batch; privately through
+    :class:`fedlrs.privacy.release.PrivateServer` (events ``"round-t"``, z calibrated before round 1
+    after the events already in ``ledger``, budget check, ledger record, noise); a round the budget
+    cannot pay for is not run (``result.stopped``). ``evaluate(theta)`` (optional) adds metrics to each round's history entry.
     """
-    n, d = data.num_users, data.dim
-    generator = torch.Generator().manual_seed(config.seed)
-    theta = data.X.new_zeros(d)
-    result = FedAvgResult(theta)
-    release = budget = None
-    if config.private:
-        ledger = ledger if ledger is not None else Ledger()
-        z = config.noise_multiplier or calibrate_noise_multiplier(
-            target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=config.sample_rate, rounds=config.rounds, accountant=config.accountant
-        )
-        noise = GaussianNoise(secure=config.noise_seed < 0, seed=None if config.noise_seed < 0 else config.noise_seed)
-        release = GaussianSumRelease(noise_multiplier=z, bounds={"delta": config.clip}, expected_count=config.sample_rate * n, noise=noise)
-        budget = config.budget
-        result.ledger, result.noise_multiplier, result.delta = ledger, z, config.delta
-    for round_number in range(1, config.rounds + 1):
-        index = sample_users(n, config.sample_rate, generator, "cpu")
-        selected = data if index is None else data.select(index)
-        updates = local_prox_updates(selected, theta, prox=config.prox, ridge=config.ridge)
-        if release is None:
-            mean_update = updates.sum(0) / (config.sample_rate * n)
-        else:
-            scales = clip_scales(updates.norm(dim=1), bound=config.clip)
-            event = DpEvent(release_id=f"fedavg-round-{round_number}", kind="round", noise_multiplier=release.noise_multiplier, sample_rate=config.sample_rate, round=round_number, time=time.time())
-            mean_update = release.release({"delta": (updates * scales.unsqueeze(1)).sum(0)}, ledger=ledger, event=event, budget=budget)["delta"]
-        theta = theta + config.server_lr * mean_update
-        entry = {"round": round_number}
-        if evaluate is not None:
-            entry.update(evaluate(theta))
-        result.history.append(entry)
-    result.theta = theta
+    task = GlobalLinearTask(config, data.dim, dtype=data.X.dtype, device=data.X.device)
+    private = PrivateServer(config, ledger if ledger is not None else Ledger()) if config.private else None
+    history: list[dict] = []
+
+    def record(round_number: int, shared: dict) -> None:
+        if round_number > 0:
+            history.append({"round": round_number, **(evaluate(shared["theta"]) if evaluate is not None else {})})
+
+    outcome = run_task(task, InProcessTransport(task, data, dtype=data.X.dtype, device=data.X.device), generator=torch.Generator().manual_seed(config.seed),
+                       private=private, record=record)
+    result = FedAvgResult(outcome.shared["theta"], history, stopped=outcome.stopped)
+    if private is not None:
+        result.ledger, result.noise_multiplier, result.delta = private.ledger, private.noise_multiplier, config.delta
     return result
 
 

@@ -2,7 +2,7 @@
 
 Each actor holds a :class:`fedlrs.simulations.chunks.Federation` over its shard (its
 row groups of a Parquet federation, streamed; or its slice of users in memory) and answers
-with partial sums (:func:`fedlrs.simulations.chunks.round_partial_sums`, a dict of named
+with partial sums (:func:`fedlrs.tasks.linear.round_partial_sums`, a dict of named
 sums). The driver draws the Poisson sample with the engine's generator, sends each actor
 its sampled users, adds the partial sums in shard order and hands them to
 :func:`fedlrs.simulations.engine.run_engine`'s one privacy path (budget, ledger, noise).
@@ -158,7 +158,7 @@ class RayFederation:
         return shards or {0: index[:0].cpu()}  # nobody sampled: shard 0 answers zero sums, from no user
 
     def moments(self) -> dict[str, Tensor]:
-        """The moments init's sums over every shard (:func:`~fedlrs.simulations.chunks.moment_partial_sums`)."""
+        """The moments init's sums over every shard (:func:`~fedlrs.tasks.linear.moment_partial_sums`)."""
         total = None
         for part in self._gather("moments", {s: () for s in range(len(self.workers))}):
             total = add_sums(total, part)
@@ -169,7 +169,7 @@ class RayFederation:
         return self._shard_sums("round_sums", U, index, bound)
 
     def clip_sums(self, U: Tensor, index: Tensor | None, fit: LocalFit | None = None, center: float = CLIP_START) -> dict[str, Tensor]:
-        """The clip histograms' partial sums (:func:`~fedlrs.simulations.chunks.clip_partial_sums`) of the shards, added in shard order."""
+        """The clip histograms' partial sums (:func:`~fedlrs.tasks.linear.clip_partial_sums`) of the shards, added in shard order."""
         return self._shard_sums("clip_sums", U, index, center)
 
     def _shard_sums(self, method: str, U: Tensor, index: Tensor | None, *args) -> dict[str, Tensor]:

@@ -1,6 +1,9 @@
-"""The tasks fedlrs federates, each written once for every loop (DESIGN.md section 4).
+"""The tasks fedlrs federates, each written once for every loop and transport (DESIGN.md section 4; docs/architecture.md).
 
-:mod:`.linear`: AMHT-LRS's server side (its releases, from the contribution spec, and its
-server step), shared by the in-process engine and the Flower billboard. The network methods'
-counterparts are :func:`fedlrs.nn.federated.release_parts` and ``FederatedMethod.apply``.
+:mod:`.base`: the contract (:class:`~fedlrs.tasks.base.Task`: settings, phases and their parts,
+initial shared state, client step, server step, release). :mod:`.loop`: the one round loop
+(:func:`~fedlrs.tasks.loop.run_task`: sample, budget, collect, release, server step, record) and the
+in-process batched transport. Tasks: :mod:`.linear` (AMHT-LRS: the engine, and the Flower billboard's
+releases and server step), :mod:`.network` (any network method), :mod:`.fedavg` (DP-FedAvg of one
+linear model). :mod:`.registry`: name -> task, read by entry points only.
 """

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fedlrs.core import LeanUsers, sufficient_statistics
-from fedlrs.simulations.chunks import Federation, add_sums, chunk_bounds, released_parts, split_index
+from fedlrs.simulations.chunks import Federation, add_sums, chunk_bounds, split_index
+from fedlrs.tasks.linear import released_parts
 from fedlrs.simulations.engine import EngineConfig, run_engine
 from fedlrs.simulations.synthetic import make_lrs_data
 

@@ -130,7 +130,7 @@ def test_private_run_stops_when_the_budget_is_spent():
 
 def test_private_server_step_uses_only_clipped_contributions(monkeypatch):
     """Every user's gd contribution entering the sum has norm <= clip_g: the weights are the clipping factors."""
-    import fedlrs.simulations.chunks as engine
+    import fedlrs.tasks.linear as engine
 
     seen = {}
     original = engine.gd_gradient_sum
