@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fedlrs.nn.baselines import FedRep
-from fedlrs.nn.federated import NetworkConfig, run_federated
+from fedlrs.nn.federated import NetworkConfig
 from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import UserExamples
 from fedlrs.privacy import Ledger
@@ -19,7 +19,7 @@ from fedlrs.tasks.base import ROUND, Task, TaskBase
 from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.linear import LinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
-from fedlrs.tasks.network import NetworkTask, run_network_task
+from fedlrs.tasks.network import NetworkTask
 from fedlrs.tasks.registry import task_class
 
 
@@ -139,30 +139,6 @@ def test_engine_on_the_loop_equals_its_steps_run_by_hand():
     assert torch.equal(outcome.shared["U"], expected.U)
     assert [e.release_id for e in private.ledger.events] == [e.release_id for e in expected.ledger.events]
     assert [e.release_id for e in private.ledger.events][:3] == ["init", "round-1-clip", "round-1"]
-
-
-@pytest.mark.parametrize("private, clip_quantile", [(False, 0.5), (True, 0.0), (True, 0.5)])
-def test_network_task_on_the_loop_equals_run_federated(private, clip_quantile):
-    """Also with adaptive clipping (private, clip_quantile > 0: the histogram in the round's release, the bound following it)."""
-    torch.manual_seed(0)
-    data = UserExamples(torch.randn(12, 5, 3, dtype=torch.float64), torch.randint(0, 2, (12, 5)), torch.ones(12, 5, dtype=torch.bool))
-    knobs = dict(private=True, target_epsilon=4.0, delta=1e-3, noise_seed=2, clip=0.5, clip_quantile=clip_quantile) if private else {}
-    config = NetworkConfig(rounds=3, sample_rate=0.6, dtype="float64", evaluate_every=2, seed=4, **knobs)
-
-    def method():
-        torch.manual_seed(1)
-        return LRSNetwork(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), rank=2, sparsity=1, loss="cross_entropy")
-
-    evaluate = lambda shared, personal: {"w": float(personal["w"].abs().sum())}  # noqa: E731
-    expected = run_federated(method(), data, config, evaluate=evaluate)
-    got = run_network_task(method(), data, config, evaluate=evaluate)
-    assert got.shared.keys() == expected.shared.keys() and all(torch.equal(got.shared[k], expected.shared[k]) for k in got.shared)
-    assert all(torch.equal(got.personal[k], expected.personal[k]) for k in got.personal)
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in got.history] == [{k: v for k, v in h.items() if k != "seconds"} for h in expected.history]
-    assert (got.stopped, got.rounds_completed, got.noise_multiplier) == (expected.stopped, expected.rounds_completed, expected.noise_multiplier)
-    assert got.clip_bounds == expected.clip_bounds and (len(set(got.clip_bounds)) > 1) == (private and clip_quantile > 0)
-    if private:
-        assert [e.release_id for e in got.ledger.events] == [e.release_id for e in expected.ledger.events] == ["round-1", "round-2", "round-3"]
 
 
 def test_dp_fedavg_releases_through_the_private_server_and_stops_on_the_budget():

@@ -1,6 +1,6 @@
 """A network task on the device: the ClientApp's ``train.nn`` and ``query.nn_personalize`` (one user per node).
 
-The rules of :func:`fedlrs.nn.federated.run_federated` for one user: round t,
+The rules of :func:`fedlrs.tasks.network.run_federated` for one user: round t,
 :func:`train_nn` runs ``local_update`` of its own ``w_i, b_i`` (kept in ``context.state``,
 never sent) for the received shared state, then ``contribution``, flattened and clipped to
 ``nn-clip``, and replies with that vector alone (ArrayRecord ``contribution``, array

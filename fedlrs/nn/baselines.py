@@ -1,7 +1,7 @@
 """Baselines for LRS-NN with the same network: FedAvg, FedAvg with local fine-tuning, FedRep, local only.
 
 Each is a :class:`~fedlrs.nn.method.FederatedMethod`, so it runs through
-:func:`fedlrs.nn.federated.run_federated` unchanged: the loop samples, clips, noises,
+:func:`fedlrs.tasks.network.run_federated` unchanged: the loop samples, clips, noises,
 accounts and divides by ``q N``; the methods only say what a user computes and what
 the server does with the released mean. All users of a call are trained at once:
 per-user parameters carry a leading user dimension and go through

@@ -1,7 +1,7 @@
 """``fedlrs experiment nn-digits`` and ``nn-movielens``: LRS-NN against FedAvg, FedAvg+FT, FedRep and local only.
 
 Every method uses the task's network (:mod:`fedlrs.nn.tasks`) and runs through the same
-private loop, :func:`fedlrs.nn.federated.run_federated` (Poisson sampling, user-level
+private loop, :func:`fedlrs.tasks.network.run_federated` (Poisson sampling, user-level
 clipping of the whole flattened contribution, Gaussian noise, the ledger, division by
 ``q N``), at each epsilon of the config and without privacy (``inf``), over several seeds.
 The table reports, as mean ± standard deviation over seeds:
@@ -43,9 +43,10 @@ from fedlrs.privacy.ledger import run_folder
 from fedlrs.simulations.experiment_config import seeds_and_folder
 from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsilon_sweep
 from fedlrs.simulations.tables import aggregate, json_safe, markdown_table, plot_privacy, plot_rounds
+from fedlrs.tasks.network import run_federated
 
 from .baselines import FedAvgFT, local_only
-from .federated import FederatedResult, NetworkConfig, contribution_shapes, run_federated
+from .federated import FederatedResult, NetworkConfig, contribution_shapes
 from .experiment_setup import NAMES  # noqa: F401 - the CLI lists the network experiments from here
 from .experiment_setup import LABELS, error, load_nn_experiment, loop_config, make_method, state_size, user_metric
 from .method import FederatedMethod, State, UserExamples

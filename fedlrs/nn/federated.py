@@ -1,9 +1,10 @@
-"""The in-process federated loop for network methods, with user-level differential privacy.
+"""The federated rules of network methods, with user-level differential privacy (the loop is :func:`fedlrs.tasks.network.run_federated`).
 
 Every user of the federation is one slice of a :class:`~fedlrs.nn.method.UserExamples`
 batch; a :class:`~fedlrs.nn.method.FederatedMethod` (LRS-NN, FedAvg, FedRep, ...)
-supplies the maths, this loop supplies the federation and the privacy rules of
-DESIGN.md section 3, written once for every method. Round t:
+supplies the maths, this module the settings and the privacy rules of DESIGN.md section 3,
+written once for every method, and :class:`fedlrs.tasks.network.NetworkTask` runs them on the
+one round loop (:func:`fedlrs.tasks.loop.run_task`). Round t:
 
     S_t     ~ Poisson(q)  over the N users                     (engine's sampler and seed convention)
     P[S_t]  <- method.local_update(shared, P[S_t], data[S_t])
@@ -30,7 +31,6 @@ before the release, report for ``fedlrs privacy audit``); the Flower ServerApp o
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,95 +266,3 @@ def prepare_examples(data: UserExamples, config: NetworkConfig) -> UserExamples:
         return t.to(device=config.device, dtype=config.torch_dtype if t.is_floating_point() else t.dtype)
 
     return UserExamples(cast(data.X), cast(data.y), data.mask.to(config.device))
-
-
-def _select(personal: State, index: Tensor | None) -> State:
-    return dict(personal) if index is None else {k: v[index] for k, v in personal.items()}
-
-
-def _put(personal: State, index: Tensor | None, update: State) -> State:
-    if index is None:
-        return dict(update)
-    out = {k: v.clone() for k, v in personal.items()}
-    for k, v in update.items():
-        out[k][index] = v
-    return out
-
-
-def run_federated(
-    method: FederatedMethod,
-    train: UserExamples,
-    config: NetworkConfig,
-    *,
-    ledger: Ledger | None = None,
-    evaluate: Evaluator | None = None,
-    on_round: Callable[[dict], None] | None = None,
-) -> FederatedResult:
-    """Run ``config.rounds`` rounds of ``method`` over the users of ``train`` (see the module docstring).
-
-    ``evaluate(shared, personal)`` returns metrics of the current shared state and
-    the users' current personal states (call ``method.personalize`` inside it when
-    the metric needs it); it runs at round 0 and per ``config.evaluate_every``.
-    ``on_round(entry)`` sees each history entry. With ``config.private`` every
-    round is recorded in ``ledger`` (in memory when None) before its release; a
-    round the budget cannot pay for is not run (``result.stopped`` says so). At the
-    end every user's personal state is ``method.personalize(shared, personal, train)``.
-    """
-    if train.num_users == 0:
-        raise ValueError("train has no users; the federation needs at least one.")
-    train = prepare_examples(train, config)
-    num_users = train.num_users
-    generator = torch.Generator().manual_seed(config.seed)
-    local_generator = torch.Generator().manual_seed(config.seed + 1)
-    started = time.perf_counter()
-    shared = initial_state(method, config, generator)
-    shapes = contribution_shapes(method, shared)
-    personal = method.init_personal(shared, num_users)
-    private = private_server(config, ledger)
-    expected_count = config.sample_rate * num_users
-    history: list[dict] = []
-    bound, bounds = config.clip, []
-
-    def record(round_number: int) -> None:
-        entry = {"round": round_number, "seconds": time.perf_counter() - started}
-        if evaluate is not None:
-            entry.update(evaluate(shared, personal))
-        history.append(entry)
-        if on_round is not None:
-            on_round(entry)
-
-    record(0)
-    stopped, completed = "rounds done", 0
-    for round_number in range(1, config.rounds + 1):
-        try:
-            event = round_event(private, round_number)
-        except BudgetExceededError as error:
-            stopped = f"budget: {error}"
-            break
-        index = sample_users(num_users, config.sample_rate, generator, config.device)
-        if index is None or len(index):
-            data = train if index is None else train.select(index)
-            updated = method.local_update(shared, _select(personal, index), data, local_generator)
-            contribution = method.contribution(shared, updated, data, local_generator)
-            personal = _put(personal, index, updated)
-            sums = clipped_parts(flat_contributions(contribution, shapes), config, bound)
-        else:  # nobody sampled: the (noised) zero sums are released all the same
-            empty = torch.zeros(0, flat_size(shapes), device=config.device, dtype=config.torch_dtype)
-            sums = clipped_parts(empty, config, bound)
-        released = release_parts(sums, config, expected_count, private, event, bound)
-        shared = method.apply(shared, unflatten(released[PART], shapes))
-        bounds.append(bound)
-        bound = next_bound(released, config, bound, noise_multiplier=None if private is None else private.noise_multiplier, expected_count=expected_count)
-        completed = round_number
-        every = config.evaluate_every
-        if round_number == config.rounds or (every and round_number % every == 0):
-            record(round_number)
-    if history[-1]["round"] != completed:
-        record(completed)
-    personal = method.personalize(shared, personal, train, local_generator)
-    return FederatedResult(
-        shared, personal, history, config.to_dict(), stopped, completed,
-        ledger=None if private is None else private.ledger,
-        noise_multiplier=None if private is None else private.noise_multiplier,
-        clip_bounds=bounds if config.private else [], _private=private,
-    )

@@ -18,12 +18,17 @@ from fedlrs.recsys.flower_task import RECSYS, recsys_task
 from fedlrs.server.billboard import Billboard
 from fedlrs.server.network import NetworkBillboard
 from fedlrs.server.recsys import run_recsys
+from fedlrs.tasks.linear import LinearTask
+from fedlrs.tasks.network import NetworkTask
+from fedlrs.tasks.registry import task_class
+
+
+#: the server side of each task class of the registry (:func:`fedlrs.tasks.registry.task_class`)
+BILLBOARDS = {LinearTask: Billboard, NetworkTask: NetworkBillboard}
 
 
 def run_task(grid: Grid, config: FederationConfig):
-    """Run the run config's task on ``grid`` and return its result."""
-    if config.task == "linear":
-        return Billboard(config).run(grid)
+    """Run the run config's task on ``grid`` and return its result: the billboard of its task class, or the recommender."""
     if config.task == RECSYS:  # matrix completion: every device one user's ratings; report-dir gets P and the privacy report
         task = recsys_task(config)
         ledger = Ledger(Path(config.report_dir) / "ledger.jsonl") if config.report_dir and config.private else None  # every event on disk first
@@ -31,7 +36,7 @@ def run_task(grid: Grid, config: FederationConfig):
         if config.report_dir:
             result.write(config.report_dir, task)
         return result
-    return NetworkBillboard(config).run(grid)  # a network task: the same billboard rules for a network method's shared state
+    return BILLBOARDS[task_class(config.task)](config).run(grid)
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

@@ -1,6 +1,6 @@
 """A network task on the server: the billboard's rules for a network method's shared state (``task = "nn-*"``).
 
-Round t, as in the in-process loop :func:`fedlrs.nn.federated.run_federated` (same seed, same
+Round t, as in the in-process loop :func:`fedlrs.tasks.network.run_federated` (same seed, same
 sampler, same release): :class:`NetworkBillboard` checks the budget and names the event
 ``"round-t"``, Poisson-samples the connected nodes (:func:`fedlrs.privacy.sampling.sample_nodes`),
 sends each the shared state (message ``train.nn``: ArrayRecord ``shared`` and ``round-config``);

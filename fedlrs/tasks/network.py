@@ -1,13 +1,13 @@
 """Any network method (:class:`~fedlrs.nn.method.FederatedMethod`: LRS-NN, FedAvg, FedAvg+FT, FedRep) as a task.
 
-:class:`NetworkTask` is :func:`fedlrs.nn.federated.run_federated`'s round written against the task
+:class:`NetworkTask` is :func:`fedlrs.tasks.network.run_federated`'s round written against the task
 contract. Shared state ``{"state": the method's shared state, "bound": C_t}``; personal states the
 method's (kept by the transport); one phase ``"round"`` whose parts are ``"contribution"`` (D,), the
 user's whole flattened contribution clipped to ``C_t`` (private), and with adaptive clipping the
 one-hot bin ``"H"`` of its norm on the grid around ``C_t``, released in the same event
 (:func:`fedlrs.nn.federated.release_parts`); the server step ``method.apply(state, unflatten(s / (q N)))``
 and ``C_{t+1}`` from the released histogram (:func:`fedlrs.nn.federated.next_bound`).
-:func:`run_network_task` runs it on the one loop (:func:`fedlrs.tasks.loop.run_task`) over the
+:func:`run_federated` runs it on the one loop (:func:`fedlrs.tasks.loop.run_task`) over the
 in-process batched transport with ``run_federated``'s evaluation schedule and final
 personalisation, and gives the same result for the same seed (tests/test_tasks_loop.py).
 """
@@ -91,9 +91,19 @@ class NetworkTask(TaskBase):
         return {"state": state, "bound": bound}
 
 
-def run_network_task(method: FederatedMethod, train: UserExamples, config: NetworkConfig, *, ledger: Ledger | None = None,
-                     evaluate: Callable[[State, State], dict] | None = None, on_round: Callable[[dict], None] | None = None) -> FederatedResult:
-    """``run_federated(method, train, config, ...)`` on the one loop: same arguments, same result (:func:`fedlrs.nn.federated.run_federated`)."""
+def run_federated(method: FederatedMethod, train: UserExamples, config: NetworkConfig, *, ledger: Ledger | None = None,
+                  evaluate: Callable[[State, State], dict] | None = None, on_round: Callable[[dict], None] | None = None) -> FederatedResult:
+    """Run ``config.rounds`` rounds of ``method`` over the users of ``train`` (the rules of :mod:`fedlrs.nn.federated`).
+
+    ``evaluate(shared, personal)`` returns metrics of the current shared state and
+    the users' current personal states (call ``method.personalize`` inside it when
+    the metric needs it); it runs at round 0 and per ``config.evaluate_every``.
+    ``on_round(entry)`` sees each history entry. With ``config.private`` every
+    round is recorded in ``ledger`` (in memory when None) before its release; a
+    round the budget cannot pay for is not run (``result.stopped`` says so). At the
+    end every user's personal state is ``method.personalize(shared, personal, train)``.
+    The round is :class:`NetworkTask`'s on the one loop (:func:`fedlrs.tasks.loop.run_task`).
+    """
     if train.num_users == 0:
         raise ValueError("train has no users; the federation needs at least one.")
     train = prepare_examples(train, config)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedlrs.nn.federated import NetworkConfig, clipped_parts, contribution_shapes, flat_contributions, run_federated
+from fedlrs.nn.federated import NetworkConfig, clipped_parts, contribution_shapes, flat_contributions
+from fedlrs.tasks.network import run_federated
 from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.privacy import Ledger, audit_report, calibrate_noise_multiplier

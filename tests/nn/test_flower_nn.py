@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 
 from fedlrs.client.app import make_client_app
 from fedlrs.federation_config import ConfigError, parse_run_config
-from fedlrs.nn.federated import run_federated
+from fedlrs.tasks.network import run_federated
 from fedlrs.client.network import PERSONAL_STATE
 from fedlrs.nn.run_config import network_config, network_method, node_task
 from fedlrs.privacy import Ledger, audit_report

@@ -10,7 +10,8 @@ from torch.func import functional_call, grad
 from fedlrs.core.metrics import principal_angle_distance
 from fedlrs.core.subspace import random_orthonormal
 from fedlrs.core.thresholding import hard_threshold
-from fedlrs.nn.federated import NetworkConfig, run_federated
+from fedlrs.nn.federated import NetworkConfig
+from fedlrs.tasks.network import run_federated
 from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod, UserExamples
 from fedlrs.nn.network import flatten, unflatten
