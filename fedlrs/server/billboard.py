@@ -117,6 +117,10 @@ class Billboard:
         return exchange(grid, nodes, message_type, lambda: self._content(U, round_number), round_number,
                         timeout=self.config.round_timeout, max_in_flight=self.config.max_in_flight)
 
+    def published(self, shared: dict) -> torch.Tensor:
+        """What the devices get of the loop's shared state: ``U`` (the bound travels in the round config)."""
+        return shared["U"]
+
     def _published_arrays(self, U: torch.Tensor | None) -> list[np.ndarray]:
         """What a SecAgg+ request carries for the devices: ``[U]`` (nothing for the moments init)."""
         return [] if U is None else [U.detach().cpu().numpy()]

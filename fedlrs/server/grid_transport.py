@@ -39,7 +39,7 @@ class GridTransport:
             board.sampled[round_number] = sampled
         # sent with the request: the round's bound (checked in its replies), or the clip phase's grid center (the previous bound)
         board.clip_bound = shared.get("bound") if phase == ROUND else clip_center(shared) if phase == "clip" else None
-        return {**board._collect(self.grid, sampled, phase, shared["U"], round_number), USERS: count(len(sampled))}
+        return {**board._collect(self.grid, sampled, phase, board.published(shared), round_number), USERS: count(len(sampled))}
 
     def release(self, private, phase: str, shared: dict, sums: Sums, event, expected_count: float) -> Sums | None:
         """SecAgg+'s release of the init and the rounds; None (the task's release) otherwise and for the clip histogram."""

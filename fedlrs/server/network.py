@@ -1,8 +1,9 @@
 """A network task on the server: the billboard's rules for a network method's shared state (``task = "nn-*"``).
 
-Round t, as in the in-process loop :func:`fedlrs.tasks.network.run_federated` (same seed, same
-sampler, same release): :class:`NetworkBillboard` checks the budget and names the event
-``"round-t"``, Poisson-samples the connected nodes (:func:`fedlrs.privacy.sampling.sample_nodes`),
+Round t is :class:`fedlrs.tasks.network.NetworkTask`'s on the one loop (:func:`fedlrs.tasks.loop.run_task`)
+over the Grid (:class:`fedlrs.server.grid_transport.GridTransport`), as the in-process
+:func:`fedlrs.tasks.network.run_federated` runs it over a batch (same seed, same sampler, same release):
+the loop checks the budget and names the event ``"round-t"``, Poisson-samples the connected nodes,
 sends each the shared state (message ``train.nn``: ArrayRecord ``shared`` and ``round-config``);
 the device (:mod:`fedlrs.client.network`) answers with its clipped flattened contribution; the
 server refuses any reply that is not exactly such a vector (keys, shape, dtype, finite,
@@ -39,16 +40,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedlrs.federation_config import FederationConfig
-from fedlrs.nn.federated import HISTOGRAM, PART, contribution_shapes, initial_state, next_bound, private_server, release_parts, round_event, round_parts
+from fedlrs.nn.federated import HISTOGRAM, contribution_shapes, private_server, round_parts
 from fedlrs.nn.method import FederatedMethod, State
-from fedlrs.nn.network import flat_size, unflatten
+from fedlrs.nn.network import flat_size
 from fedlrs.nn.run_config import LINEAR, check_network_knobs, contribution_dimension, network_config, network_setup
-from fedlrs.privacy import BudgetExceededError
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.sampling import sample_nodes
 from fedlrs.protocol.messages import CLIP_BOUND, PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
 from fedlrs.protocol.validation import require_one_hot
 from fedlrs.server.billboard import Billboard, BillboardResult
+from fedlrs.server.grid_transport import GridTransport
+from fedlrs.tasks.loop import run_task
+from fedlrs.tasks.network import NetworkTask
 
 
 def _log(level: int, message: str, *args) -> None:
@@ -97,12 +99,6 @@ class NetworkBillboard(Billboard):
         """Under secure aggregation the shared state goes out as the SecAgg+ request's arrays, in its order."""
         return [] if shared is None else [v.detach().cpu().numpy() for v in shared.values()]
 
-    def _released(self, sums: dict[str, torch.Tensor], expected_count: float, event) -> dict[str, torch.Tensor]:
-        """The released means of the round: through SecAgg+'s release (its ledger note names the mode) or :func:`release_parts`."""
-        if self.secure is not None and self.private is not None:
-            return self.secure.release(self.private, sums, event, max(expected_count, 1e-12))
-        return release_parts(sums, self.network, expected_count, self.private, event, self.clip_bound)
-
     def _content(self, shared: State | None, round_number: int) -> RecordDict:
         settings = {"round": round_number}
         if self.network.adaptive:
@@ -112,8 +108,14 @@ class NetworkBillboard(Billboard):
             content[SHARED] = ArrayRecord({k: Array(a) for k, a in state_arrays(shared).items()})
         return content
 
+    def published(self, shared: State) -> State:
+        """What the devices get of the loop's shared state: the method's state (the bound travels in the round config)."""
+        return shared["state"]
+
     def run(self, grid: Grid) -> NetworkBillboardResult:
-        """``num-server-rounds`` rounds of the network method over the connected nodes (see the module docstring)."""
+        """``num-server-rounds`` rounds of the network method over the connected nodes on the one loop
+        (:func:`fedlrs.tasks.loop.run_task`: :class:`~fedlrs.tasks.network.NetworkTask` over the Grid,
+        :class:`~fedlrs.server.grid_transport.GridTransport`; see the module docstring)."""
         c, net = self.config, self.network
         generator = torch.Generator().manual_seed(c.seed)
         ledger = self._open_ledger()
@@ -121,49 +123,45 @@ class NetworkBillboard(Billboard):
         _log(INFO, "%d nodes connected (task %s)", len(nodes), c.task)
         checkpoint = self._resume(ledger, generator)
         if checkpoint is not None:
-            shared = {k: v.to(device=net.device, dtype=net.torch_dtype) for k, v in checkpoint.shared.items()}
-            start = checkpoint.round
+            state = {k: v.to(device=net.device, dtype=net.torch_dtype) for k, v in checkpoint.shared.items()}
             self.private = None if ledger is None else PrivateServer(net, ledger, retry_ids=True)
             self._restore_noise_multiplier(checkpoint)
-            self.clip_bound = net.clip if checkpoint.clip_bound is None else checkpoint.clip_bound
+            resume = (checkpoint.round, {"state": state, "bound": net.clip if checkpoint.clip_bound is None else checkpoint.clip_bound})
         else:
             if not nodes:
                 raise RuntimeError(f"no node connected within wait-for-nodes == {c.wait_for_nodes} s.")
-            shared, start = initial_state(self.method, net, generator), 0
-            self.private = private_server(net, ledger, retry_ids=True)
-            self.clip_bound = net.clip
-            self._checkpoint(0, shared, generator)
-        shapes = contribution_shapes(self.method, shared)
-        self.dimension = flat_size(shapes)
+            self.private, resume = private_server(net, ledger, retry_ids=True), None
+        task = NetworkTask(self.method, net, expected_count=c.sample_rate * len(nodes),
+                           noise_multiplier=None if self.private is None else self.private.noise_multiplier)
+        shared = resume[1] if resume is not None else task.init_shared(generator)
+        task.shapes = contribution_shapes(self.method, shared["state"])
+        self.dimension = flat_size(task.shapes)
         if self.secure is not None and self.dimension != contribution_dimension(c):
             raise ValueError(f"the method's contribution has {self.dimension} numbers, the devices' wire format "
                              f"{contribution_dimension(c)}: secure aggregation needs the run config's own method.")
-        stopped, completed, bounds = "rounds done", start, {}
-        for round_number in range(start + 1, net.rounds + 1):
-            try:
-                event = round_event(self.private, round_number)
-                nodes = sorted(int(n) for n in grid.get_node_ids())
-                sampled = sample_nodes(nodes, c.sample_rate, generator)
-                self.sampled[round_number] = sampled
-                sums = self._collect(grid, sampled, "round", shared, round_number)
-                released = self._released(sums, c.sample_rate * len(nodes), event)
-            except BudgetExceededError as error:
-                stopped = f"budget: {error}"
-                _log(WARNING, "round %d not released: %s", round_number, error)
-                break
-            shared = self.method.apply(shared, unflatten(released[PART], shapes))
-            if net.private:
-                bounds[round_number] = self.clip_bound
-            self.clip_bound = next_bound(released, net, self.clip_bound, noise_multiplier=None if self.private is None else self.private.noise_multiplier,
-                                          expected_count=c.sample_rate * len(nodes))
-            self._checkpoint(round_number, shared, generator)
-            completed = round_number
-            _log(INFO, "round %d: %d sampled, %d counted, shared state published", round_number, len(sampled),
-                 self.counted.get(round_number, 0))
+        bounds: dict[int, float] = {}
+
+        def record(round_number: int, shared: State) -> None:
+            if round_number > 0 and net.private:
+                bounds[round_number] = self.clip_bound  # the bound this round clipped to (sent with its request)
+            self.clip_bound = shared["bound"]  # checkpointed: the next round's
+            self._checkpoint(round_number, shared["state"], generator)
+            if round_number > 0:
+                _log(INFO, "round %d: %d sampled, %d counted, shared state published", round_number, len(self.sampled[round_number]),
+                     self.counted.get(round_number, 0))
+
+        self.clip_bound = shared["bound"]
+        if resume is None:
+            record(0, shared)  # the initial state's checkpoint
+        outcome = run_task(task, GridTransport(self, grid, nodes), generator=generator, private=self.private, rounds=net.rounds,
+                           device=net.device, record=record, resume=(0, shared) if resume is None else resume)
+        shared, completed = outcome.shared["state"], outcome.completed
+        if outcome.stopped != "rounds done":
+            _log(WARNING, "round %d not released: %s", completed + 1, outcome.stopped)
         if c.personalize_at_end:
             self._exchange(grid, sorted(int(n) for n in grid.get_node_ids()), PERSONALIZE_NN, shared, completed)
         z = None if self.private is None else self.private.noise_multiplier
-        result = NetworkBillboardResult(shared.get("U"), completed, stopped, z, ledger, self.refusals, self.dropped,
+        result = NetworkBillboardResult(shared.get("U"), completed, outcome.stopped, z, ledger, self.refusals, self.dropped,
                                         self.sampled, shared=shared, clip_bounds=bounds)
         self.write_report(result)
         return result
