@@ -1,7 +1,9 @@
 """What a device computes and sends: its clipped contribution, and nothing else (DESIGN.md 2-3).
 
-No Flower here: tensors in, tensors out. The parts and their bounds are the protocol's spec
-(:func:`fedlrs.protocol.parts.expected_parts`), which the server validates replies against.
+No Flower here: tensors in, tensors out. What a device computes is the linear task's client step
+(:mod:`fedlrs.tasks.linear`, the engine's, one implementation) for a batch of one user. The parts
+and their bounds are the protocol's spec (:func:`fedlrs.protocol.parts.expected_parts`), which the
+server validates replies against.
 
 Phases:
 
@@ -24,22 +26,12 @@ import math
 
 import torch
 
-from fedlrs.core import (
-    LocalFit,
-    UserData,
-    UserStats,
-    gd_gradient_sum,
-    gd_residual_vectors,
-    ls_part_vectors,
-    ls_system,
-    moment_sum,
-    solve_local,
-)
-from fedlrs.core import unit_free_gradients
+from fedlrs.core import LeanUsers, LocalFit, UserData, UserStats
 from fedlrs.federation_config import FederationConfig
-from fedlrs.privacy.adaptive import clip_histogram, clipped_round_parts, relative_grid
-from fedlrs.privacy.clipping import clip_scales, ls_private_scales
+from fedlrs.privacy.clipping import clip_scales
 from fedlrs.protocol.parts import expected_parts
+from fedlrs.tasks import linear
+from fedlrs.tasks.base import USERS
 
 Tensor = torch.Tensor
 
@@ -57,47 +49,43 @@ def clip_parts(parts: dict[str, Tensor], bounds: dict[str, float]) -> dict[str, 
     return clipped
 
 
+def _users(stats: UserStats) -> LeanUsers:
+    return LeanUsers(None, stats)
+
+
+def _one(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A batch of one user's sums without the count: that user's contribution."""
+    return {name: value for name, value in sums.items() if name != USERS}
+
+
 def local_fit(U: Tensor, stats: UserStats, config: FederationConfig) -> LocalFit:
-    """``w_i, b_i`` for the published ``U`` (:func:`fedlrs.core.solve_local`, the engine's local step)."""
-    return solve_local(U, stats, sparsity=config.sparsity, ridge_w=config.ridge_w, ridge_b=config.ridge_b,
-                       refine_steps=config.refine_steps, starts=config.starts)
+    """``w_i, b_i`` for the published ``U``: the linear task's batched local step (:func:`fedlrs.tasks.linear.local_fit`) for one user."""
+    return linear.local_fit(config.engine_config(), U, _users(stats))
 
 
 def round_contribution(U: Tensor, stats: UserStats, config: FederationConfig, bound: float | None = None) -> tuple[dict[str, Tensor], LocalFit]:
-    """The clipped contribution of one user to the U update, and the user's new ``w_i, b_i`` (kept locally)."""
-    fit = local_fit(U, stats, config)
-    if config.engine_config().unit_free:
-        if bound is None or not bound > 0:
-            raise ValueError(f"clip bound == {bound!r}: the unit-free step needs the round's bound (> 0) from the server.")
-        delta, curvature = unit_free_gradients(stats, U, fit.w, fit.b)
-        return clipped_round_parts(delta, curvature, bound=bound)[0], fit
-    if config.mode == "ls":
-        engine = config.engine_config()
-        weights = {} if not engine.private else ls_private_scales(fit.w, stats.xtx, ls_part_vectors(stats, fit.b), unit_free=engine.unit_free_ls,
-                                                                 bound_A=engine.clip_a, bound_c=engine.clip_c)
-        A, c = ls_system(stats, fit.w, fit.b, **weights)
-        parts = {"A": A, "c": c}
-    else:
-        parts = {"G": gd_gradient_sum(gd_residual_vectors(stats, U, fit.w, fit.b), fit.w)}
-    bounds = {name: bound for name, (_, bound) in expected_parts(config, "round").items()}
+    """The clipped contribution of one user to the U update (:func:`fedlrs.tasks.linear.contribution_sums` for a batch of one),
+    and the user's new ``w_i, b_i`` (kept locally); clipped again to the spec's bounds (a no-op but for rounding)."""
+    engine = config.engine_config()
+    if engine.unit_free and (bound is None or not bound > 0):
+        raise ValueError(f"clip bound == {bound!r}: the unit-free step needs the round's bound (> 0) from the server.")
+    users = _users(stats)
+    fit = linear.local_fit(engine, U, users)
+    parts = _one(linear.contribution_sums(engine, U, users, fit, bound))
+    bounds = {name: part_bound for name, (_, part_bound) in expected_parts(config, "round", bound).items()}
     return clip_parts(parts, bounds), fit
 
 
 def moments_contribution(data: UserData, config: FederationConfig) -> dict[str, Tensor]:
-    """The clipped ``M_i`` of one user for the method-of-moments init (with adaptive clipping ``M_i / ||M_i||_F``)."""
-    M = moment_sum(data)
-    if config.engine_config().unit_free_init:
-        norm = torch.linalg.vector_norm(M)
-        return {"M": M / norm if norm > 0 else M}
+    """The clipped ``M_i`` of one user for the method-of-moments init (:func:`fedlrs.tasks.linear.moment_partial_sums`:
+    ``M_i / ||M_i||_F`` with unit-free parts), clipped again to the spec's bound."""
     bounds = {name: bound for name, (_, bound) in expected_parts(config, "moments").items()}
-    return clip_parts({"M": M}, bounds)
+    return clip_parts(_one(linear.moment_partial_sums(config.engine_config(), data)), bounds)
 
 
 def clip_contribution(U: Tensor, stats: UserStats, config: FederationConfig, center: float | None) -> dict[str, Tensor]:
     """The one-hot bin of the norm of the user's unit-free contribution for ``U`` on the grid around ``center``, the server's
-    previous bound (:func:`fedlrs.privacy.adaptive.relative_grid`, :func:`fedlrs.privacy.adaptive.clip_histogram`)."""
+    previous bound (:func:`fedlrs.tasks.linear.clip_partial_sums` for a batch of one)."""
     if center is None or not 0 < center < math.inf:
         raise ValueError(f"clip bound == {center!r}: the clip phase needs the center of its grid (> 0) from the server.")
-    fit = local_fit(U, stats, config)
-    delta, _ = unit_free_gradients(stats, U, fit.w, fit.b)
-    return clip_histogram(delta, relative_grid(center, dtype=delta.dtype))
+    return _one(linear.clip_partial_sums(config.engine_config(), U, _users(stats), None, center))
