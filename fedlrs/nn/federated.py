@@ -31,21 +31,20 @@ before the release, report for ``fedlrs privacy audit``); the Flower ServerApp o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
-from fedlrs.nn.network import flat_size, flatten, unflatten
-from fedlrs.privacy import BudgetExceededError, DpEvent, Ledger, calibrate_noise_multiplier, clip
+from fedlrs.nn.network import flatten
+from fedlrs.privacy import DpEvent, Ledger, clip
 from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
 from fedlrs.privacy.mechanism import GaussianSumRelease
 from fedlrs.privacy.noise import GaussianNoise
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.sampling import sample_users
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
 from fedlrs.simulations.engine_config import DTYPES, EngineConfig
 
@@ -53,8 +52,6 @@ Tensor = torch.Tensor
 
 #: the parts of a network round: the flattened contribution, and with adaptive clipping its norm's one-hot bin
 PART, HISTOGRAM = "contribution", "H"
-
-Evaluator = Callable[[State, State], dict]
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,11 @@ class NetworkConfig(PrivacySettings):
     def adaptive(self) -> bool:
         """Adaptive clipping (private and ``clip_quantile > 0``): the bound follows the quantile, from the histogram in each round's release."""
         return self.private and self.clip_quantile > 0
+
+    @property
+    def clip_releases(self) -> bool:
+        """Never: the histogram of adaptive clipping rides in the round's own release (same event), so z is calibrated for the rounds alone."""
+        return False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,28 +232,13 @@ def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float,
 
 
 def private_server(config: NetworkConfig, ledger: Ledger | None, *, retry_ids: bool = False) -> PrivateServer | None:
-    """The engine's private server for ``config`` (None when not private); the round z is calibrated here, before round 1.
-
-    The histogram of adaptive clipping rides in the round's release (same event), so z is calibrated for the
-    rounds alone (not :func:`~fedlrs.privacy.adaptive.adaptive_plan`'s separate clip releases).
-    """
+    """The engine's private server for ``config`` (None when not private); the round z is calibrated here, before round 1,
+    for the rounds alone (:attr:`NetworkConfig.clip_releases`: the adaptive histogram rides in each round's release)."""
     if not config.private:
         return None
     private = PrivateServer(config, ledger if ledger is not None else Ledger(), retry_ids=retry_ids)
-    if config.noise_multiplier == 0 and config.adaptive:
-        private.noise_multiplier = calibrate_noise_multiplier(target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=config.sample_rate,
-                                                              rounds=config.rounds, accountant=config.accountant, prior_events=private.ledger.events)
     private.calibrate()
     return private
-
-
-def round_event(private: PrivateServer | None, round_number: int) -> DpEvent | None:
-    """The round's event ``"round-t"``, after checking the budget can pay for it (BudgetExceededError otherwise)."""
-    if private is None:
-        return None
-    event = private.event("round", round_number)
-    private.budget.check(private.ledger, event)
-    return event
 
 
 def initial_state(method: FederatedMethod, config: NetworkConfig, generator: torch.Generator) -> State:

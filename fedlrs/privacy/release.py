@@ -30,8 +30,9 @@ Tensor = torch.Tensor
 class PrivateServer:
     """The server's private side, shared by the engine, the network loop and the Flower billboards: events, calibration, release.
 
-    ``config``: an :class:`~fedlrs.simulations.engine_config.EngineConfig` or a
-    :class:`~fedlrs.nn.federated.NetworkConfig` (its privacy settings, rounds, sample rate).
+    ``config``: an :class:`~fedlrs.simulations.engine_config.EngineConfig`, a
+    :class:`~fedlrs.nn.federated.NetworkConfig` or a DP-FedAvg config (its privacy settings, rounds, sample rate,
+    and ``clip_releases``: whether each round's clip histogram is a release of its own, planned in the calibration).
 
     Events: ``"init"`` (the moments init, all users, q = 1), ``"round-t"`` (Poisson
     rate q) and, with adaptive clipping, ``"round-t-clip"`` (the noised norm histogram), each recorded in the ledger before its noised sum is used
@@ -93,9 +94,9 @@ class PrivateServer:
         return self.noise_multiplier
 
     def _calibrated(self, *, init_ratio: float, prior) -> float:
-        """z of the rounds for the planned releases after ``prior`` (with adaptive clipping, its clip histograms too)."""
+        """z of the rounds for the planned releases after ``prior`` (with separate clip releases, their histograms too)."""
         c = self.config
-        if c.adaptive:
+        if c.clip_releases:
             return calibrate_adaptive(target_epsilon=c.target_epsilon, delta=c.delta, rounds=c.rounds, sample_rate=c.sample_rate, expected_count=self.expected_count,
                                       init_ratio=init_ratio, accountant=c.accountant, prior_events=prior)
         return calibrate_noise_multiplier(target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=c.sample_rate, rounds=c.rounds, accountant=c.accountant,

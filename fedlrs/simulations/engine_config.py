@@ -132,3 +132,8 @@ class EngineConfig(PrivacySettings):
     def adaptive(self) -> bool:
         """Adaptive clipping: private and the unit-free step."""
         return self.private and self.unit_free
+
+    @property
+    def clip_releases(self) -> bool:
+        """Each private round starts with a clip phase whose histogram is a release of its own (adaptive clipping)."""
+        return self.adaptive

@@ -60,8 +60,8 @@ class FedAvgConfig(PrivacySettings):
                 raise ValueError(f"{name} == {getattr(self, name)}, must be > 0.")
 
     @property
-    def adaptive(self) -> bool:
-        """Adaptive clipping is not in DP-FedAvg: it clips at the fixed ``clip``."""
+    def clip_releases(self) -> bool:
+        """Never: DP-FedAvg clips at the fixed ``clip``, with no clip histograms to plan for (:class:`~fedlrs.privacy.release.PrivateServer`)."""
         return False
 
 
