@@ -41,8 +41,7 @@ from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flatten
 from fedlrs.privacy import DpEvent, Ledger, clip
 from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
-from fedlrs.privacy.mechanism import GaussianSumRelease
-from fedlrs.privacy.noise import GaussianNoise
+from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
@@ -220,13 +219,12 @@ def release_parts(sums: dict[str, Tensor], config: NetworkConfig, expected_count
 def next_bound(released: dict[str, Tensor], config: NetworkConfig, bound: float, *, noise_multiplier: float | None, expected_count: float) -> float:
     """C_{t+1}: with adaptive clipping :func:`~fedlrs.privacy.adaptive.network_bound` of the released ``H`` on ``relative_grid(C_t)``
     (the quantile bound over ``1 + D sigma^2 / (q N)^2``); otherwise C_t. ``sigma``: the noise std of the contribution's
-    sum per unit bound that the round's release added (:meth:`GaussianSumRelease.noise_stds` at z ``noise_multiplier``).
+    sum per unit bound that the round's release added (:func:`~fedlrs.privacy.mechanism.part_noise_stds` at z ``noise_multiplier``).
     """
     if HISTOGRAM not in released:
         return bound
     fractions = released[HISTOGRAM]
-    stds = GaussianSumRelease(noise_multiplier=noise_multiplier, bounds={PART: 1.0, HISTOGRAM: 1.0}, expected_count=expected_count, noise=GaussianNoise(secure=False, seed=0),
-                              noise_weights=part_noise_weights([PART, HISTOGRAM], HISTOGRAM, HISTOGRAM_NOISE_WEIGHT)).noise_stds()
+    stds = part_noise_stds(noise_multiplier, {PART: 1.0, HISTOGRAM: 1.0}, part_noise_weights([PART, HISTOGRAM], HISTOGRAM, HISTOGRAM_NOISE_WEIGHT))
     grid = relative_grid(bound, dtype=fractions.dtype, device=fractions.device)
     return network_bound(fractions, grid, config.clip_quantile, dimension=len(released[PART]), contribution_noise=stds[PART], expected_count=expected_count)
 

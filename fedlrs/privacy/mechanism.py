@@ -19,6 +19,17 @@ from fedlrs.privacy.noise import GaussianNoise
 Tensor = torch.Tensor
 
 
+def part_noise_stds(noise_multiplier: float, bounds: Mapping[str, float], noise_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Std of the noise that :class:`GaussianSumRelease` adds to each part's sum at accounted z ``noise_multiplier``:
+    ``z a_p sqrt(sum_q a_q^-2) C_p`` (``z sqrt(P) C_p`` for equal weights ``a_p``, the default)."""
+    a = {p: 1.0 for p in bounds} if noise_weights is None else noise_weights
+    if len(set(a.values())) == 1:
+        sigma = per_part_noise_multiplier(accounted=noise_multiplier, parts=len(bounds))
+        return {p: sigma * c for p, c in bounds.items()}
+    k = math.sqrt(sum(w ** -2 for w in a.values()))
+    return {p: noise_multiplier * a[p] * k * c for p, c in bounds.items()}
+
+
 class GaussianSumRelease:
     """Release noised sums of clipped contributions, normalised by the expected count.
 
@@ -76,13 +87,8 @@ class GaussianSumRelease:
         self.noise_weights = {p: float(a) for p, a in weights.items()}
 
     def noise_stds(self) -> dict[str, float]:
-        """Std of the noise added to each part's sum: ``z a_p sqrt(sum_q a_q^-2) C_p`` (``z sqrt(P) C_p`` for equal weights)."""
-        a = self.noise_weights
-        if len(set(a.values())) == 1:
-            sigma = per_part_noise_multiplier(accounted=self.noise_multiplier, parts=len(self.bounds))
-            return {p: sigma * c for p, c in self.bounds.items()}
-        k = math.sqrt(sum(w ** -2 for w in a.values()))
-        return {p: self.noise_multiplier * a[p] * k * c for p, c in self.bounds.items()}
+        """Std of the noise added to each part's sum (:func:`part_noise_stds`)."""
+        return part_noise_stds(self.noise_multiplier, self.bounds, self.noise_weights)
 
     def release(self, sums: Mapping[str, Tensor], *, ledger: Ledger, event: DpEvent,
                 budget: PrivacyBudget | None = None) -> dict[str, Tensor]:

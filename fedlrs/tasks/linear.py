@@ -36,7 +36,8 @@ from fedlrs.core import (
     unit_free_gradients,
     user_parameters,
 )
-from fedlrs.privacy import DpEvent, GaussianSumRelease, clip_scales, ls_private_scales
+from fedlrs.privacy import DpEvent, clip_scales, ls_private_scales
+from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.adaptive import (CLIP_START, clip_histogram, clipped_round_parts, part_noise_weights, quantile_bound, relative_grid,
                                      shrink_released_curvature, shrink_released_mean)
 from fedlrs.privacy.release import PrivateServer
@@ -67,8 +68,7 @@ def release_round(private: PrivateServer, sums: dict[str, Tensor], event: DpEven
         return private.release_parts(sums, event, parts, expected_count)
     weights = part_noise_weights([p.name for p in parts])
     released = private.release_parts(sums, event, parts, expected_count, weights)
-    stds = GaussianSumRelease(noise_multiplier=event.noise_multiplier, bounds={p.name: p.bound for p in parts}, expected_count=expected_count,
-                              noise=private.noise, noise_weights=weights).noise_stds()
+    stds = part_noise_stds(event.noise_multiplier, {p.name: p.bound for p in parts}, weights)
     return {"G": shrink_released_mean(released["G"], noise_std=stds["G"] / expected_count),
             "P": shrink_released_curvature(released["P"], noise_std=stds["P"] / expected_count)}
 
