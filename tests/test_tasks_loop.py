@@ -6,8 +6,6 @@ from torch import nn
 
 from fedlrs.nn.baselines import FedRep
 from fedlrs.nn.federated import NetworkConfig
-from fedlrs.nn.lrs import LRSNetwork
-from fedlrs.nn.method import UserExamples
 from fedlrs.privacy import Ledger
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.protocol.parts import Part
