@@ -1,94 +1,68 @@
-"""The typed configuration of a Flower run of fedlrs, parsed once from ``[tool.flwr.app.config]``.
+"""The typed configuration of a Flower run of fedlrs: common run settings plus the settings of each task, parsed once.
 
-Every knob of the run lives in the kebab-case table ``[tool.flwr.app.config]`` of
-``pyproject.toml`` (overridden with ``flwr run . --run-config "key=value ..."``).
-Both the ServerApp and the ClientApp call :func:`parse_run_config` once on
-``context.run_config`` and then only read the frozen :class:`FederationConfig`.
-Unknown keys are refused (a misspelt knob is an error, never silently ignored);
-missing keys take the defaults of :data:`DEFAULTS`, which mirror the table.
+Every knob of a run lives in the kebab-case table ``[tool.flwr.app.config]`` of
+``pyproject.toml`` (overridden with ``flwr run . --run-config "key=value ..."``), one flat table
+so that the keys stay those of earlier versions. The keys come in **sections**
+(:data:`SECTIONS`), each with its defaults and the parser that checks it:
 
-Three channels stay apart (STYLE.md): this run config (static, same for all),
-the node config (per device: ``partition-id``, ``data-path``, ``state-dir``) and
-the per-round ``ConfigRecord`` sent by the server (round number, phase).
+* ``common``: rounds, sample rate, seeds, precision, the task's name, user-level privacy, the
+  billboard (timeouts, faults, checkpoints, report) and SecAgg+: what every task's loop reads;
+* ``linear``: AMHT-LRS (``task = "linear"``, the default) and its demo data, the settings of
+  :class:`~fedlrs.simulations.engine.EngineConfig` (defaults taken from it, so the in-process
+  engine and a Flower run start from the same values);
+* ``nn``: the network tasks (``task = "nn-*"``, :mod:`fedlrs.nn.run_config`, defaults from
+  :class:`~fedlrs.nn.lrs.LRSNetwork` and :class:`~fedlrs.nn.federated.NetworkConfig`);
+* ``recsys``: matrix completion (``task = "recsys"``, :mod:`fedlrs.recsys.flower_task`,
+  defaults from :class:`~fedlrs.recsys.model.RecsysConfig`).
+
+:func:`parse_run_config` merges the sections' defaults with ``context.run_config``, refuses an
+unknown key, checks each value's type, and builds the frozen :class:`FederationConfig` (every key
+an attribute, ``snake_case``). Its ``__post_init__`` checks the common section, then the section of
+the run's ``task`` with that task's own parser (the keys of the other tasks' sections are typed but
+not read by this run), then what the task cannot do with the common settings. ``config.task_settings``
+is the task's parsed settings. Both the ServerApp and the ClientApp parse once and only read the result.
+
+Three channels stay apart (STYLE.md): this run config (static, same for all), the node config
+(per device: ``partition-id``, ``data-path``, ``state-dir``) and the per-round ``ConfigRecord``
+sent by the server (round number, phase).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import asdict, field, fields, make_dataclass
+from typing import Any, Callable, Mapping, NamedTuple
 
-from fedlrs.nn.run_config import check_network_knobs
-from fedlrs.recsys.flower_task import RECSYS, recsys_task
+from fedlrs.nn.run_config import NETWORK_DEFAULTS, NETWORK_TASKS, check_network_knobs
+from fedlrs.privacy.settings import PrivacySettings
+from fedlrs.recsys.flower_task import RECSYS, RECSYS_DEFAULTS, recsys_task
 from fedlrs.simulations.engine import EngineConfig
+from fedlrs.simulations.engine_config import DTYPES
 
-#: Defaults of every knob, in the kebab-case of ``[tool.flwr.app.config]`` (the table repeats them).
-DEFAULTS: dict[str, Any] = {
-    # AMHT-LRS (DESIGN.md section 2); same meaning as fedlrs.simulations.engine.EngineConfig
-    "num-server-rounds": 10,
-    "rank": 2,
-    "sparsity": 2,
-    "dim": 20,
-    "mode": "ls",
-    "init": "moments",
-    "sample-rate": 1.0,
-    "ridge-w": 1e-6,
-    "ridge-b": 1e-6,
-    "ridge-u": 1e-6,
-    "gd-learning-rate": 1.0,
-    "refine-steps": 2,
-    "starts": 8,
-    "seed": 0,
-    "dtype": "float64",
-    # data of a simulation: user i of a synthetic federation is partition-id i
-    "dataset": "synthetic",
-    "data-examples": 10,
-    "data-noise": 0.01,
-    "data-sparse-scale": 1.0,
+
+class ConfigError(ValueError):
+    """A run-config value breaks its rule; the message names the key, the value and the rule."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _defaults_of(cls, names) -> dict[str, Any]:
+    """``{kebab(name): cls's default of name}`` (one set of defaults: a section's keys start where its settings class starts)."""
+    own = {f.name: f.default for f in fields(cls)}
+    return {_kebab(name): own[name] for name in names}
+
+
+#: what every task reads: the loop (rounds, sample rate, seeds, precision), privacy (the :class:`PrivacySettings`), the billboard and SecAgg+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "num-server-rounds": EngineConfig.rounds,
+    "sample-rate": EngineConfig.sample_rate,
+    "seed": EngineConfig.seed,
+    "dtype": EngineConfig.dtype,
     "data-seed": 0,
-    # network tasks (fedlrs/nn/run_config.py, fedlrs/server/network.py, fedlrs/client/network.py): "linear" is the AMHT-LRS billboard; "nn-*" a task of fedlrs.nn.tasks,
-    # user partition-id of load_task(task, seed=data-seed, quick=nn-quick), trained with LRS-NN
     "task": "linear",
-    "nn-quick": False,
-    "nn-rank": 4,
-    "nn-sparsity": 10,
-    "nn-local-steps": 5,
-    "nn-lr-w": 0.1,
-    "nn-lr-b": 0.1,
-    "nn-server-lr": 1.0,
-    "nn-subspace-lr": 0.1,
-    "nn-clip": 1.0,
-    # the matrix-completion task (task = "recsys"; fedlrs/recsys/flower_task.py): device partition-id i holds user i's ratings of
-    # recsys-data (split by recsys-protocol with data-seed, recsys-max-users users, 0: all); the model's knobs are RecsysConfig's
-    "recsys-data": "movielens",
-    "recsys-protocol": "random",
-    "recsys-max-users": 0,
-    "recsys-rank": 8,
-    "recsys-sparsity": 0,
-    "recsys-mode": "ls",
-    "recsys-ridge-w": 5.0,
-    "recsys-ridge-b": 1.0,
-    "recsys-ridge-u": 5.0,
-    "recsys-ridge-user-bias": 5.0,
-    "recsys-ridge-item-bias": 5.0,
-    "recsys-gd-learning-rate": 0.5,
-    "recsys-init-scale": 0.1,
-    "recsys-rating-cap": 0,
-    "recsys-factor-bound": 1.0,
-    "recsys-residual-bound": 0.0,
-    "recsys-noise-ridge": 3.0,
-    # user-level differential privacy (DESIGN.md section 3)
-    "private": False,
-    "target-epsilon": 2.0,
-    "delta": 1e-5,
-    "accountant": "rdp",
-    "noise-multiplier": 0.0,
-    "init-noise-multiplier": 0.0,
-    "clip-quantile": 0.5,
-    "clip-a": 300.0,
-    "clip-c": 50.0,
-    "clip-g": 5.0,
-    "clip-moments": 100.0,
-    "noise-seed": -1,
+    **_defaults_of(PrivacySettings, ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")),
+    "clip-quantile": EngineConfig.clip_quantile,
     # the billboard: rounds, faults, checkpoints, report
     "round-timeout": 60.0,
     "max-in-flight": 0,
@@ -103,143 +77,97 @@ DEFAULTS: dict[str, Any] = {
     "secagg-threshold": 0.6,
 }
 
+#: AMHT-LRS (task = "linear"): EngineConfig's knobs, and the built-in demo federation (user i of a synthetic federation is partition-id i)
+LINEAR_DEFAULTS: dict[str, Any] = {
+    "rank": 2,  # EngineConfig has no default rank or sparsity: the demo federation's
+    "sparsity": 2,
+    **_defaults_of(EngineConfig, ("mode", "init", "ridge_w", "ridge_b", "ridge_u", "gd_learning_rate", "refine_steps", "starts",
+                                  "init_noise_multiplier", "clip_a", "clip_c", "clip_g", "clip_moments")),
+    "dim": 20,
+    "dataset": "synthetic",
+    "data-examples": 10,
+    "data-noise": 0.01,
+    "data-sparse-scale": 1.0,
+}
+
+
+class Section(NamedTuple):
+    """A section of the run config: its keys' defaults, whether a run's ``task`` uses it, and the check that parses it
+    (``settings(config)``: the section's settings of a :class:`FederationConfig`, raising ``ValueError`` naming the key)."""
+
+    defaults: Mapping[str, Any]
+    uses: Callable[[str], bool]
+    settings: Callable[[Any], Any]
+
+
+def _linear_settings(config) -> EngineConfig:
+    """The AMHT-LRS section as the in-process engine's :class:`EngineConfig` (squared loss), checked against the demo data's ``dim``."""
+    try:
+        engine = config.engine_config()
+    except ValueError as error:  # EngineConfig names its fields: name the run-config keys
+        raise ValueError(str(error).replace("rounds ==", "num-server-rounds ==").replace("_", "-")) from error
+    if config.dim < 1:
+        raise ValueError(f"dim == {config.dim}, must be >= 1.")
+    engine.check_data(config.dim)
+    if config.dataset not in ("synthetic", "node"):
+        raise ValueError(f"dataset == {config.dataset!r}, must be 'synthetic' (partition of the built-in data) or 'node' (the node's data-path).")
+    if config.data_examples < 1:
+        raise ValueError(f"data-examples == {config.data_examples}, must be >= 1.")
+    for name in ("data_noise", "data_sparse_scale"):
+        if not 0 <= getattr(config, name) < float("inf"):  # also refuses NaN
+            raise ValueError(f"{_kebab(name)} == {getattr(config, name)}, must be a finite number >= 0.")
+    return engine
+
+
+#: section name -> Section; the flat table is their union (no key in two sections)
+SECTIONS: dict[str, Section] = {
+    "linear": Section(LINEAR_DEFAULTS, lambda task: task == "linear", _linear_settings),
+    "nn": Section(NETWORK_DEFAULTS, lambda task: task in NETWORK_TASKS, check_network_knobs),
+    "recsys": Section(RECSYS_DEFAULTS, lambda task: task == RECSYS, recsys_task),
+}
+
+#: Defaults of every knob, in the kebab-case of ``[tool.flwr.app.config]`` (the table repeats them)
+DEFAULTS: dict[str, Any] = dict(COMMON_DEFAULTS)
+for _name, _section in SECTIONS.items():
+    _clash = set(_section.defaults) & set(DEFAULTS)
+    if _clash:
+        raise RuntimeError(f"run-config section {_name!r} repeats the keys {sorted(_clash)}")
+    DEFAULTS.update(_section.defaults)
+
+#: values of the run config's ``task``
+TASK_CHOICES = ("linear", *NETWORK_TASKS, RECSYS)
 
 #: ``secure-aggregation``: contributions in the clear, or through SecAgg+ with the noise added by the server or by the devices
 SECURE_AGGREGATION = ("off", "server-noise", "distributed-noise")
 
 
-class ConfigError(ValueError):
-    """A run-config value breaks its rule; the message names the key, the value and the rule."""
-
-
-_OWN_FIELDS: set[str] = set()  # FederationConfig fields, filled below the class
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class FederationConfig:
-    """Every knob of a Flower run, validated once (field ``snake_case`` <-> key ``kebab-case``).
-
-    The algorithm's knobs are checked by :class:`fedlrs.simulations.engine.EngineConfig`
-    (see :meth:`engine_config`) so the Flower run and the in-process engine cannot disagree
-    on a rule. Privacy knobs: ``private`` switches clipping, noise and the ledger on;
-    ``noise-multiplier`` is the *accounted* z of a round (0: calibrated to
-    ``target-epsilon`` at ``delta`` for ``num-server-rounds`` rounds, after the init);
-    ``init-noise-multiplier`` the accounted z of the private moments init (all nodes, q = 1;
-    0: one z for the init and the rounds, calibrated jointly to the target); ``clip-quantile``
-    the target quantile of adaptive clipping in mode "gd" (each round a clip phase, message
-    ``train.clip``; in mode "ls" unit-free parts ``A_i / ||A_i||_F``, ``c_i / ||A_i||_F``; 0: the fixed bounds); ``clip-*`` the fixed L2 bounds of each part of a contribution. ``noise-seed`` >= 0 makes the noise
-    reproducible (tests only; -1 draws it from the OS). ``secure-aggregation`` ("off",
-    "server-noise", "distributed-noise") sends the contributions through Flower's SecAgg+
-    (:mod:`fedlrs.server.secure_aggregation`), ``secagg-shares`` and ``secagg-threshold`` size its
-    key sharing (fractions of the cohort and of a node's shares). ``task = "recsys"`` is matrix
-    completion: its ``recsys-*`` keys (with the shared rounds, seeds and privacy keys) are checked by
-    :func:`fedlrs.recsys.flower_task.recsys_task`.
-    """
-
-    num_server_rounds: int = DEFAULTS["num-server-rounds"]
-    rank: int = DEFAULTS["rank"]
-    sparsity: int = DEFAULTS["sparsity"]
-    dim: int = DEFAULTS["dim"]
-    mode: str = DEFAULTS["mode"]
-    init: str = DEFAULTS["init"]
-    sample_rate: float = DEFAULTS["sample-rate"]
-    ridge_w: float = DEFAULTS["ridge-w"]
-    ridge_b: float = DEFAULTS["ridge-b"]
-    ridge_u: float = DEFAULTS["ridge-u"]
-    gd_learning_rate: float = DEFAULTS["gd-learning-rate"]
-    refine_steps: int = DEFAULTS["refine-steps"]
-    starts: int = DEFAULTS["starts"]
-    seed: int = DEFAULTS["seed"]
-    dtype: str = DEFAULTS["dtype"]
-    dataset: str = DEFAULTS["dataset"]
-    data_examples: int = DEFAULTS["data-examples"]
-    data_noise: float = DEFAULTS["data-noise"]
-    data_sparse_scale: float = DEFAULTS["data-sparse-scale"]
-    data_seed: int = DEFAULTS["data-seed"]
-    task: str = DEFAULTS["task"]
-    nn_quick: bool = DEFAULTS["nn-quick"]
-    nn_rank: int = DEFAULTS["nn-rank"]
-    nn_sparsity: int = DEFAULTS["nn-sparsity"]
-    nn_local_steps: int = DEFAULTS["nn-local-steps"]
-    nn_lr_w: float = DEFAULTS["nn-lr-w"]
-    nn_lr_b: float = DEFAULTS["nn-lr-b"]
-    nn_server_lr: float = DEFAULTS["nn-server-lr"]
-    nn_subspace_lr: float = DEFAULTS["nn-subspace-lr"]
-    nn_clip: float = DEFAULTS["nn-clip"]
-    recsys_data: str = DEFAULTS["recsys-data"]
-    recsys_protocol: str = DEFAULTS["recsys-protocol"]
-    recsys_max_users: int = DEFAULTS["recsys-max-users"]
-    recsys_rank: int = DEFAULTS["recsys-rank"]
-    recsys_sparsity: int = DEFAULTS["recsys-sparsity"]
-    recsys_mode: str = DEFAULTS["recsys-mode"]
-    recsys_ridge_w: float = DEFAULTS["recsys-ridge-w"]
-    recsys_ridge_b: float = DEFAULTS["recsys-ridge-b"]
-    recsys_ridge_u: float = DEFAULTS["recsys-ridge-u"]
-    recsys_ridge_user_bias: float = DEFAULTS["recsys-ridge-user-bias"]
-    recsys_ridge_item_bias: float = DEFAULTS["recsys-ridge-item-bias"]
-    recsys_gd_learning_rate: float = DEFAULTS["recsys-gd-learning-rate"]
-    recsys_init_scale: float = DEFAULTS["recsys-init-scale"]
-    recsys_rating_cap: int = DEFAULTS["recsys-rating-cap"]
-    recsys_factor_bound: float = DEFAULTS["recsys-factor-bound"]
-    recsys_residual_bound: float = DEFAULTS["recsys-residual-bound"]
-    recsys_noise_ridge: float = DEFAULTS["recsys-noise-ridge"]
-    private: bool = DEFAULTS["private"]
-    target_epsilon: float = DEFAULTS["target-epsilon"]
-    delta: float = DEFAULTS["delta"]
-    accountant: str = DEFAULTS["accountant"]
-    noise_multiplier: float = DEFAULTS["noise-multiplier"]
-    init_noise_multiplier: float = DEFAULTS["init-noise-multiplier"]
-    clip_quantile: float = DEFAULTS["clip-quantile"]
-    clip_a: float = DEFAULTS["clip-a"]
-    clip_c: float = DEFAULTS["clip-c"]
-    clip_g: float = DEFAULTS["clip-g"]
-    clip_moments: float = DEFAULTS["clip-moments"]
-    noise_seed: int = DEFAULTS["noise-seed"]
-    round_timeout: float = DEFAULTS["round-timeout"]
-    max_in_flight: int = DEFAULTS["max-in-flight"]
-    min_nodes: int = DEFAULTS["min-nodes"]
-    wait_for_nodes: float = DEFAULTS["wait-for-nodes"]
-    checkpoint_dir: str = DEFAULTS["checkpoint-dir"]
-    report_dir: str = DEFAULTS["report-dir"]
-    personalize_at_end: bool = DEFAULTS["personalize-at-end"]
-    secure_aggregation: str = DEFAULTS["secure-aggregation"]
-    secagg_shares: float = DEFAULTS["secagg-shares"]
-    secagg_threshold: float = DEFAULTS["secagg-threshold"]
-    _engine: EngineConfig = field(init=False, repr=False, compare=False)
+class _RunConfigChecks:
+    """The rules of :class:`FederationConfig` (the fields come from :data:`DEFAULTS`)."""
 
     def __post_init__(self) -> None:
+        self._check_common()
+        chosen = [name for name, section in SECTIONS.items() if section.uses(self.task)]
+        if len(chosen) != 1:
+            raise ConfigError(f"task == {self.task!r}, must be one of {list(TASK_CHOICES)}.")
         try:
-            engine = self.engine_config()
-        except ValueError as error:
-            raise ConfigError(str(error).replace("rounds ==", "num-server-rounds ==").replace("_", "-")) from error
-        object.__setattr__(self, "_engine", engine)
-        if self.dim < 1:
-            raise ConfigError(f"dim == {self.dim}, must be >= 1.")
-        try:
-            engine.check_data(self.dim)
+            settings = SECTIONS[chosen[0]].settings(self)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        object.__setattr__(self, "task_section", chosen[0])
+        object.__setattr__(self, "task_settings", settings)
+        self._check_task_needs()
+
+    def _check_common(self) -> None:
         try:
-            if self.task == RECSYS:  # the matrix-completion task: its rules, named in kebab-case
-                recsys_task(self)
-            elif self.task != "linear":  # a network run: the rules of fedlrs.nn.run_config, named in kebab-case
-                check_network_knobs(self)
+            PrivacySettings(**{name: getattr(self, name) for name in ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")})
         except ValueError as error:
-            raise ConfigError(str(error)) from error
-        if self.task == RECSYS and (self.secure_aggregation != "off" or self.checkpoint_dir):
-            raise ConfigError(f"task == 'recsys' runs without SecAgg+ and checkpoints: secure-aggregation == {self.secure_aggregation!r} "
-                              f"must be 'off' and checkpoint-dir == {self.checkpoint_dir!r} empty.")
-        if self.dataset not in ("synthetic", "node"):
-            raise ConfigError(f"dataset == {self.dataset!r}, must be 'synthetic' (partition of the built-in data) or 'node' (the node's data-path).")
-        if self.data_examples < 1:
-            raise ConfigError(f"data-examples == {self.data_examples}, must be >= 1.")
-        for name in ("data_noise", "data_sparse_scale"):
-            if not 0 <= getattr(self, name) < float("inf"):  # also refuses NaN
-                raise ConfigError(f"{_kebab(name)} == {getattr(self, name)}, must be a finite number >= 0.")
+            raise ConfigError(str(error).replace("_", "-")) from error
+        if self.num_server_rounds < 0:
+            raise ConfigError(f"num-server-rounds == {self.num_server_rounds}, must be >= 0.")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"sample-rate == {self.sample_rate}, must be in (0, 1].")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout == {self.round_timeout}, must be > 0 seconds.")
         if self.max_in_flight < 0:
@@ -252,31 +180,64 @@ class FederationConfig:
             raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r}, must be one of {list(SECURE_AGGREGATION)}.")
         if self.secure_aggregation == "distributed-noise" and not self.private:
             raise ConfigError("secure-aggregation == 'distributed-noise' needs private == true (the devices add the noise).")
-        if self.secure_aggregation != "off" and engine.unit_free:
-            raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r} with mode == 'gd' and clip-quantile == {self.clip_quantile}: "
-                              "SecAgg+ runs with fixed clip bounds only; set clip-quantile = 0 (and clip-g), or secure-aggregation = 'off'.")
         if not 0 < self.secagg_shares <= 1:
             raise ConfigError(f"secagg-shares == {self.secagg_shares}, must be in (0, 1] (a fraction of the cohort).")
         if not 0.5 < self.secagg_threshold <= 1:
             raise ConfigError(f"secagg-threshold == {self.secagg_threshold}, must be in (0.5, 1] (more than half of "
                               f"the shares, so that no unmask request can gather both secrets of a node).")
 
+    def _check_task_needs(self) -> None:
+        """What the selected task cannot do with the common settings (SecAgg+ with adaptive clipping, recsys with checkpoints;
+        a network task's are checked by its section)."""
+        if self.task_section == "linear" and self.secure_aggregation != "off" and self.task_settings.unit_free:
+            raise ConfigError(f"secure-aggregation == {self.secure_aggregation!r} with mode == 'gd' and clip-quantile == {self.clip_quantile}: "
+                              "SecAgg+ runs with fixed clip bounds only; set clip-quantile = 0 (and clip-g), or secure-aggregation = 'off'.")
+        if self.task_section == "recsys" and (self.secure_aggregation != "off" or self.checkpoint_dir):
+            raise ConfigError(f"task == 'recsys' runs without SecAgg+ and checkpoints: secure-aggregation == {self.secure_aggregation!r} "
+                              f"must be 'off' and checkpoint-dir == {self.checkpoint_dir!r} empty.")
+
     def engine_config(self) -> EngineConfig:
-        """The same algorithm as an :class:`EngineConfig` of the in-process engine (squared loss)."""
-        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in _OWN_FIELDS}
+        """The linear section as an :class:`EngineConfig` of the in-process engine (squared loss): the same algorithm."""
+        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if _kebab(f.name) in DEFAULTS}
         return EngineConfig(rounds=self.num_server_rounds, loss="squared", **shared)
 
     @property
     def torch_dtype(self):
-        return self._engine.torch_dtype
+        return DTYPES[self.dtype]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The keys of section ``name`` ("common" or one of :data:`SECTIONS`) and their values, in kebab-case."""
+        defaults = COMMON_DEFAULTS if name == "common" else SECTIONS[name].defaults
+        return {key: getattr(self, key.replace("-", "_")) for key in defaults}
 
     def to_dict(self) -> dict[str, Any]:
         """The config in its kebab-case form (round trip: ``parse_run_config(c.to_dict()) == c``)."""
-        return {_kebab(k): v for k, v in asdict(self).items() if not k.startswith("_")}
+        return {_kebab(k): v for k, v in asdict(self).items()}
 
 
-_FIELDS = {_kebab(f.name): f for f in fields(FederationConfig) if f.init}
-_OWN_FIELDS.update(f.name for f in fields(FederationConfig) if f.init)
+#: Every knob of a Flower run, validated once (field ``snake_case`` <-> key ``kebab-case``; module docstring).
+#: ``task_section`` and ``task_settings`` (not fields) are the selected task's section and its parsed settings
+#: (:class:`EngineConfig`, the network run's knobs, :class:`~fedlrs.recsys.flower_task.RecsysFlowerTask`).
+FederationConfig = make_dataclass(
+    "FederationConfig", [(key.replace("-", "_"), type(default), field(default=default)) for key, default in DEFAULTS.items()],
+    bases=(_RunConfigChecks,), frozen=True, namespace={"__module__": __name__, "__doc__": """Every knob of a Flower run, validated once.
+
+    One field per key of :data:`DEFAULTS` (``snake_case`` <-> ``kebab-case``), in the sections
+    of the module docstring: ``num_server_rounds``, ``private``, ... (common); ``rank``, ``mode``,
+    ``clip_a``, ... (linear, the meanings of :class:`~fedlrs.simulations.engine.EngineConfig`);
+    ``nn_*`` (network tasks); ``recsys_*`` (matrix completion). Privacy: ``private`` switches
+    clipping, noise and the ledger on; ``noise-multiplier`` is the accounted z of a round (0:
+    calibrated to ``target-epsilon`` at ``delta`` for ``num-server-rounds`` rounds, after the
+    init); ``init-noise-multiplier`` the z of the private moments init (0: calibrated jointly);
+    ``clip-quantile`` the target quantile of adaptive clipping (0: the fixed ``clip-*`` bounds);
+    ``noise-seed`` >= 0 makes the noise reproducible (tests only). ``secure-aggregation``
+    ("off", "server-noise", "distributed-noise") sends the contributions through SecAgg+
+    (:mod:`fedlrs.server.secure_aggregation`), sized by ``secagg-shares`` and ``secagg-threshold``.
+    After parsing, ``task_section`` names the run's task section and ``task_settings`` holds its
+    parsed settings.
+    """})
+
+_FIELDS = {_kebab(f.name): f for f in fields(FederationConfig)}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

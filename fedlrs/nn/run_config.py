@@ -1,9 +1,9 @@
 """A network task's knobs in a Flower run: the run config's ``nn-*`` keys as the loop's and the method's settings.
 
-Selected by the run config's ``task`` (``"nn-digits"``, ``"nn-movielens"``, ``"nn-synthetic"``;
-``"linear"``, the default, is AMHT-LRS). Node ``partition-id`` i is user i of
+Selected by the run config's ``task`` (``"nn-digits"``, ``"nn-movielens"``, ``"nn-synthetic"``:
+:data:`NETWORK_TASKS`); its keys are the run config's network section (:data:`NETWORK_DEFAULTS`). Node ``partition-id`` i is user i of
 :func:`fedlrs.nn.tasks.load_task` ``(task, seed=data-seed, quick=nn-quick)``. No Flower here:
-:mod:`fedlrs.federation_config` validates a network run's knobs with :func:`check_network_knobs`,
+:mod:`fedlrs.federation_config` parses a network run's section with :func:`check_network_knobs`,
 the device (:mod:`fedlrs.client.network`) and the server (:mod:`fedlrs.server.network`) build
 the same method and loop config from it. ``config`` is a :class:`~fedlrs.federation_config.FederationConfig`.
 """
@@ -11,6 +11,7 @@ the same method and loop config from it. ``config`` is a :class:`~fedlrs.federat
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import torch
@@ -21,10 +22,9 @@ from fedlrs.nn.method import FederatedMethod
 from fedlrs.nn.network import flat_size
 from fedlrs.nn.tasks import TASKS, Task, load_task
 
-LINEAR = "linear"
-#: values of the run config's ``task``
-TASK_CHOICES = (LINEAR, *TASKS)
-__all__ = ["LINEAR", "PART", "TASK_CHOICES", "check_network_knobs", "contribution_dimension", "network_config",
+#: the network tasks a run config's ``task`` may name
+NETWORK_TASKS = TASKS
+__all__ = ["NETWORK_DEFAULTS", "NETWORK_TASKS", "PART", "check_network_knobs", "contribution_dimension", "network_config",
            "network_method", "network_setup", "network_shapes", "node_task"]
 
 #: NetworkConfig field -> the run-config key it comes from
@@ -34,6 +34,16 @@ _NETWORK_KEYS = {"rounds": "num-server-rounds", "sample_rate": "sample-rate", "c
 #: LRSNetwork argument -> the run-config key it comes from
 _METHOD_KEYS = {"rank": "nn-rank", "sparsity": "nn-sparsity", "local_steps": "nn-local-steps", "lr_w": "nn-lr-w",
                 "lr_b": "nn-lr-b", "server_lr": "nn-server-lr", "subspace_lr": "nn-subspace-lr"}
+_LRS_DEFAULTS = {name: p.default for name, p in inspect.signature(LRSNetwork.__init__).parameters.items()}
+#: the network section of the run config: its keys and defaults (those LRSNetwork and NetworkConfig have, taken from them)
+NETWORK_DEFAULTS: dict[str, Any] = {
+    "nn-quick": False,
+    "nn-rank": 4,  # LRSNetwork has no default rank, sparsity or subspace step: the run config's
+    "nn-sparsity": 10,
+    **{_METHOD_KEYS[name]: _LRS_DEFAULTS[name] for name in ("local_steps", "lr_w", "lr_b", "server_lr")},
+    "nn-subspace-lr": 0.1,
+    "nn-clip": NetworkConfig.clip,
+}
 
 
 
@@ -55,17 +65,17 @@ def network_config(config: Any) -> NetworkConfig:
         raise _kebab_error(error, _NETWORK_KEYS) from error
 
 
-def check_network_knobs(config: Any) -> None:
-    """Refuse a network run whose loop knobs break a rule, or that asks for what it cannot do (errors in kebab-case)."""
-    if config.task not in TASK_CHOICES:
-        raise ValueError(f"task == {config.task!r}, must be one of {list(TASK_CHOICES)}.")
-    if config.task == LINEAR:
-        return
+def check_network_knobs(config: Any) -> NetworkConfig:
+    """The loop settings of a network run (the run config's network section); refuse knobs that break a rule, or a run
+    that asks for what it cannot do (errors in kebab-case)."""
+    if config.task not in NETWORK_TASKS:
+        raise ValueError(f"task == {config.task!r}, must be one of {list(NETWORK_TASKS)} for the network section.")
     network = network_config(config)
     if network.adaptive and config.secure_aggregation != "off":
         raise ValueError(f"secure-aggregation == {config.secure_aggregation!r} with task == {config.task!r}, private == true and clip-quantile == "
                          f"{config.clip_quantile}: SecAgg+ runs with a fixed clip bound only; set clip-quantile = 0 (and nn-clip), "
                          "or secure-aggregation = 'off'.")
+    return network
 
 
 @functools.lru_cache(maxsize=2)

@@ -9,7 +9,7 @@ config's ``task = "recsys"``; :func:`recsys_task` reads the task from the run co
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -77,6 +77,15 @@ CONFIG_KEYS = {
     **{name: "recsys-" + name.replace("_", "-") for name in (
         "rank", "sparsity", "mode", "ridge_w", "ridge_b", "ridge_u", "ridge_user_bias", "ridge_item_bias", "gd_learning_rate", "init_scale",
         "rating_cap", "factor_bound", "residual_bound", "noise_ridge")},
+}
+
+_MODEL_DEFAULTS = {f.name: f.default for f in fields(RecsysConfig)}
+#: the recsys section of the run config: its own keys (``recsys-*``) and their defaults, those of RecsysFlowerTask and RecsysConfig
+RECSYS_DEFAULTS = {
+    "recsys-data": RecsysFlowerTask.data,
+    "recsys-protocol": RecsysFlowerTask.protocol,
+    "recsys-max-users": 0,  # RecsysFlowerTask.max_users None: every user
+    **{key: _MODEL_DEFAULTS[name] for name, key in CONFIG_KEYS.items() if key.startswith("recsys-")},
 }
 
 

@@ -43,7 +43,7 @@ from fedlrs.federation_config import FederationConfig
 from fedlrs.nn.federated import HISTOGRAM, contribution_shapes, private_server, round_parts
 from fedlrs.nn.method import FederatedMethod, State
 from fedlrs.nn.network import flat_size
-from fedlrs.nn.run_config import LINEAR, check_network_knobs, contribution_dimension, network_config, network_setup
+from fedlrs.nn.run_config import NETWORK_TASKS, check_network_knobs, contribution_dimension, network_setup
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.protocol.messages import CLIP_BOUND, PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
 from fedlrs.protocol.validation import require_one_hot
@@ -73,10 +73,9 @@ class NetworkBillboard(Billboard):
 
     def __init__(self, config: FederationConfig, method: FederatedMethod | None = None):
         super().__init__(config)
-        check_network_knobs(config)
-        if config.task == LINEAR:
-            raise ValueError("task == 'linear' is the AMHT-LRS Billboard, not a network run.")
-        self.network = network_config(config)
+        if config.task not in NETWORK_TASKS:
+            raise ValueError(f"task == {config.task!r} is not a network run (one of {list(NETWORK_TASKS)}): it has a billboard of its own.")
+        self.network = check_network_knobs(config)
         self.method = method if method is not None else network_setup(config)[1]
         self.dimension: int | None = None
 
