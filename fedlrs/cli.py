@@ -185,7 +185,7 @@ def simulate(
         data_dim, data_users = data.train.dim, data.train.num_users
     config.check_data(data_dim)
     if private:
-        _check_calibration(config, data_users)
+        _check_calibration(config, data_dim, data_users)
     if out is not None:
         _prepare_out(out, overwrite)
     ledger = None
@@ -232,23 +232,15 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device == {device!r} is not available here ({one_line(error, 120)}).") from None
 
 
-def _check_calibration(config, num_users: int) -> None:
-    """Calibrate the run's noise as the engine will, on a throwaway in-memory ledger: an impossible
-    calibration (or a noise multiplier too small to account) fails here, before any file is touched."""
-    from fedlrs.privacy import BudgetExceededError, Ledger
+def _check_calibration(config, dim: int, num_users: int) -> None:
+    """The run's private plan checked as the loop will run it (:func:`fedlrs.tasks.loop.check_plan`), on a throwaway
+    in-memory ledger: an impossible calibration (or a noise multiplier too small to account) fails here, before any file is touched."""
+    from fedlrs.privacy import Ledger
     from fedlrs.privacy.release import PrivateServer
+    from fedlrs.tasks.linear import LinearTask
+    from fedlrs.tasks.loop import check_plan
 
-    server = PrivateServer(config, Ledger())
-    server.expected_count = config.sample_rate * num_users  # the expected cohort q N, for a plan that depends on it
-    if config.init == "moments":
-        init = server.event("init", 0)
-        server.budget.check(server.ledger, init)  # the engine refuses an init over budget with this error
-        server.ledger.record(init)
-    if server.calibrate() is not None:
-        try:  # accounts the first round: a noise multiplier too small to account fails here
-            server.budget.check(server.ledger, server.event("round", 1))
-        except BudgetExceededError:
-            pass  # the engine stops before such a round and reports it: not an error
+    check_plan(LinearTask(config, dim), PrivateServer(config, Ledger()), num_users)
 
 
 def _spent(path: Path) -> str:

@@ -187,3 +187,23 @@ def test_a_round_whose_clip_phase_fits_the_budget_but_not_the_whole_round_is_not
     result = run_engine(data.train, EngineConfig(target_epsilon=(either + both) / 2, **knobs), keep_fit=False)
     assert result.stopped.startswith("budget:") and len(result.history) == 3  # rounds 0, 1, 2
     assert [e.release_id for e in result.ledger.events] == ["round-1-clip", "round-1", "round-2-clip", "round-2"]
+
+
+@pytest.mark.parametrize("mode", ["ls", "gd"])
+def test_check_plan_makes_the_loops_calibration_before_any_data(mode):
+    """check_plan (the CLI's pre-flight) records the init event and calibrates the z that the engine's run then uses."""
+    from fedlrs.privacy import BudgetExceededError
+    from fedlrs.tasks.loop import check_plan
+
+    data = make_lrs_data(users=60, examples=8, dim=6, rank=2, sparsity=0, seed=3)
+    config = EngineConfig(rank=2, sparsity=0, rounds=3, mode=mode, sample_rate=0.5, private=True, target_epsilon=2.0, noise_seed=0)
+    planned = PrivateServer(config, Ledger())
+    check_plan(LinearTask(config, 6), planned, 60)
+    run = run_engine(data.train, config, ledger=Ledger())
+    assert planned.noise_multiplier == pytest.approx(run.noise_multiplier, rel=1e-12)
+    first = run.ledger.events[0]
+    assert [(e.kind, e.release_id, e.noise_multiplier) for e in planned.ledger.events] == [("init", "init", first.noise_multiplier)]
+    too_small = PrivateServer(EngineConfig(rank=2, sparsity=0, rounds=3, private=True, target_epsilon=0.5, init_noise_multiplier=0.05), Ledger())
+    with pytest.raises(BudgetExceededError):
+        check_plan(LinearTask(too_small.config, 6), too_small, 60)
+    assert len(too_small.ledger) == 0

@@ -94,6 +94,27 @@ def phase_event(private: PrivateServer, phase: str, round_number: int):
     return private.event(kind, round_number)
 
 
+def check_plan(task: Task, private: PrivateServer, num_users: int) -> None:
+    """The private steps of :func:`run_task` before any data is read, on ``private``'s ledger (give it a throwaway one).
+
+    As the loop: the init phases' ``"init"`` event through the budget and into the ledger (an
+    init over budget raises :class:`~fedlrs.privacy.budget.BudgetExceededError` here as there),
+    the calibration of the round z for the expected cohort ``q N``, then round 1's events through
+    the accountant (a z too small to account raises here; a round over budget does not: the loop
+    stops before it). An impossible plan thus fails before a run touches any file.
+    """
+    private.expected_count = task.settings.sample_rate * num_users
+    if task.init_phases():
+        init = phase_event(private, "init", 0)
+        private.budget.check(private.ledger, init)
+        private.ledger.record(init)
+    if private.calibrate() is not None:
+        try:
+            private.budget.check(private.ledger, [phase_event(private, phase, 1) for phase in task.round_phases({})])
+        except BudgetExceededError:
+            pass
+
+
 def run_task(task: Task, transport: Transport, *, generator: torch.Generator, private: PrivateServer | None = None, rounds: int | None = None,
              device: Any = "cpu", record: Callable[[int, State], None] | None = None, resume: tuple[int, State] | None = None) -> LoopResult:
     """Run the init phases and ``rounds`` (default ``task.settings.rounds``) rounds of ``task`` over ``transport`` (module docstring).
