@@ -40,7 +40,7 @@ def time_engine(overrides: dict, users: int) -> tuple[float, float]:
     """(seconds of the whole run, seconds of the rounds after the init)."""
     from fedlrs.federation_config import parse_run_config
     from fedlrs.simulations.engine import run_engine
-    from fedlrs.simulations.synthetic import make_lrs_data
+    from fedlrs.data.synthetic import make_lrs_data
 
     config = parse_run_config(overrides)
     data = make_lrs_data(users=users, examples=config.data_examples, dim=config.dim, rank=config.rank,

@@ -10,7 +10,7 @@ local step with one or eight greedy starts, with and without subspace-pursuit re
 from __future__ import annotations
 
 from fedlrs.core import mean_relative_error, solve_local, sufficient_statistics, support_f1, user_parameters
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def main() -> None:

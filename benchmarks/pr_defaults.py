@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from fedlrs.personalized import PersonalizedRegressor
-from fedlrs.personalized.simulation import simulate
+from fedlrs.data.personalized_simulation import simulate
 
 
 def r2_per_draw(n: int, draws: range, **settings) -> list[float]:

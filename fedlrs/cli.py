@@ -87,7 +87,7 @@ def _loss_knobs(logistic: bool, init: str) -> dict:
 
 
 def _data_options(users, examples, examples_max, dim, rank, sparsity, noise, seed, logistic):
-    from fedlrs.simulations.synthetic import make_lrs_data
+    from fedlrs.data.synthetic import make_lrs_data
 
     return make_lrs_data(
         users=users, examples=examples, examples_max=examples_max, dim=dim, rank=rank, sparsity=sparsity, noise=noise, seed=seed, logistic=logistic
@@ -196,7 +196,7 @@ def simulate(
         typer.echo(f"round {entry['round']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k != "round"))
 
     if data_dir is not None or ray_workers:
-        from fedlrs.data.cli import run_at_scale
+        from fedlrs.data_cli import run_at_scale
 
         result, title = run_at_scale(config, ledger=ledger, data_dir=data_dir, workers=ray_workers, address=ray_address, synthetic=lambda: data)
     else:
@@ -306,7 +306,7 @@ def compare(
 
 def _mount_subcommands() -> None:
     """Sub-commands owned by other rooms of the package: privacy tools and experiments."""
-    from fedlrs.data.cli import data_app
+    from fedlrs.data_cli import data_app
     from fedlrs.personalized.cli import pr_simulation
     from fedlrs.privacy.cli import privacy_app
 

@@ -274,7 +274,7 @@ class LRSRegressor(RegressorMixin, _LRSBase):
     Examples
     --------
     >>> from fedlrs import LRSRegressor
-    >>> from fedlrs.simulations.synthetic import make_lrs_data
+    >>> from fedlrs.data.synthetic import make_lrs_data
     >>> import numpy as np
     >>> data = make_lrs_data(users=200, examples=20, dim=10, rank=2, sparsity=1, seed=0)
     >>> X = data.train.X.reshape(-1, 10).numpy(); y = data.train.y.reshape(-1).numpy()

@@ -66,7 +66,7 @@ for i in $(seq 1 "$NODES"); do flwr supernode register "$C/keys/supernode-$i.pub
 # 4. one device per SuperNode: its data file, its state directory, its key
 python - "$WORK" "$NODES" <<'PY'
 import sys, pathlib, numpy as np
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 work, nodes = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 data = make_lrs_data(users=nodes + 1, examples=15, dim=10, rank=2, sparsity=1, seed=0).train
 (work / "data").mkdir(exist_ok=True)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from fedlrs import LRSClassifier, LRSRegressor, NotFittedError
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def long_table(data, users, m, d):

@@ -10,8 +10,8 @@ import pytest
 
 from fedlrs import LRSClassifier, LRSRegressor
 from fedlrs.personalized import PersonalizedRegressor
-from fedlrs.personalized.simulation import simulate
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.personalized_simulation import simulate
+from fedlrs.data.synthetic import make_lrs_data
 
 USERS, EXAMPLES, DIM = 60, 12, 5
 PRIVATE = dict(epsilon=8.0, delta=1e-5, noise_seed=0)

@@ -31,9 +31,9 @@ import fedlrs
 from fedlrs import LRSClassifier, LRSRegressor
 from fedlrs.estimator_parameters import ENGINE_FIELDS, engine_config
 from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
-from fedlrs.personalized.simulation import simulate
+from fedlrs.data.personalized_simulation import simulate
 from fedlrs.simulations.engine import EngineConfig
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,8 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 #: package -> the fedlrs packages it must never import (DESIGN.md section 4: lower never imports higher;
 #: client and server are two adapters that share the protocol, never each other)
 FORBIDDEN = {
-    "core": {"privacy", "protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
+    "core": {"data", "privacy", "protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
+    "data": {"privacy", "protocol", "tasks", "nn", "simulations", "recsys", "personalized", "server", "client", "federation_config"},
     "privacy": {"protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
     "protocol": {"server", "client", "simulations", "tasks"},
     "tasks": {"server", "client"},

@@ -12,7 +12,7 @@ from fedlrs.protocol.parts import Part
 from fedlrs.simulations.engine import EngineConfig, FederationTransport, run_engine
 from fedlrs.simulations.chunks import Federation
 from fedlrs.simulations.private_baselines import FedAvgConfig, dp_fedavg_global
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 from fedlrs.tasks.base import ROUND, Task, TaskBase
 from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.linear import LinearTask

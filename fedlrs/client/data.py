@@ -1,7 +1,7 @@
 """The device's data: one user's examples, from the built-in synthetic federation or a file.
 
 Simulation: the node config's ``partition-id`` i picks user i of the synthetic
-federation drawn by :func:`fedlrs.simulations.synthetic.make_lrs_data` with
+federation drawn by :func:`fedlrs.data.synthetic.make_lrs_data` with
 ``users = num-partitions`` and the run's ``data-*`` knobs, the same draw the
 in-process engine gets for the same seed. Deployment: ``data-path`` in the node
 config names a CSV, Parquet or NPZ file with features ``x0 .. x{d-1}`` (or an
@@ -20,7 +20,7 @@ import torch
 
 from fedlrs.core import UserData
 from fedlrs.federation_config import FederationConfig
-from fedlrs.simulations.synthetic import SyntheticLRS, make_lrs_data
+from fedlrs.data.synthetic import SyntheticLRS, make_lrs_data
 
 
 class DataError(ValueError):

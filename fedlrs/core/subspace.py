@@ -149,7 +149,7 @@ def unit_free_gradients(stats: UserStats, U: Tensor, W: Tensor, B: Tensor) -> tu
     ``sum_i ||y_i - X_i (U w_i + b_i)||^2`` under that Kronecker approximation of its Hessian.
     A user with ``w_i = 0`` or ``c_i = 0`` (at most r examples) contributes zeros.
     """
-    n, d, r = stats.num_users, U.shape[0], U.shape[1]
+    d, r = U.shape[0], U.shape[1]
     V = stats.xtx @ U
     inner = torch.linalg.pinv(U.T @ V, hermitian=True)
     explained = (inner * (V.transpose(1, 2) @ V)).sum(dim=(1, 2))

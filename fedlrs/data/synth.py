@@ -1,6 +1,6 @@
 """A synthetic Gaussian LRS federation (DESIGN.md section 6) written to disk chunk by chunk.
 
-Chunk ``j`` is drawn by :func:`fedlrs.simulations.synthetic.make_lrs_data` with its own
+Chunk ``j`` is drawn by :func:`fedlrs.data.synthetic.make_lrs_data` with its own
 seed (``seed``, ``j``) and the federation's one ``U*``, so no more than one chunk is ever in
 memory and the same arguments always write the same users. ``DIR/train.parquet`` and
 ``DIR/test.parquet`` hold the users' examples (same row groups); ``DIR/federation.json``
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fedlrs.core import random_orthonormal
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 from .parquet import FederationWriter
 

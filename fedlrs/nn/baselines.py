@@ -37,16 +37,12 @@ import torch
 from torch import nn
 
 from fedlrs.nn.method import State, UserExamples
+from fedlrs.privacy.settings import require_int
 from fedlrs.nn.network import (ModuleFactory, batched_forward, flat_size, initial_parameters, module_template, parameter_shapes, per_user_loss,
                                require_loss, resolve_personal_names)
 
 Tensor = torch.Tensor
 
-
-def _steps(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} == {value!r}, must be an integer >= {minimum}.")
-    return value
 
 
 def _rate(name: str, value) -> float:
@@ -90,7 +86,7 @@ class _Network:
         self._factory, self.module = module_template(module)
         self.loss = require_loss(loss)
         self.shapes = parameter_shapes(self.module)
-        self.local_steps = _steps("local_steps", local_steps)
+        self.local_steps = require_int("local_steps", local_steps, 1)
         self.lr = _rate("lr", lr)
         self.server_lr = _rate("server_lr", server_lr)
 
@@ -182,7 +178,7 @@ class FedAvgFT(FedAvg):
     def __init__(self, module: nn.Module | ModuleFactory, *, loss: str, local_steps: int = 5, lr: float = 0.1, server_lr: float = 1.0,
                  finetune_steps: int = 20, finetune_lr: float | None = None):
         super().__init__(module, loss=loss, local_steps=local_steps, lr=lr, server_lr=server_lr)
-        self.finetune_steps = _steps("finetune_steps", finetune_steps, 0)
+        self.finetune_steps = require_int("finetune_steps", finetune_steps, 0)
         self.finetune_lr = self.lr if finetune_lr is None else _rate("finetune_lr", finetune_lr)
 
     def personalize(self, shared: State, personal: State, data: UserExamples, generator: torch.Generator) -> State:
@@ -223,9 +219,9 @@ class FedRep(_Network):
         self.head_shapes = {n: self.shapes[n] for n in self.head_names}
         if len(self.head_names) == len(self.shapes):
             raise ValueError(f"head == {self.head_names} is the whole network, must leave a shared body.")
-        self.head_steps = _steps("head_steps", head_steps)
+        self.head_steps = require_int("head_steps", head_steps, 1)
         self.head_lr = _rate("head_lr", head_lr)
-        self.personalize_steps = self.head_steps if personalize_steps is None else _steps("personalize_steps", personalize_steps, 0)
+        self.personalize_steps = self.head_steps if personalize_steps is None else require_int("personalize_steps", personalize_steps, 0)
 
     def init_shared(self, generator: torch.Generator) -> State:
         """The module's body parameters (everything but the head)."""

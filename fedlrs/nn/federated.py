@@ -44,7 +44,7 @@ from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network
 from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_int, require_number
 from fedlrs.simulations.engine_config import DTYPES, EngineConfig
 
 Tensor = torch.Tensor
@@ -74,7 +74,7 @@ class NetworkConfig(PrivacySettings):
     >>> NetworkConfig(rounds=0)
     Traceback (most recent call last):
     ...
-    ValueError: rounds == 0, must be >= 1.
+    ValueError: rounds == 0, must be an integer >= 1.
     """
 
     rounds: int = 10
@@ -88,12 +88,8 @@ class NetworkConfig(PrivacySettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rounds", "seed", "evaluate_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} == {value!r}, must be an integer.")
-        if self.rounds < 1:
-            raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
+        for name, low in (("rounds", 1), ("seed", None), ("evaluate_every", None)):
+            require_int(name, getattr(self, name), low)
         if self.evaluate_every < 0:
             raise ValueError(f"evaluate_every == {self.evaluate_every}, must be >= 0 (0: first and last round only).")
         require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)

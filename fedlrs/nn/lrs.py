@@ -31,6 +31,7 @@ from torch import nn
 from fedlrs.core.subspace import orthonormalize, random_orthonormal
 from fedlrs.core.thresholding import hard_threshold
 from fedlrs.nn.method import State, UserExamples
+from fedlrs.privacy.settings import require_int
 from fedlrs.nn.network import (
     ModuleFactory,
     batched_forward,
@@ -50,11 +51,6 @@ Tensor = torch.Tensor
 #: keys of the shared state that are not module parameters
 SUBSPACE, OFFSET = "U", "theta_0"
 
-
-def _positive_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} == {value!r}, must be an integer >= {minimum}.")
-    return value
 
 
 def _rate(name: str, value, *, allow_zero: bool = False) -> float:
@@ -113,14 +109,14 @@ class LRSNetwork:
         if clash:
             raise ValueError(f"the module has parameters named {sorted(clash)}, which LRS-NN keeps for U and theta_0.")
         self.dim = flat_size(self.personal_shapes)
-        self.rank = _positive_int("rank", rank, 1)
+        self.rank = require_int("rank", rank, 1)
         if rank > self.dim:
             raise ValueError(f"rank == {rank}, must be <= D == {self.dim} (the personalized parameters).")
-        self.sparsity = _positive_int("sparsity", sparsity, 0)
+        self.sparsity = require_int("sparsity", sparsity, 0)
         if sparsity >= self.dim:
             raise ValueError(f"sparsity == {sparsity}, must be < D == {self.dim} (the personalized parameters).")
-        self.local_steps = _positive_int("local_steps", local_steps, 1)
-        self.personalize_steps = self.local_steps if personalize_steps is None else _positive_int("personalize_steps", personalize_steps, 0)
+        self.local_steps = require_int("local_steps", local_steps, 1)
+        self.personalize_steps = self.local_steps if personalize_steps is None else require_int("personalize_steps", personalize_steps, 0)
         self.lr_w, self.lr_b = _rate("lr_w", lr_w), _rate("lr_b", lr_b)
         self.ridge_w = _rate("ridge_w", ridge_w, allow_zero=True)
         self.server_lr = _rate("server_lr", server_lr)

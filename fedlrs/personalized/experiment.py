@@ -1,7 +1,7 @@
 """``fedlrs experiment pr-simulation``: Table 1 (simulation column) of Lengerich et al. (2019).
 
 Each repetition draws ``n`` training samples and ``n_test`` test samples of the
-section 3.1 simulation (:mod:`fedlrs.personalized.simulation`), fits Personalized
+section 3.1 simulation (:mod:`fedlrs.data.personalized_simulation`), fits Personalized
 Regression and the baselines (population Lasso, mixture of regressions, varying
 coefficients) and reports, as mean ± std over repetitions:
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from .baselines import MixtureRegressor, PopulationRegressor, VaryingCoefficientRegressor
 from .estimator import PersonalizedRegressor
-from .simulation import simulate
+from fedlrs.data.personalized_simulation import simulate
 
 __all__ = ["run_pr_simulation", "PAPER_TABLE"]
 

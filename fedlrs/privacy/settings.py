@@ -11,6 +11,7 @@ configuration that would be refused once privacy is switched on is refused at on
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,13 @@ def require_number(name: str, value, rule: str, ok: Callable[[float], bool]) -> 
     """Raise ``ValueError("<name> == <value>, <rule>.")`` unless ``value`` is a real number (not a bool) with ``ok(value)``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
         raise ValueError(f"{name} == {value!r}, {rule}.")
+
+
+def require_int(name: str, value, low: int | None = None) -> int:
+    """Raise ``ValueError("<name> == <value>, must be an integer >= <low>.")`` unless ``value`` is an integer (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        raise ValueError(f"{name} == {value!r}, must be an integer" + ("." if low is None else f" >= {low}."))
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +60,7 @@ class PrivacySettings:
         validate_accountant(self.accountant)
         require_number("noise_multiplier", self.noise_multiplier, "must be a finite number >= 0 (0: calibrate to target_epsilon)",
                        lambda v: 0 <= v < math.inf)
-        if isinstance(self.noise_seed, bool) or not isinstance(self.noise_seed, int):
-            raise ValueError(f"noise_seed == {self.noise_seed!r}, must be an integer.")
+        require_int("noise_seed", self.noise_seed)
         if self.noise_seed < -1:
             raise ValueError(f"noise_seed == {self.noise_seed}, must be >= 0 (reproducible) or -1 (OS entropy).")
 

@@ -6,7 +6,7 @@
 Two protocols: ``"random"``, a random 80/10/10 split over ratings (Lee et al. 2013, as
 DPALS uses); ``"time"``, per user by time (the last ``test_fraction`` of each user's
 ratings are test, the last ``validation_fraction`` of the rest validation), the protocol
-of :func:`fedlrs.simulations.realdata.load_movielens`. The item catalogue (ids 0..d-1
+of :func:`fedlrs.data.realdata.load_movielens`. The item catalogue (ids 0..d-1
 over every item in the file) and the rating range are public.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from fedlrs.core.multihot import FeatureStats, feature_statistics
 from fedlrs.core.sparse import ItemStats, item_statistics
-from fedlrs.simulations.realdata import DataError, _rdataset, split_by_time, validate_columns
+from fedlrs.data.realdata import DataError, _rdataset, split_by_time, validate_columns
 
 
 @dataclass(frozen=True)

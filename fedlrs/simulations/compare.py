@@ -8,7 +8,7 @@ from fedlrs.core import mean_relative_error, mean_user_auc, mean_user_mse, princ
 
 from . import baselines
 from .engine import EngineConfig, run_engine
-from .synthetic import SyntheticLRS
+from fedlrs.data.synthetic import SyntheticLRS
 
 
 def storage_per_user(method: str, *, dim: int, rank: int, sparsity: int) -> int:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from fedlrs.privacy.adaptive import require_quantile
-from fedlrs.privacy.settings import PrivacySettings
+from fedlrs.privacy.settings import PrivacySettings, require_int
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -68,12 +68,8 @@ class EngineConfig(PrivacySettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank == {self.rank}, must be >= 1.")
-        if self.sparsity < 0:
-            raise ValueError(f"sparsity == {self.sparsity}, must be >= 0.")
-        if self.rounds < 0:
-            raise ValueError(f"rounds == {self.rounds}, must be >= 0.")
+        for name, low in (("rank", 1), ("sparsity", 0), ("rounds", 0), ("refine_steps", 0), ("starts", 1), ("logistic_iterations", 1), ("seed", None)):
+            require_int(name, getattr(self, name), low)
         if self.mode not in ("ls", "gd"):
             raise ValueError(f"mode == {self.mode!r}, must be 'ls' or 'gd'.")
         if self.loss not in ("squared", "logistic"):
@@ -89,8 +85,6 @@ class EngineConfig(PrivacySettings):
                 raise ValueError(f"{name} == {getattr(self, name)}, must be >= 0.")
         if self.gd_learning_rate <= 0:
             raise ValueError(f"gd_learning_rate == {self.gd_learning_rate}, must be > 0.")
-        if self.starts < 1:
-            raise ValueError(f"starts == {self.starts}, must be >= 1.")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         if self.private and self.loss != "squared":

@@ -26,7 +26,6 @@ import json
 import math
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,8 +38,8 @@ from . import baselines
 from .compare import compare_methods, storage_per_user
 from .engine import EngineConfig, run_engine, synthetic_evaluator
 from .private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
-from .realdata import RealFederation, load_hsb, load_movielens
-from .synthetic import make_lrs_data
+from fedlrs.data.realdata import RealFederation, load_hsb, load_movielens
+from fedlrs.data.synthetic import make_lrs_data
 from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
 from .tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 

@@ -59,7 +59,7 @@ def own_data(
     from .compare import storage_per_user
     from .engine import EngineConfig, run_engine
     from .experiments import markdown_table, user_rmse
-    from .realdata import DataError, load_table
+    from fedlrs.data.realdata import DataError, load_table
 
     columns = [c.strip() for c in feature_columns.split(",") if c.strip()]
     try:

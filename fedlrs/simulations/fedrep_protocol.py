@@ -27,7 +27,7 @@ from fedlrs.core import mean_user_mse, principal_angle_distance, solve_local, su
 
 from .engine import run_engine
 from .private_baselines import private_fedrep_config
-from .synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def _long_table(data, scale_x: float = 1.0, scale_y: float = 1.0):

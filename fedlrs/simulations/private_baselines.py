@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from fedlrs.privacy import Ledger, PrivacySettings, SpentEpsilon
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
+
+if TYPE_CHECKING:
+    from fedlrs.simulations.engine_config import EngineConfig
 
 Tensor = torch.Tensor
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedlrs.core import mean_relative_error, solve_local, sufficient_statistics, support_f1, user_parameters
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 @pytest.fixture(scope="module")

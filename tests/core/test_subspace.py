@@ -13,7 +13,7 @@ from fedlrs.core import (
     sufficient_statistics,
     top_eigenvectors,
 )
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 f64 = torch.float64
 
@@ -104,7 +104,7 @@ def test_one_clear_contribution_reveals_w_direction_and_gram_up_to_scale():
 
 def test_unit_free_gradients_do_not_change_with_the_units_of_x_and_y():
     from fedlrs.core import orthonormalize, random_orthonormal, solve_local, sufficient_statistics, unit_free_gradients
-    from fedlrs.simulations.synthetic import make_lrs_data
+    from fedlrs.data.synthetic import make_lrs_data
 
     data = make_lrs_data(users=30, examples=6, dim=8, rank=2, sparsity=1, seed=3)
     U = random_orthonormal(8, 2, generator=torch.Generator().manual_seed(0))
@@ -121,7 +121,7 @@ def test_unit_free_gradients_do_not_change_with_the_units_of_x_and_y():
 def test_the_preconditioned_step_is_close_to_newton_on_noiseless_data():
     """One unit-free step from a perturbed U* shrinks the distance many times (a raw gradient step of lr 1 halves it at best)."""
     from fedlrs.core import orthonormalize, preconditioned_step, principal_angle_distance, solve_local, sufficient_statistics, unit_free_gradients
-    from fedlrs.simulations.synthetic import make_lrs_data
+    from fedlrs.data.synthetic import make_lrs_data
 
     data = make_lrs_data(users=4000, examples=10, dim=20, rank=2, sparsity=0, noise=0.0, seed=4)
     stats = sufficient_statistics(data.train)

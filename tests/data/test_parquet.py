@@ -8,7 +8,7 @@ from fedlrs.cli import app
 from fedlrs.core import principal_angle_distance
 from fedlrs.data import ParquetFederation, true_subspace, write_federation
 from fedlrs.simulations.engine import EngineConfig, run_engine
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def test_write_and_read_back_every_user_with_its_mask(tmp_path):
@@ -114,7 +114,7 @@ def test_simulate_and_the_estimator_accept_a_federation_on_disk(tmp_path):
 
 
 def test_data_real_writes_a_real_data_set_the_engine_runs_on(tmp_path):
-    from fedlrs.simulations.realdata import load_hsb
+    from fedlrs.data.realdata import load_hsb
 
     result = CliRunner().invoke(app, ["data", "real", "hsb", "--out", str(tmp_path / "hsb"), "--chunk-users", "50"])
     assert result.exit_code == 0, result.output

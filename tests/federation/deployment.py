@@ -117,7 +117,7 @@ class LocalDeployment:
         self.flwr("supernode", "register", str(self.certs / "keys" / f"supernode-{i}.pub"), "deploy")
 
     def write_data(self, users: int, *, examples: int = 15, dim: int = 10, rank: int = 2, sparsity: int = 1) -> None:
-        from fedlrs.simulations.synthetic import make_lrs_data
+        from fedlrs.data.synthetic import make_lrs_data
 
         data = make_lrs_data(users=users, examples=examples, dim=dim, rank=rank, sparsity=sparsity, seed=0).train
         for i in range(users):

@@ -13,7 +13,7 @@ from fedlrs.privacy import Ledger, audit_report
 from fedlrs.server.app import make_server_app
 from fedlrs.server.billboard import Billboard
 from fedlrs.simulations.engine import run_engine
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 from .fakes import FakeGrid
 

@@ -63,7 +63,7 @@ def test_counter_is_a_federated_method():
 
 
 @pytest.mark.parametrize("knob,value,rule", [
-    ("rounds", 0, "must be >= 1"), ("sample_rate", 0.0, "must be in (0, 1]"), ("sample_rate", 1.5, "must be in (0, 1]"),
+    ("rounds", 0, "must be an integer >= 1"), ("sample_rate", 0.0, "must be in (0, 1]"), ("sample_rate", 1.5, "must be in (0, 1]"),
     ("clip", 0.0, "must be a finite number > 0"), ("clip", float("inf"), "must be a finite number > 0"),
     ("delta", 1.0, "must be in (0, 1)"), ("target_epsilon", -1.0, "must be a finite number > 0"),
     ("noise_multiplier", -0.5, "must be a finite number >= 0"), ("accountant", "moments", "must be one of"),

@@ -325,7 +325,7 @@ def test_secure_network_device_refuses_a_shared_state_of_other_shapes():
 
 @pytest.mark.parametrize("key,value,rule", [
     ("task", "nn-cifar", "must be one of"), ("nn-clip", 0.0, "must be a finite number > 0"),
-    ("num-server-rounds", 0, "must be >= 1"), ("clip-quantile", 1.5, "must be 0 (fixed clip bounds) or in (0, 1)"),
+    ("num-server-rounds", 0, "must be an integer >= 1"), ("clip-quantile", 1.5, "must be 0 (fixed clip bounds) or in (0, 1)"),
 ])
 def test_network_knobs_are_checked_in_kebab_case(key, value, rule):
     with pytest.raises(ConfigError) as error:

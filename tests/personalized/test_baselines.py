@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedlrs.personalized.baselines import MixtureRegressor, PopulationRegressor, VaryingCoefficientRegressor
-from fedlrs.personalized.simulation import simulate
+from fedlrs.data.personalized_simulation import simulate
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from fedlrs.personalized import PersonalizedClassifier, PersonalizedRegressor
-from fedlrs.personalized.simulation import simulate
+from fedlrs.data.personalized_simulation import simulate
 
 
 @pytest.fixture(scope="module")

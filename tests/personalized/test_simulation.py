@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedlrs.personalized.simulation import simulate, true_parameters
+from fedlrs.data.personalized_simulation import simulate, true_parameters
 
 
 def test_true_parameters_match_section_3_1():

@@ -119,7 +119,7 @@ def test_the_audit_recomputes_epsilon_with_the_clip_releases(tmp_path):
 
     from fedlrs.privacy import Ledger, audit_report
     from fedlrs.simulations.engine import EngineConfig, run_engine
-    from fedlrs.simulations.synthetic import make_lrs_data
+    from fedlrs.data.synthetic import make_lrs_data
 
     data = make_lrs_data(users=2000, examples=5, dim=10, rank=2, sparsity=0, seed=1)
     config = EngineConfig(rank=2, sparsity=0, rounds=4, mode="gd", private=True, target_epsilon=1.0, delta=1e-6, noise_seed=0)

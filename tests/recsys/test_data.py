@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedlrs.recsys.data import build_split, load_ratings
-from fedlrs.simulations.realdata import DataError
+from fedlrs.data.realdata import DataError
 
 
 def test_movielens_random_split_is_80_10_10_over_ratings():

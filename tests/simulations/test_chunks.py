@@ -5,7 +5,7 @@ from fedlrs.core import LeanUsers, sufficient_statistics
 from fedlrs.simulations.chunks import Federation, add_sums, chunk_bounds, split_index
 from fedlrs.tasks.linear import released_parts
 from fedlrs.simulations.engine import EngineConfig, run_engine
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def test_lean_users_keep_the_smaller_of_examples_and_statistics():

@@ -1,6 +1,6 @@
 from fedlrs.simulations.compare import compare_methods
 from fedlrs.simulations.engine import EngineConfig
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 
 def test_lrs_beats_every_baseline_on_lrs_data():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedlrs.simulations.engine import EngineConfig, Federation, run_engine, synthetic_evaluator
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 # The acceptance setting of the core issue: t=2000, d=50, r=5, k=4, sigma=0.01, moments init, <= 10 rounds.
 SETTING = dict(users=2000, dim=50, rank=5, noise=0.01, seed=0)
@@ -78,7 +78,7 @@ def test_same_seed_same_result_and_history_json(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(rank=0, sparsity=1), "rank == 0, must be >= 1"),
+        (dict(rank=0, sparsity=1), "rank == 0, must be an integer >= 1"),
         (dict(rank=2, sparsity=-1), "sparsity == -1"),
         (dict(rank=2, sparsity=1, mode="sgd"), "mode == 'sgd'"),
         (dict(rank=2, sparsity=1, loss="logistic"), "needs mode == 'gd'"),
@@ -168,3 +168,10 @@ def test_a_small_private_federation_reads_its_clip_bounds_near_the_last_one():
         assert all(2.0 ** -CLIP_WINDOW <= b / a <= 2.0 ** CLIP_WINDOW for a, b in zip(bounds, bounds[1:]))
         bad += float(mean_user_mse(data.test, result.theta)) > 2 * float(mean_user_mse(data.test, data.theta_star)) + 0.5
     assert bad == 0
+
+
+@pytest.mark.parametrize("name,value,rule", [("rank", 2.5, "an integer >= 1"), ("sparsity", True, "an integer >= 0"), ("rounds", 3.0, "an integer >= 0"),
+                                             ("starts", 0, "an integer >= 1"), ("seed", "1", "an integer")])
+def test_engine_config_refuses_a_non_integer_count_naming_it(name, value, rule):
+    with pytest.raises(ValueError, match=f"{name} == {value!r}, must be {rule}"):
+        EngineConfig(**{"rank": 2, "sparsity": 0, name: value})

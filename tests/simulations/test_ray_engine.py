@@ -7,7 +7,7 @@ from fedlrs.data.parquet import ParquetFederation
 from fedlrs.privacy import Ledger
 from fedlrs.simulations.engine import EngineConfig, run_engine
 from fedlrs.simulations.ray_engine import RayFederation, ShardFailedError
-from fedlrs.simulations.synthetic import make_lrs_data
+from fedlrs.data.synthetic import make_lrs_data
 
 ray = pytest.importorskip("ray")
 

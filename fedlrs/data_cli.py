@@ -84,11 +84,11 @@ def real(
     chunk_users: int = typer.Option(16384, "--chunk-users", help="Users per row group."),
     dtype: str = typer.Option("float64", "--dtype", help="float32 or float64 on disk."),
 ) -> None:
-    """Write a real data set's federation (fedlrs.simulations.realdata) to disk, users in the loader's order."""
+    """Write a real data set's federation (fedlrs.data.realdata) to disk, users in the loader's order."""
     import json
 
     from fedlrs.data.parquet import write_federation
-    from fedlrs.simulations.realdata import DataError, load_hsb, load_movielens
+    from fedlrs.data.realdata import DataError, load_hsb, load_movielens
 
     loaders = {"hsb": load_hsb, "movielens": load_movielens}
     if name not in loaders:

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlrs.simulations.realdata import DataError, load_hsb, load_movielens, load_table, split_by_time
+from fedlrs.data.realdata import DataError, load_hsb, load_movielens, load_table, split_by_time
 from fedlrs.simulations.private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
 
 
