@@ -41,8 +41,9 @@ import torch
 from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, compute_epsilon, move_aside, write_privacy_report
 from fedlrs.privacy.ledger import run_folder
 from fedlrs.simulations.experiment_config import seeds_and_folder
+from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
 from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsilon_sweep
-from fedlrs.simulations.tables import aggregate, json_safe, markdown_table, plot_privacy, plot_rounds
+from fedlrs.simulations.tables import aggregate, markdown_table, plot_privacy, plot_rounds
 from fedlrs.tasks.network import run_federated
 
 from .baselines import FedAvgFT, local_only
@@ -238,30 +239,30 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     """Run network experiment ``name`` over ``seeds`` seeds (0..seeds-1; default the config's), write ``out``.
 
     Writes ``table.md``, ``results.json`` (config, rows, per-seed records, tuning, audits,
-    CPU wall time) and ``privacy_utility.png`` / ``rounds.png``; returns the rows, records,
-    table, the written paths and the seconds taken.
+    CPU wall time) and ``privacy_utility.png`` / ``rounds.png`` through the one runner core
+    (:func:`fedlrs.simulations.experiment_runner.run_experiment_body`); returns the rows,
+    records, the markdown, the written paths and the seconds taken.
     """
     config = load_nn_experiment(name, quick=quick, directory=directory)
     config["task_name"] = config.get("task_name", config.get("dataset", name))
     n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
-    threads_before = torch.get_num_threads()
-    threads = int(config.get("threads", threads_before))
-    torch.set_num_threads(threads)
+    return run_experiment_body(name, config, list(range(n_seeds)), out, lambda seed_list: _run_seeds(name, config, seed_list, out, echo, quick), echo=echo)
+
+
+def _run_seeds(name: str, config: dict, seeds: list[int], out: Path, echo: Callable[[str], None], quick: bool) -> ExperimentOutput:
+    """The body of a network experiment: tune on seed 0, report every seed, aggregate (rows, notes, plots)."""
+    threads = torch.get_num_threads()
     started = time.perf_counter()
-    runner = _Runner(config, list(range(n_seeds)), out, echo)
+    runner = _Runner(config, seeds, out, echo)
     info = {}
-    try:
-        for seed in runner.seeds:
-            task = runner.task(seed)
-            delta = config_delta(config, task.num_users)
-            if seed == runner.seeds[0]:
-                info = {**task.info, "delta": delta}
-                runner.tune(task, delta)
-            runner.report(task, seed, delta)
-            echo(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
-    finally:
-        torch.set_num_threads(threads_before)
-    seconds = time.perf_counter() - started
+    for seed in runner.seeds:
+        task = runner.task(seed)
+        delta = config_delta(config, task.num_users)
+        if seed == runner.seeds[0]:
+            info = {**task.info, "delta": delta}
+            runner.tune(task, delta)
+        runner.report(task, seed, delta)
+        echo(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
 
     loss = "cross_entropy" if info.get("classes") else "mse"
     metric = "accuracy" if loss == "cross_entropy" else "RMSE"
@@ -277,28 +278,32 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
     headers = {"test": f"per-user test {metric}", "epsilon_spent": "epsilon spent (RDP, reported run)", "epsilon_with_tuning": "epsilon incl. clip tuning",
                "storage": "numbers stored/user", "server_size": "server model size", "upload": "upload/user/round"}
     table = markdown_table(rows, columns, headers)
-    note = _notes(config, info, n_seeds, seconds, threads, quick, len(runner.audits), runner.tuning) + "\n" + compare_lrs_fedrep(rows, loss)
     failed = [r for r in runner.records if isinstance(r["test"], float) and math.isnan(r["test"])]
+    tail = "\n" + compare_lrs_fedrep(rows, loss)
     if runner.diverged:
         where = "; ".join(f"{d['stage']} run of {d['method']} at epsilon {d['epsilon']:g}, clip {d['clip']:g}, seed {d['seed']}" for d in runner.diverged)
-        note += f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions; their ledgers still count): {where}."
+        tail += f"\n{len(runner.diverged)} run(s) diverged (non-finite contributions; their ledgers still count): {where}."
     if failed:
-        note += f"\n{len(failed)} reported result(s) are NaN and left out of the means: " + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + "."
+        tail += f"\n{len(failed)} reported result(s) are NaN and left out of the means: " + "; ".join(sorted({f"{r['method']} at epsilon {r['epsilon']:g}" for r in failed})) + "."
     if config.get("notes"):
-        note += "\n" + config["notes"].strip()
-    (out / "table.md").write_text(f"### {name}\n\n{table}\n\n{note}\n")
+        tail += "\n" + config["notes"].strip()
+
+    def note(seconds: float) -> str:
+        return _notes(config, info, len(seeds), seconds, threads, quick, len(runner.audits), runner.tuning) + tail
+
     ylabel = "per-user test error (1 - accuracy)" if loss == "cross_entropy" else "per-user test RMSE"
-    plot_privacy(rows, y="error", group="method", path=out / "privacy_utility.png", ylabel=ylabel, title=f"{name}: privacy-utility (delta={info['delta']:.2g})")
     histories = {k: [{"round": h["round"], "error": error(h["test"], loss)} for h in v] for k, v in runner.histories.items()}
-    plot_rounds(histories, y="error", path=out / "rounds.png", ylabel=ylabel, title=f"{name}: non-private, after each round (seed 0)", logy=loss == "cross_entropy")
-    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "task": info, "rows": rows, "records": runner.records,
-               "tuning": runner.tuning, "chosen": runner.chosen, "clips": {f"{k} eps={e:g}": c for (k, e), c in runner.clips.items()},
-               "audits": runner.audits, "diverged": runner.diverged, "histories": runner.histories}
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
-    echo(table)
-    echo(note)
-    paths = [out / "table.md", out / "privacy_utility.png", out / "rounds.png", out / "results.json"]
-    return {"rows": rows, "records": runner.records, "table": table, "paths": paths, "seconds": seconds, "tuning": runner.tuning, "audits": runner.audits}
+    plots = {
+        "privacy_utility.png": lambda path: plot_privacy(rows, y="error", group="method", path=path, ylabel=ylabel,
+                                                         title=f"{name}: privacy-utility (delta={info['delta']:.2g})"),
+        "rounds.png": lambda path: plot_rounds(histories, y="error", path=path, ylabel=ylabel, title=f"{name}: non-private, after each round (seed 0)",
+                                               logy=loss == "cross_entropy"),
+    }
+    results = {"task": info, "rows": rows, "records": runner.records, "tuning": runner.tuning, "chosen": runner.chosen,
+               "clips": {f"{k} eps={e:g}": c for (k, e), c in runner.clips.items()}, "audits": runner.audits, "diverged": runner.diverged,
+               "histories": runner.histories}
+    return ExperimentOutput(markdown=lambda seconds: f"### {name}\n\n{table}\n\n{note(seconds)}\n", echo=lambda seconds: f"{table}\n{note(seconds)}",
+                            plots=plots, results=results, returned={"rows": rows, "records": runner.records, "tuning": runner.tuning, "audits": runner.audits})
 
 
 def compare_lrs_fedrep(rows: list[dict], loss: str) -> str:

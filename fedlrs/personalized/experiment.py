@@ -20,7 +20,6 @@ norm it would mean n ≈ 70, for which a ± 0.02 spread is impossible.)
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from .baselines import MixtureRegressor, PopulationRegressor, VaryingCoefficientRegressor
 from .estimator import PersonalizedRegressor
 from fedlrs.data.personalized_simulation import simulate
+from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
 
 __all__ = ["run_pr_simulation", "PAPER_TABLE"]
 
@@ -102,13 +102,17 @@ def run_pr_simulation(
         raise ValueError(f"n == {n}, must be >= 10.")
     if quick:
         repetitions, n, n_test = min(repetitions, 2), min(n, 300), min(n_test, 200)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {"repetitions": repetitions, "n": n, "n_test": n_test, "quick": quick, "seed": seed, "noise_std": 0.1}
+    return run_experiment_body("pr-simulation", config, [seed + rep for rep in range(repetitions)], Path(out_dir),
+                               lambda seeds: _study(config, seeds), echo=print)["result"]
 
+
+def _study(config: dict, seeds: list[int]) -> ExperimentOutput:
+    """The body of the study: every method on each seed's draw, Table 1 (printed), the parameters' plot of the first draw."""
+    n, n_test, quick = config["n"], config["n_test"], config["quick"]
     raw = {m: {"r2": [], "mse": [], "recovery": [], "recovery_ms": [], "fit_seconds": []} for m in METHODS}
     first = None
-    for rep in range(repetitions):
-        rs = seed + rep
+    for rs in seeds:
         train = simulate(n, seed=np.random.SeedSequence([rs, 0]))
         test = simulate(n_test, seed=np.random.SeedSequence([rs, 1]))
         fitted = {}
@@ -131,17 +135,14 @@ def run_pr_simulation(
         for name, metrics in raw.items()
     }
     result = {
-        "config": {"repetitions": repetitions, "n": n, "n_test": n_test, "quick": quick, "seed": seed,
-                   "noise_std": 0.1},
+        "config": config,
         "methods": methods,
         "paper": {k: {m: {"mean": v[0], "std": v[1]} for m, v in d.items()} for k, d in PAPER_TABLE.items()},
     }
     table = _table_markdown(result)
     _print_table(result)
-    (out_dir / "table.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
-    _plot(first, out_dir / "parameters.png")
-    return result
+    return ExperimentOutput(markdown=lambda seconds: table, echo=lambda seconds: None, plots={"parameters.png": lambda path: _plot(first, path)},
+                            results={"methods": methods, "paper": result["paper"]}, returned={"result": result})
 
 
 def _rows(result: dict):

@@ -28,7 +28,6 @@ them on synthetic MovieLens-like federations of up to tens of thousands of users
 from __future__ import annotations
 
 import math
-import time
 import tomllib
 from pathlib import Path
 from typing import Callable
@@ -38,7 +37,8 @@ import torch
 from fedlrs.privacy import audit_report, move_aside
 from fedlrs.privacy.ledger import run_folder
 from fedlrs.simulations.experiment_config import seeds_and_folder
-from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, json_safe, markdown_table, merge_config, plot_lines,
+from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
+from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, markdown_table, merge_config, plot_lines,
                                             plot_privacy)
 
 from .baselines import global_item_model, library_mf, rmse
@@ -212,26 +212,28 @@ def crossing_sentence(rows: list[dict], protocol: str) -> str:
 
 def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print,
                           directory: Path | None = None) -> dict:
-    """Run experiment ``name``; write ``table.md``, ``results.json``, ``privacy_utility.png``, ``users.png`` (``users_synthetic.png``) and ``privacy/`` to ``out``."""
-    import json
-
+    """Run experiment ``name``; write ``table.md``, ``results.json``, ``privacy_utility.png``, ``users.png`` (``users_synthetic.png``) and ``privacy/`` to ``out``
+    (the outputs through the one runner core, :func:`fedlrs.simulations.experiment_runner.run_experiment_body`)."""
     config = load_config(name, quick=quick, directory=directory)
     n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
-    torch.set_num_threads(int(config.get("threads", 1)))
-    started = time.perf_counter()
+    return run_experiment_body(name, config, list(range(n_seeds)), out, lambda seed_list: _run_seeds(name, config, seed_list, out, echo, quick),
+                               echo=echo, threads=1)
+
+
+def _run_seeds(name: str, config: dict, seeds: list[int], out: Path, echo: Callable[[str], None], quick: bool) -> ExperimentOutput:
+    """The body of a rating experiment: every protocol over the seeds, then the subsampling and scale rows; the tables and plots."""
     records, tunings = [], {}
     for protocol in config["protocols"]:
-        protocol_records, tunings[protocol] = run_protocol(config, protocol, list(range(n_seeds)), out, echo)
+        protocol_records, tunings[protocol] = run_protocol(config, protocol, seeds, out, echo)
         records += protocol_records
     rows = aggregate(records, ["protocol", "method", "epsilon"], ["test_rmse"])
     for row in rows:
         first = next(r for r in records if (r["protocol"], r["method"], r["epsilon"]) == (row["protocol"], row["method"], row["epsilon"]))
         row.update({k: first[k] for k in ("published", "audit") if k in first})
         row["storage"] = first["storage"]
-    sub_records = run_subsampling(config, list(range(n_seeds)), tunings["random"], echo) if "subsample" in config else []
+    sub_records = run_subsampling(config, seeds, tunings["random"], echo) if "subsample" in config else []
     sub_rows = aggregate(sub_records, ["method", "users"], ["test_rmse"])
-    scale_rows = aggregate(run_scale(config, list(range(n_seeds)), echo), ["method", "users"], ["test_rmse"]) if "scale" in config else []
-    seconds = time.perf_counter() - started
+    scale_rows = aggregate(run_scale(config, seeds, echo), ["method", "users"], ["test_rmse"]) if "scale" in config else []
     columns = ["protocol", "method", "epsilon", "test_rmse", "epsilon_spent", "audit", "storage", "published"]
     headers = {"test_rmse": "test RMSE", "epsilon_spent": "epsilon spent", "audit": "privacy audit", "storage": "numbers stored/user", "published": "numbers published"}
     text = [f"### {name}", "", markdown_table(rows, columns, headers), ""]
@@ -244,18 +246,19 @@ def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None =
                  f"1,000 items; private rows at epsilon = {config['scale']['epsilon']}, non-private rows with the settings of `[scale]`):", "",
                  markdown_table(scale_rows, ["method", "users", "test_rmse"], {"test_rmse": "test RMSE"})]
     data = load_ratings(config["data"], protocol="random", seed=0, max_users=config.get("max_users")).info
-    text += ["", f"{data['users']} users, {data['items']} items, {data['ratings']} ratings ({data['source']}); delta = 1/N^1.1; "
-             f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s.", ""]
-    (out / "table.md").write_text("\n".join(text))
+
+    def markdown(seconds: float) -> str:
+        return "\n".join(text + ["", f"{data['users']} users, {data['items']} items, {data['ratings']} ratings ({data['source']}); delta = 1/N^1.1; "
+                                      f"{len(seeds)} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s.", ""])
+
     random_rows = [r for r in rows if r["protocol"] == "random"]
-    plot_privacy(random_rows, y="test_rmse", group="method", path=out / "privacy_utility.png", ylabel="test RMSE", title=f"{name}: test RMSE against epsilon (random split)")
+    plots = {"privacy_utility.png": lambda path: plot_privacy(random_rows, y="test_rmse", group="method", path=path, ylabel="test RMSE",
+                                                              title=f"{name}: test RMSE against epsilon (random split)")}
     if sub_rows:
-        plot_lines(sub_rows, x="users", y="test_rmse", group="method", path=out / "users.png", xlabel="users", ylabel="test RMSE",
-                   title=f"{name}: test RMSE against the number of users", logx=True, logy=False)
+        plots["users.png"] = lambda path: plot_lines(sub_rows, x="users", y="test_rmse", group="method", path=path, xlabel="users", ylabel="test RMSE",
+                                                     title=f"{name}: test RMSE against the number of users", logx=True, logy=False)
     if scale_rows:
-        plot_lines(scale_rows, x="users", y="test_rmse", group="method", path=out / "users_synthetic.png", xlabel="users", ylabel="test RMSE",
-                   title="synthetic MovieLens-like ratings: test RMSE against users", logx=True, logy=False)
-    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "rows": rows, "records": records, "subsample": sub_rows, "scale": scale_rows, "tuning": tunings}
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
-    echo("\n".join(text))
-    return {"rows": rows, "records": records, "subsample": sub_rows, "seconds": seconds, "table": "\n".join(text)}
+        plots["users_synthetic.png"] = lambda path: plot_lines(scale_rows, x="users", y="test_rmse", group="method", path=path, xlabel="users", ylabel="test RMSE",
+                                                               title="synthetic MovieLens-like ratings: test RMSE against users", logx=True, logy=False)
+    return ExperimentOutput(markdown=markdown, plots=plots, results={"rows": rows, "records": records, "subsample": sub_rows, "scale": scale_rows, "tuning": tunings},
+                            returned={"rows": rows, "records": records, "subsample": sub_rows})

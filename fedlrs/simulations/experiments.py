@@ -22,7 +22,6 @@ and the total epsilon is reported (``epsilon_with_tuning``).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 import tomllib
@@ -41,6 +40,7 @@ from .private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_sl
 from fedlrs.data.realdata import RealFederation, load_hsb, load_movielens
 from fedlrs.data.synthetic import make_lrs_data
 from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
+from .experiment_runner import ExperimentOutput, run_experiment_body
 from .tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 
 NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb", "fedrep-protocol", "fedrep-other")
@@ -289,27 +289,22 @@ RUNNERS = {"sample-complexity": run_sample_complexity, "privacy": run_privacy, "
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print, directory: Path | None = None) -> dict:
     """Run experiment ``name`` over ``seeds`` seeds (0..seeds-1; default from the config), write its outputs to ``out``.
 
-    Returns the results (rows, records, the markdown table, the paths written).
+    Returns the results (rows, records, the markdown of ``table.md``, the paths written); the
+    outputs are written by the one runner core, :func:`fedlrs.simulations.experiment_runner.run_experiment_body`.
     """
     config = load_experiment(name, quick=quick, directory=directory)
     n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
-    torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
-    started = time.perf_counter()
-    result = RUNNERS[config["kind"]](config, list(range(n_seeds)), echo)
-    seconds = time.perf_counter() - started
-    table = markdown_table(result["rows"], result["columns"], result["headers"])
-    note = f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s."
-    (out / "table.md").write_text(f"### {name}\n\n{table}\n\n{note}\n")
-    written = [out / "table.md"]
-    for filename, plot in result["plots"].items():
-        plot(out / filename)
-        written.append(out / filename)
-    payload = {"name": name, "config": config, "seeds": n_seeds, "seconds": seconds, "rows": result["rows"], "records": result["records"]}
-    for key in ("tuning", "data", "histories"):
-        if key in result:
-            payload[key] = result[key]
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
-    written.append(out / "results.json")
-    echo(table)
-    echo(note)
-    return {"rows": result["rows"], "records": result["records"], "table": table, "paths": written, "seconds": seconds, "tuning": result.get("tuning")}
+
+    def body(seed_list: list[int]) -> ExperimentOutput:
+        result = RUNNERS[config["kind"]](config, seed_list, echo)
+        table = markdown_table(result["rows"], result["columns"], result["headers"])
+
+        def note(seconds: float) -> str:
+            return f"{n_seeds} seed(s), mean ± standard deviation over seeds; {'quick' if quick else 'full'} run, {seconds:.0f} s."
+
+        results = {"rows": result["rows"], "records": result["records"], **{k: result[k] for k in ("tuning", "data", "histories") if k in result}}
+        return ExperimentOutput(markdown=lambda seconds: f"### {name}\n\n{table}\n\n{note(seconds)}\n", echo=lambda seconds: f"{table}\n{note(seconds)}",
+                                plots=result["plots"], results=results,
+                                returned={"rows": result["rows"], "records": result["records"], "tuning": result.get("tuning")})
+
+    return run_experiment_body(name, config, list(range(n_seeds)), out, body, echo=echo)

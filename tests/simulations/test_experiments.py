@@ -95,3 +95,27 @@ def test_config_errors_and_table_helpers(tmp_path):
     rows = aggregate([{"m": 1, "x": 1.0}, {"m": 1, "x": 3.0}], ["m"], ["x"])
     assert rows[0]["x"] == 2.0 and rows[0]["x_std"] == pytest.approx(math.sqrt(2))
     assert "2 ± 1.4" in markdown_table(rows, ["m", "x"])
+
+
+def test_the_runner_core_writes_every_output_and_restores_the_threads(tmp_path):
+    """run_experiment_body: the body runs under the config's threads (restored after), its outputs are written one way."""
+    import json
+
+    import torch
+
+    from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
+
+    seen, printed, before = {}, [], torch.get_num_threads()
+
+    def body(seeds):
+        seen["threads"], seen["seeds"] = torch.get_num_threads(), seeds
+        return ExperimentOutput(markdown=lambda seconds: f"### x\n\n| a |\n\n{len(seeds)} seeds, {seconds:.0f} s\n",
+                                plots={"p.png": lambda path: path.write_bytes(b"png")}, results={"rows": [{"a": float("inf")}]},
+                                returned={"rows": [1]})
+
+    result = run_experiment_body("x", {"threads": 1, "k": 2}, [3, 4], tmp_path / "out", body, echo=printed.append)
+    assert seen == {"threads": 1, "seeds": [3, 4]} and torch.get_num_threads() == before
+    assert [p.name for p in result["paths"]] == ["table.md", "p.png", "results.json"] and result["rows"] == [1]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (saved["name"], saved["config"], saved["seeds"], saved["rows"]) == ("x", {"threads": 1, "k": 2}, 2, [{"a": "inf"}])
+    assert printed == [(tmp_path / "out" / "table.md").read_text()] == [result["table"]]
