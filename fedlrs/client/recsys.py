@@ -15,8 +15,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from fedlrs.protocol.messages import BILLBOARD, CONTRIBUTION, ROUND_CONFIG
-from fedlrs.recsys.flower_task import RecsysFlowerTask, device_ratings, device_release
-from fedlrs.recsys.model import contribution_sums, contribution_weights, local_fit
+from fedlrs.recsys.flower_task import RecsysFlowerTask, device_ratings, device_task
+from fedlrs.recsys.model import local_fit
 
 STATE = "fedlrs.recsys-state"
 
@@ -33,22 +33,21 @@ def mean(message: Message, context: Context, task: RecsysFlowerTask) -> Message:
 
 
 def _fit_for(message: Message, context: Context, task: RecsysFlowerTask):
-    stats, _, rating_range = _stats_of(task, context)
+    stats, num_items, rating_range = _stats_of(task, context)
     P = torch.from_numpy(message.content.array_records[BILLBOARD]["P"].numpy())
     offset = float(message.content.config_records[ROUND_CONFIG]["offset"])
     fit = local_fit(P, stats, task.config, offset)
     context.state.array_records[STATE] = ArrayRecord({"w": Array(fit.w.numpy()), "user_bias": Array(fit.user_bias.numpy()),
                                                       "b_items": Array(fit.b_items.numpy()), "b_values": Array(fit.b_values.numpy())})
-    return stats, P, offset, fit, rating_range
+    return stats, P, offset, fit, num_items, rating_range
 
 
 def train(message: Message, context: Context, task: RecsysFlowerTask) -> Message:
-    """Fit ``(w_i, a_i, b_i)`` for the published ``P``, keep them, reply the (clipped, when private) contribution."""
-    stats, P, offset, fit, rating_range = _fit_for(message, context, task)
-    private = device_release(task, rating_range)
+    """Fit ``(w_i, a_i, b_i)`` for the published ``P``, keep them, reply the (clipped, when private) contribution:
+    :meth:`RecsysTask.contribution <fedlrs.recsys.model.RecsysTask.contribution>` for a batch of one, clipped to the task's parts."""
+    stats, P, offset, fit, num_items, rating_range = _fit_for(message, context, task)
     generator = torch.Generator().manual_seed(task.config.seed + int(context.node_config["partition-id"]))
-    weights = contribution_weights(stats, task.config.rating_cap if private is not None else 0, generator)
-    sums = contribution_sums(P, fit, stats, task.config, offset, private, weights)
+    sums = device_task(task, num_items, rating_range).contribution({"P": P, "offset": offset}, fit, stats, generator)
     return Message(RecordDict({CONTRIBUTION: ArrayRecord({k: Array(v.numpy()) for k, v in sums.items()})}), reply_to=message)
 
 

@@ -39,12 +39,16 @@ class PrivateServer:
     (:class:`fedlrs.privacy.GaussianSumRelease`). ``retry_ids`` (the billboard, which
     resumes on a persistent ledger): a release id already in the ledger becomes
     ``"<id>-retry-k"`` (a crash-replayed round, accounted again, conservatively); the
-    engine, on a fresh ledger, never needs it. ``write_report`` writes the report that
+    engine, on a fresh ledger, never needs it. ``init_ratio`` (rho): the init's z is ``rho z`` when
+    calibrated jointly with the rounds' z (:meth:`plan_joint`; 1 for the moments init, private LRS's
+    bias release sets its share of the budget with it). ``write_report`` writes the report that
     ``fedlrs privacy audit`` checks.
     """
 
-    def __init__(self, config, ledger: Ledger, *, retry_ids: bool = False):
-        self.config, self.ledger, self.retry_ids = config, ledger, retry_ids
+    def __init__(self, config, ledger: Ledger, *, retry_ids: bool = False, init_ratio: float = 1.0):
+        if isinstance(init_ratio, bool) or not isinstance(init_ratio, (int, float)) or not 0 < init_ratio < float("inf"):
+            raise ValueError(f"init_ratio == {init_ratio!r}, must be a finite number > 0.")
+        self.config, self.ledger, self.retry_ids, self.init_ratio = config, ledger, retry_ids, init_ratio
         seed = config.noise_seed
         self.noise = GaussianNoise(secure=seed < 0, seed=None if seed < 0 else seed)
         self.budget = config.budget
@@ -84,13 +88,13 @@ class PrivateServer:
 
     @property
     def init_noise_multiplier(self) -> float:
-        """The init's z: configured, or (``init_noise_multiplier == 0``) the round z of the joint calibration."""
-        return self.config.init_noise_multiplier or self.plan_joint()
+        """The init's z: configured, or (``init_noise_multiplier == 0``) ``init_ratio`` times the round z of the joint calibration."""
+        return self.config.init_noise_multiplier or self.init_ratio * self.plan_joint()
 
     def plan_joint(self) -> float:
-        """One z for the moments init (q = 1) and every round, calibrated together to the target."""
+        """The round z of a plan of one init (q = 1, z ``init_ratio z``) and every round, calibrated together to the target."""
         if self.noise_multiplier is None:
-            self.noise_multiplier = self.config.noise_multiplier or self._calibrated(init_ratio=1.0, prior=())
+            self.noise_multiplier = self.config.noise_multiplier or self._calibrated(init_ratio=self.init_ratio, prior=())
         return self.noise_multiplier
 
     def _calibrated(self, *, init_ratio: float, prior) -> float:

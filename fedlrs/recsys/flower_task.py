@@ -1,4 +1,4 @@
-"""The matrix-completion task on Flower, without Flower: which ratings each device holds, and the public release bounds.
+"""The matrix-completion task on Flower, without Flower: which ratings each device holds, and the task whose parts it clips to.
 
 The server side is :mod:`fedlrs.server.recsys`, the device side :mod:`fedlrs.client.recsys`
 (the protocol: :mod:`fedlrs.server.recsys`'s docstring). Selected in a Flower run by the run
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from fedlrs.core.sparse import item_statistics
-from fedlrs.privacy import Ledger
 
 from .data import load_ratings
-from .model import RecsysConfig, _PrivateRelease
+from .model import RecsysConfig, RecsysTask
 
 
 DATA_SETS = ("movielens", "insteval")
@@ -63,9 +62,9 @@ def device_ratings(task: RecsysFlowerTask, partition_id: int):
 
 
 @functools.lru_cache(maxsize=4)
-def device_release(task: RecsysFlowerTask, rating_range) -> _PrivateRelease | None:
-    """The device's view of the release: its public bounds (z is calibrated once per process)."""
-    return _PrivateRelease(task.config, rating_range, Ledger()) if task.config.private else None
+def device_task(task: RecsysFlowerTask, num_items: int, rating_range) -> RecsysTask:
+    """The device's view of the model: the :class:`RecsysTask` whose parts (public bounds) it clips to."""
+    return RecsysTask(task.config, num_items, rating_range=rating_range)
 
 
 #: RecsysFlowerTask field -> the run-config key it comes from (max_users: 0 is every user)

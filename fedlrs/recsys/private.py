@@ -1,9 +1,11 @@
 """Private LRS that contains the private biased model: the item biases first, then taste factors where they beat the noise.
 
-A plan of releases, all through the ledger (:class:`fedlrs.privacy.GaussianSumRelease`):
+A plan of releases, :class:`PrivateLrsTask` on the one loop (:func:`fedlrs.tasks.loop.run_task`), every
+release through :class:`fedlrs.privacy.release.PrivateServer` (budget check, ledger record, noise):
 
-1. **Bias release** (every user; noise multiplier ``rho z``; an ``"init"`` event when factor
-   rounds follow, else the one ``"round"``): the same release as the private biased model,
+1. **Bias release** (every user; noise multiplier ``rho z``; the task's init phase, the ledger's ``"init"``
+   event, when factor rounds follow, else round 1's ``"round-1"``): the same release as the private biased
+   model (the rank-0 :class:`~fedlrs.recsys.model.RecsysTask`'s),
    ``A_j = sum_i s_ij`` (the capped rater counts) and ``c_j = sum_i e_ij`` (the clipped
    residuals of ``y_ij - o - a_i``), so ``c_j <- c_j / (A_j + lam_c + kappa sigma_A)``.
    The first two factor columns are then public, post-processing of this release:
@@ -19,8 +21,8 @@ A plan of releases, all through the ledger (:class:`fedlrs.privacy.GaussianSumRe
    ``B^2 sqrt(cap)`` and ``B R sqrt(cap)`` (no bias column: it is not released again).
 
 The split of the budget between the two is public: ``z`` is calibrated so that the whole plan
-(one init at ``rho z`` and ``T`` rounds at ``z``, :func:`fedlrs.privacy.calibrate_noise_multiplier`)
-spends the target epsilon, with ``rho`` such that the bias release carries the share ``f`` of the
+(one init at ``rho z`` and ``T`` rounds at ``z``: :meth:`PrivateServer.plan_joint
+<fedlrs.privacy.release.PrivateServer.plan_joint>` with ``init_ratio = rho``) spends the target epsilon, with ``rho`` such that the bias release carries the share ``f`` of the
 plan's Gaussian budget, ``1 / rho^2 = T f / (1 - f)`` (for full participation the plan is one
 Gaussian mechanism with ``1 / z_plan^2 = 1 / (rho z)^2 + T / z^2``).
 
@@ -31,15 +33,18 @@ rating range, the number of users N and epsilon; nothing is tuned on the users' 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, replace
 
 import torch
 
 from fedlrs.core.sparse import ItemFit, ItemStats, item_normal_equations, item_solve
-from fedlrs.privacy import DpEvent, GaussianNoise, GaussianSumRelease, Ledger, calibrate_noise_multiplier, clip_scales
+from fedlrs.privacy import BudgetExceededError, Ledger, clip_scales
+from fedlrs.privacy.mechanism import part_noise_stds
+from fedlrs.privacy.release import PrivateServer
+from fedlrs.tasks.base import ROUND, USERS, Part, State, Sums, TaskBase, count
+from fedlrs.tasks.loop import InProcessTransport, run_task
 
-from .model import RecsysConfig, RecsysResult, contribution_sums, contribution_weights, local_fit
+from .model import RecsysConfig, RecsysResult, RecsysTask, contribution_weights, local_fit
 
 Tensor = torch.Tensor
 
@@ -78,20 +83,6 @@ def private_settings(*, num_users: int, rating_range: tuple[float, float], epsil
     return {"biased (private)": dict(common, rank=0, rounds=1), "LRS (private)": lrs}
 
 
-class _BiasRelease:
-    """The attributes :func:`contribution_sums` reads for a rank-0 (bias) contribution."""
-
-    def __init__(self, cap: int, residual_bound: float):
-        self.residual_bound = residual_bound
-        self.bounds = {"A": math.sqrt(cap), "c": math.sqrt(cap) * residual_bound}
-
-
-def _release(sums: dict, bounds: dict, *, z: float, kind: str, round_number: int, n: int, noise: GaussianNoise, ledger: Ledger, config: RecsysConfig):
-    mechanism = GaussianSumRelease(noise_multiplier=z, bounds=bounds, expected_count=float(n), noise=noise, symmetric_parts=frozenset({"A"}))
-    event = DpEvent(release_id=f"{kind}-{round_number}", kind=kind, noise_multiplier=z, sample_rate=1.0, round=round_number, time=time.time())
-    return mechanism.release(sums, ledger=ledger, event=event, budget=config.budget), mechanism.noise_stds()["A"]
-
-
 def public_item_factors(item_bias: Tensor, counts: Tensor) -> Tensor:
     """``[c_j, s z_j]`` (d, 2): two item factors that are functions of the bias release only (post-processing, no budget).
 
@@ -122,60 +113,108 @@ def factor_sums(P: Tensor, fit: ItemFit, stats: ItemStats, weights: Tensor, *, o
     return {"A": A, "c": c}
 
 
+class PrivateLrsTask(TaskBase):
+    """Private LRS's plan (module docstring) as a :class:`~fedlrs.tasks.base.Task`, every user in every step (q = 1).
+
+    Shared state ``{"P": (d, r + 1), "offset": o, "frequent": the frequent items (bool (d,); None before the bias release)}``.
+    The bias release is the release of a rank-0 :class:`~fedlrs.recsys.model.RecsysTask` (``self.bias``: its parts, client
+    step and item-bias solve, at the bias z ``z_bias``), then ``U = [c, popularity]`` and the frequent items. With
+    ``factor_rounds`` T > 0 it is the init phase ``"bias"`` (the ledger's ``"init"``, z ``rho z``) and each round's phase
+    ``"round"`` is a factor round (:func:`factor_sums`, parts ``A`` (d, r, r) symmetric and ``c`` (d, r), bounds
+    ``B^2 sqrt(cap)`` and ``B R sqrt(cap)``) on the frequent items; a round releases nothing when no item is frequent.
+    With T = 0 the bias release is round 1's phase ``"round"``. ``generator``: the run's (capped item subsets, the
+    learned columns' random start); ``noise_multiplier``: the rounds' z.
+    """
+
+    name = "private-lrs"
+
+    def __init__(self, settings: RecsysConfig, num_items: int, *, rating_range: tuple[float, float], offset: float, num_users: int, factor_rounds: int,
+                 selection_sigmas: float, generator: torch.Generator, noise_multiplier: float, bias_noise_multiplier: float, dtype: torch.dtype = torch.float64):
+        self.settings, self.num_items, self.offset, self.num_users, self.factor_rounds = settings, num_items, offset, num_users, factor_rounds
+        self.selection_sigmas, self.generator, self.noise_multiplier, self.dtype = selection_sigmas, generator, noise_multiplier, dtype
+        self.bias = RecsysTask(replace(settings, rank=0, sparsity=0, mode="ls"), num_items, rating_range=rating_range, offset=offset, dtype=dtype,
+                               generator=generator, expected_count=float(num_users), noise_multiplier=bias_noise_multiplier)
+        B, R, cap, r = settings.factor_bound, self.bias.residual_bound, settings.rating_cap, settings.rank
+        self.factor_parts = [Part("A", (num_items, r, r), B**2 * math.sqrt(cap), True), Part("c", (num_items, r), B * R * math.sqrt(cap))]
+
+    def init_phases(self) -> tuple[str, ...]:
+        return ("bias",) if self.factor_rounds > 0 else ()
+
+    def round_phases(self, shared: State) -> tuple[str, ...]:
+        frequent = shared["frequent"]
+        return () if frequent is not None and not bool(frequent.any()) else (ROUND,)
+
+    def parts(self, phase: str, shared: State) -> list[Part]:
+        return self.bias.parts(phase, shared) if shared["frequent"] is None else self.factor_parts
+
+    def init_shared(self, generator: torch.Generator) -> State:
+        return {"P": torch.zeros(self.num_items, 1, dtype=self.dtype), "offset": self.offset, "frequent": None}
+
+    def client_step(self, shared: State, personal, data: ItemStats, phase: str) -> tuple[Sums, object]:
+        """The bias contributions (the rank-0 task's), or a factor round's (:func:`factor_sums` on the frequent items)."""
+        if shared["frequent"] is None:
+            return self.bias.client_step(shared, personal, data, phase)
+        c, P, d = self.settings, shared["P"], self.num_items
+        fit = local_fit(P, data, c, shared["offset"])
+        eligible = shared["frequent"][data.items] & (data.count > 0)
+        weights = contribution_weights(ItemStats(data.items, data.count * eligible, data.total, d), c.rating_cap, self.generator)
+        bounds = {p.name: p.bound for p in self.factor_parts}
+        sums = factor_sums(P, fit, data, weights, offset=shared["offset"], factor_bound=c.factor_bound, residual_bound=self.bias.residual_bound, bounds=bounds)
+        return {**sums, USERS: count(data.num_users)}, personal
+
+    def factor_noise_std(self) -> float:
+        """``sigma_F``: the std of the noise on a factor round's ``A`` entries (sum units, at the rounds' z)."""
+        return part_noise_stds(self.noise_multiplier, {p.name: p.bound for p in self.factor_parts})["A"]
+
+    def server_step(self, shared: State, phase: str, sums: Sums, normalizer: float, round_number: int) -> State:
+        """The item biases, ``U = [c, popularity]`` and the frequent items (bias release), or ``U`` on the frequent items (factor round)."""
+        c, r, n = self.settings, self.settings.rank, self.num_users
+        if shared["frequent"] is None:
+            item_bias = self.bias.server_step(shared, phase, sums, normalizer, round_number)["P"]
+            counts = sums["A"][:, 0, 0] * n  # the noisy capped rater counts: public now
+            P = torch.cat([torch.zeros(self.num_items, r, dtype=self.dtype), item_bias], dim=1)
+            P[:, :min(r, 2)] = public_item_factors(item_bias[:, 0], counts)[:, :r]
+            if self.factor_rounds > 0:
+                frequent = counts >= r * self.selection_sigmas * self.factor_noise_std() / c.factor_bound**2
+            else:
+                frequent = torch.zeros(self.num_items, dtype=torch.bool)
+            if bool(frequent.any()):
+                extra = max(r - 2, 0)
+                P[frequent, r - extra:r] = c.init_scale * torch.randn(int(frequent.sum()), extra, generator=self.generator, dtype=self.dtype)
+            return {**shared, "P": P, "frequent": frequent}
+        frequent = shared["frequent"]
+        ridge_u = (c.ridge_u + c.noise_ridge * self.factor_noise_std()) / n
+        P = shared["P"].clone()
+        P[frequent, :r] = item_solve(sums["A"][frequent], sums["c"][frequent], normalizer=normalizer, ridge=ridge_u, ridge_bias=ridge_u)
+        return {**shared, "P": P}
+
+
 def fit_private_lrs(stats: ItemStats, config: RecsysConfig, *, rating_range: tuple[float, float], bias_share: float, selection_sigmas: float = 1.0, ledger: Ledger | None = None) -> RecsysResult:
-    """The bias release, then ``config.rounds`` factor rounds on the frequent items (module docstring); ``P = [U, c]``."""
+    """The bias release, then ``config.rounds`` factor rounds on the frequent items (module docstring); ``P = [U, c]``.
+
+    :class:`PrivateLrsTask` on the one loop (:func:`fedlrs.tasks.loop.run_task`, in-process); the releases go through
+    :class:`~fedlrs.privacy.release.PrivateServer`, which calibrates the plan (``init_ratio`` rho: the bias release at
+    ``rho z``, unless ``config.noise_multiplier`` fixes z). Both steps are least squares whatever ``config.mode``.
+    A release the budget refuses raises :class:`~fedlrs.privacy.BudgetExceededError`.
+    """
     if not config.private or config.rating_cap < 1 or config.sample_rate != 1.0:
         raise ValueError("fit_private_lrs needs private == True, rating_cap >= 1 and sample_rate == 1 (every user takes part).")
     if not selection_sigmas > 0:
         raise ValueError(f"selection_sigmas == {selection_sigmas}, must be > 0.")
     if not 0 < bias_share <= 1:
         raise ValueError(f"bias_share == {bias_share}, must be in (0, 1] (1: all of the budget on the bias release, no factor rounds).")
-    ledger = ledger if ledger is not None else Ledger()
-    n, d, r, cap = stats.num_users, stats.num_items, config.rank, config.rating_cap
-    T = config.rounds if r > 0 and bias_share < 1 else 0
-    offset = (rating_range[0] + rating_range[1]) / 2
-    R = config.residual_bound or (rating_range[1] - rating_range[0]) / 4
-    B = config.factor_bound
-    noise = GaussianNoise(secure=config.noise_seed < 0, seed=None if config.noise_seed < 0 else config.noise_seed)
-    if T > 0:
-        rho = math.sqrt((1 - bias_share) / (bias_share * T))
-        z = calibrate_noise_multiplier(target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=1.0, rounds=T, accountant=config.accountant,
-                                       init_ratio=rho)
-        z_bias = rho * z
-    else:
-        z = z_bias = calibrate_noise_multiplier(target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=1.0, rounds=1, accountant=config.accountant)
+    n, T = stats.num_users, config.rounds if config.rank > 0 and bias_share < 1 else 0
+    settings = replace(config, rounds=max(T, 1))
+    private = PrivateServer(settings, ledger if ledger is not None else Ledger(), init_ratio=math.sqrt((1 - bias_share) / (bias_share * T)) if T > 0 else 1.0)
+    z_bias = private.init_noise_multiplier if T > 0 else private.calibrate()
     generator = torch.Generator().manual_seed(config.seed)
-    dtype = stats.total.dtype
-    # 1. the item biases: the private biased model's release
-    bias_config = replace(config, rank=0, sparsity=0)
-    P0 = torch.zeros(d, 1, dtype=dtype)
-    fit0 = local_fit(P0, stats, bias_config, offset)
-    bias = _BiasRelease(cap, R)
-    sums = contribution_sums(P0, fit0, stats, bias_config, offset, bias, contribution_weights(stats, cap, generator))
-    kind = "init" if T > 0 else "round"
-    released, sigma_A = _release(sums, bias.bounds, z=z_bias, kind=kind, round_number=0 if T > 0 else 1, n=n, noise=noise, ledger=ledger, config=config)
-    ridge = (config.ridge_item_bias + config.noise_ridge * sigma_A) / n
-    c = item_solve(released["A"], released["c"], normalizer=1.0, ridge=ridge, ridge_bias=ridge)
-    counts = released["A"][:, 0, 0] * n  # the noisy capped rater counts: public now
-    P = torch.cat([torch.zeros(d, r, dtype=dtype), c], dim=1)
-    P[:, :min(r, 2)] = public_item_factors(c[:, 0], counts)[:, :r]
-    # 2. the taste factors on the frequent items
-    bounds = {"A": B**2 * math.sqrt(cap), "c": B * R * math.sqrt(cap)}
-    sigma_F = GaussianSumRelease(noise_multiplier=z, bounds=bounds, expected_count=1.0, noise=noise).noise_stds()["A"]
-    frequent = counts >= r * selection_sigmas * sigma_F / B**2 if T > 0 else torch.zeros(d, dtype=torch.bool)
-    if bool(frequent.any()):
-        extra = max(r - 2, 0)
-        P[frequent, r - extra:r] = config.init_scale * torch.randn(int(frequent.sum()), extra, generator=generator, dtype=dtype)
-        for round_number in range(1, T + 1):
-            fit = local_fit(P, stats, config, offset)
-            eligible = frequent[stats.items] & (stats.count > 0)
-            weights = contribution_weights(ItemStats(stats.items, stats.count * eligible, stats.total, d), cap, generator)
-            sums = factor_sums(P, fit, stats, weights, offset=offset, factor_bound=B, residual_bound=R, bounds=bounds)
-            out, _ = _release(sums, bounds, z=z, kind="round", round_number=round_number, n=n, noise=noise, ledger=ledger, config=config)
-            ridge_u = (config.ridge_u + config.noise_ridge * sigma_F) / n
-            U = item_solve(out["A"][frequent], out["c"][frequent], normalizer=1.0, ridge=ridge_u, ridge_bias=ridge_u)
-            P[frequent, :r] = U
-    result = RecsysResult(P, local_fit(P, stats, config, offset), offset, {**asdict(config), "rounds": max(T, 1)},
-                          ledger=ledger, noise_multiplier=z)
-    result.history.append({"bias_share": bias_share, "frequent_items": int(frequent.sum()), "z": z, "z_bias": z_bias})
+    offset = (rating_range[0] + rating_range[1]) / 2
+    task = PrivateLrsTask(settings, stats.num_items, rating_range=rating_range, offset=offset, num_users=n, factor_rounds=T, selection_sigmas=selection_sigmas,
+                          generator=generator, noise_multiplier=private.noise_multiplier, bias_noise_multiplier=z_bias, dtype=stats.total.dtype)
+    outcome = run_task(task, InProcessTransport(task, stats, dtype=stats.total.dtype), generator=generator, private=private)
+    if outcome.stopped != "rounds done":
+        raise BudgetExceededError(f"round {outcome.completed + 1} of fit_private_lrs not released: {outcome.stopped}")
+    P, z = outcome.shared["P"], private.noise_multiplier
+    result = RecsysResult(P, local_fit(P, stats, config, offset), offset, asdict(settings), ledger=private.ledger, noise_multiplier=z)
+    result.history.append({"bias_share": bias_share, "frequent_items": int(outcome.shared["frequent"].sum()), "z": z, "z_bias": z_bias})
     return result

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedlrs.federation_config import FederationConfig
@@ -35,9 +34,8 @@ from fedlrs.protocol.messages import BILLBOARD, CLIP_BOUND, PERSONALIZE, ROUND_C
 from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.secure_aggregation import SecureAggregation
-from fedlrs.server.exchange import exchange
-from fedlrs.server.validation import RefusedReply, require_replies, validate_reply
-from fedlrs.server.grid_transport import GridTransport
+from fedlrs.server.validation import require_replies
+from fedlrs.server.grid_transport import GridBoard, GridTransport, Refusal, connected_nodes
 from fedlrs.tasks.linear import LinearTask
 from fedlrs.tasks.loop import run_task
 
@@ -56,15 +54,6 @@ def _log(level: int, message: str, *args) -> None:
 
 
 @dataclass
-class Refusal:
-    """A reply the billboard did not count, and why."""
-
-    round: int
-    node_id: int
-    reason: str
-
-
-@dataclass
 class BillboardResult:
     """What a run of the billboard produced."""
 
@@ -78,30 +67,21 @@ class BillboardResult:
     sampled: dict[int, list[int]] = field(default_factory=dict)
 
 
-class Billboard:
-    """Publishes ``U`` and updates it from the clipped contributions of Poisson-sampled nodes."""
+class Billboard(GridBoard):
+    """Publishes ``U`` and updates it from the clipped contributions of Poisson-sampled nodes (the messaging of :class:`GridBoard`)."""
 
     def __init__(self, config: FederationConfig):
+        super().__init__(min_nodes=config.min_nodes, round_timeout=config.round_timeout, max_in_flight=config.max_in_flight, dtype=config.torch_dtype)
         self.config = config
         self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
         self.fingerprint = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_KEYS}
-        self.refusals: list[Refusal] = []
-        self.dropped: list[tuple[int, int]] = []
-        self.sampled: dict[int, list[int]] = {}
-        self.counted: dict[int, int] = {}  # round (0: the moments init) -> replies counted
         self.engine_config = config.engine_config()
         self.private: PrivateServer | None = None
-        self.clip_bound: float | None = None
         self.secure = None if config.secure_aggregation == "off" else SecureAggregation(config)
 
     # ------------------------------------------------------------------ messaging
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        deadline = time.monotonic() + self.config.wait_for_nodes
-        while True:
-            nodes = sorted(int(n) for n in grid.get_node_ids())
-            if len(nodes) >= self.config.min_nodes or time.monotonic() >= deadline:
-                return nodes
-            time.sleep(0.5)
+        return connected_nodes(grid, self.config.min_nodes, self.config.wait_for_nodes)
 
     def _content(self, U: torch.Tensor | None, round_number: int) -> RecordDict:
         settings = {"round": round_number}
@@ -111,11 +91,6 @@ class Billboard:
         if U is not None:
             content[BILLBOARD] = ArrayRecord({"U": Array(U.detach().cpu().numpy())})
         return content
-
-    def _exchange(self, grid: Grid, nodes: list[int], message_type: str, U: torch.Tensor | None, round_number: int) -> tuple[list[Message], dict[str, int]]:
-        """:func:`fedlrs.server.exchange.exchange` of this round's content (``round-timeout``, ``max-in-flight``)."""
-        return exchange(grid, nodes, message_type, lambda: self._content(U, round_number), round_number,
-                        timeout=self.config.round_timeout, max_in_flight=self.config.max_in_flight)
 
     def published(self, shared: dict) -> torch.Tensor:
         """What the devices get of the loop's shared state: ``U`` (the bound travels in the round config)."""
@@ -129,47 +104,9 @@ class Billboard:
         """``{name: (shape, L2 bound)}`` of a valid reply in ``phase`` (:func:`~fedlrs.protocol.parts.expected_parts`)."""
         return expected_parts(self.config, phase, self.clip_bound)
 
-    def _validate(self, reply: Message, parts: dict[str, tuple[tuple[int, ...], float]]) -> dict[str, torch.Tensor]:
-        """A reply's parts (:func:`~fedlrs.protocol.validation.validate_reply`), or :class:`RefusedReply`."""
-        return validate_reply(reply, parts, self.config.torch_dtype)
-
     def _message_type(self, phase: Phase) -> str:
         """The message that asks the nodes for their contribution in ``phase``."""
         return message_type(phase)
-
-    def _collect(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
-        """The sum of the valid contributions of ``nodes``; refused and missing replies are logged and skipped."""
-        if self.secure is not None:
-            return self._collect_secure(grid, nodes, phase, U, round_number)
-        parts = self._parts(phase)
-        sums = {name: torch.zeros(shape, dtype=self.config.torch_dtype) for name, (shape, _) in parts.items()}
-        message_type = self._message_type(phase)
-        replies, sent = self._exchange(grid, nodes, message_type, U, round_number)
-        asked, seen, accepted = set(nodes), set(), {}
-        for reply in replies:
-            node = int(reply.metadata.src_node_id)
-            try:
-                if node not in asked:
-                    raise RefusedReply("the node was not sampled in this round.")
-                if sent.get(reply.metadata.reply_to_message_id) != node:
-                    raise RefusedReply("the reply does not answer the message sent to this node in this round.")
-                if node in seen:
-                    raise RefusedReply("a second reply from the same node.")
-                seen.add(node)
-                accepted[node] = self._validate(reply, parts)
-            except RefusedReply as error:
-                self.refusals.append(Refusal(round_number, node, str(error)))
-                _log(WARNING, "round %d: refused the reply of node %d: %s", round_number, node, error)
-        for node in sorted(asked - seen):
-            self.dropped.append((round_number, node))
-            _log(WARNING, "round %d: node %d did not reply (gone, or silent for round-timeout == %.1f s); "
-                          "the round goes on without it", round_number, node, self.config.round_timeout)
-        self.counted[round_number] = len(accepted)
-        require_replies(round_number, len(asked), len(accepted), self.config.min_nodes)
-        for node in sorted(accepted):  # a fixed order: the sum does not depend on arrival order
-            for name, value in accepted[node].items():
-                sums[name] += value.to(sums[name].dtype)
-        return sums
 
     def _collect_secure(self, grid: Grid, nodes: list[int], phase: Phase, U: torch.Tensor | None, round_number: int) -> dict[str, torch.Tensor]:
         """The sum of the contributions of the nodes that stayed through SecAgg+ (:mod:`fedlrs.server.secure_aggregation`)."""
