@@ -191,3 +191,50 @@ def test_flwr_run_of_task_recsys_publishes_the_engines_P(tmp_path):
     split = load_ratings("insteval", max_users=nodes)
     engine = fit_recsys(split.stats(split.train_full), _task(rounds=2).config, rating_range=split.rating_range)
     np.testing.assert_allclose(np.load(tmp_path / "report" / "P.npy"), engine.P.numpy(), atol=1e-9)
+
+
+# ---------------------------------------------------------------- lost and refused replies (the billboards' rules, GridBoard)
+
+def _silent(node_id, types=("query.recsys_mean", "train.recsys")):
+    """A tamper under which ``node_id`` never answers the messages of ``types``."""
+    return lambda node, message, reply: None if node == node_id and message.metadata.message_type in types else reply
+
+
+def test_a_lost_device_is_skipped_and_the_offset_and_rounds_go_on_without_it():
+    task = _task()
+    result = run_recsys(FakeGrid(make_recsys_client_app(task), USERS, tamper=_silent(3)), task, round_timeout=0.05)
+    assert result.dropped == [(1, 3), (2, 3), (3, 3)] and result.rounds_completed == 3 and result.stopped == "rounds done"
+    split = load_ratings("insteval", max_users=USERS)
+    rows = split.train_full
+    others = rows.users != 2  # node 3 is user 2
+    assert result.offset == pytest.approx(float(rows.ratings[others].mean()))
+    assert torch.isfinite(result.P).all()
+
+
+def test_too_few_replies_stop_the_run_before_the_release():
+    from fedlrs.server.validation import TooFewRepliesError
+
+    task = _task()
+    with pytest.raises(TooFewRepliesError, match="query.recsys_mean: 11 of 12"):
+        run_recsys(FakeGrid(make_recsys_client_app(task), USERS, tamper=_silent(3)), task, min_nodes=USERS, round_timeout=0.05)
+    private = _task(private=True, target_epsilon=4.0, delta=1e-4, rating_cap=10, noise_seed=0, sparsity=0)
+    ledger = Ledger()
+    with pytest.raises(TooFewRepliesError, match="round 1: 11 of 12"):
+        run_recsys(FakeGrid(make_recsys_client_app(private), USERS, tamper=_silent(3)), private, ledger=ledger, min_nodes=USERS,
+                   round_timeout=0.05)
+    assert len(ledger) == 0  # nothing released for the round
+
+
+def test_a_reply_above_its_private_bound_is_refused_and_the_rounds_go_on():
+    task = _task(private=True, target_epsilon=4.0, delta=1e-4, rating_cap=10, noise_seed=0, sparsity=0)
+
+    def inflate(node, message, reply):
+        if node == 5 and message.metadata.message_type == "train.recsys":
+            parts = reply.content.array_records[CONTRIBUTION]
+            parts["c"] = type(parts["c"])(parts["c"].numpy() * 1e3 + 1.0)
+        return reply
+
+    result = run_recsys(FakeGrid(make_recsys_client_app(task), USERS, tamper=inflate), task)
+    assert [(r.round, r.node_id) for r in result.refusals] == [(1, 5), (2, 5), (3, 5)]
+    assert all("above its clipping bound" in r.reason for r in result.refusals)
+    assert [e.release_id for e in result.ledger.events] == ["round-1", "round-2", "round-3"]

@@ -9,7 +9,7 @@ import torch
 from fedlrs.core.sparse import item_contribution_norms, item_statistics
 from fedlrs.privacy import audit_report, compute_epsilon
 from fedlrs.recsys.data import Ratings
-from fedlrs.recsys.model import RecsysConfig, contribution_weights, fit_recsys
+from fedlrs.recsys.model import RecsysConfig, RecsysTask, contribution_weights, fit_recsys
 
 NOISE = 0.3
 
@@ -96,3 +96,29 @@ def test_private_run_needs_a_rating_cap():
     train, _, n, d = _low_rank_ratings(n=20, d=10)
     with pytest.raises(ValueError, match="rating_cap"):
         _fit(train, n, d, rank=1, rounds=1, private=True)
+
+
+def test_the_task_obeys_the_contract_and_its_parts_carry_the_private_bounds():
+    from fedlrs.tasks.base import Task
+
+    config = RecsysConfig(rank=2, rounds=1, private=True, rating_cap=9, factor_bound=2.0, residual_bound=0.5)
+    task = RecsysTask(config, 7, rating_range=(1.0, 5.0))
+    assert isinstance(task, Task) and task.round_phases({}) == ("round",) and task.init_phases() == ()
+    assert [(p.name, p.shape, p.bound, p.symmetric) for p in task.parts("round", {})] == [("A", (7, 3, 3), 5 * 3, True), ("c", (7, 3), math.sqrt(5) * 3 * 0.5, False)]
+    gd = RecsysTask(RecsysConfig(rank=0, rounds=1, mode="gd", private=True, rating_cap=4), 7, rating_range=(1.0, 5.0))
+    assert [(p.name, p.shape, p.bound) for p in gd.parts("round", {})] == [("G", (7, 1), 2 * 1.0)]  # R = (5 - 1) / 4, w' = [1]
+    plain = RecsysTask(RecsysConfig(rank=1), 7, rating_range=(1.0, 5.0), multihot=True)
+    assert [(p.name, p.bound) for p in plain.parts("round", {})] == [("A", math.inf), ("G", math.inf)] and plain.clipping() is None
+    with pytest.raises(ValueError, match="multi-hot"):
+        RecsysTask(config, 7, rating_range=(1.0, 5.0), multihot=True)
+
+
+def test_a_round_the_budget_refuses_raises_and_records_nothing():
+    from fedlrs.privacy import BudgetExceededError, Ledger
+
+    train, _, n, d = _low_rank_ratings(n=40, d=12)
+    ledger = Ledger()
+    with pytest.raises(BudgetExceededError, match="round 1"):
+        fit_recsys(item_statistics(train.users, train.items, train.ratings, num_users=n, num_items=d),
+                   RecsysConfig(rank=1, rounds=2, private=True, noise_multiplier=0.3, target_epsilon=1.0, rating_cap=5), rating_range=(-5.0, 11.0), ledger=ledger)
+    assert len(ledger) == 0

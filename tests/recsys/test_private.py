@@ -1,10 +1,12 @@
 """Private LRS that contains the private biased model (fedlrs.recsys.private): same bias release, taste at no extra budget, audited factor rounds."""
 
+import math
+
 import numpy as np
 import pytest
 
 from fedlrs.core.sparse import item_statistics
-from fedlrs.privacy import audit_report, compute_epsilon
+from fedlrs.privacy import DpEvent, audit_report, compute_epsilon
 from fedlrs.recsys.data import Ratings
 from fedlrs.recsys.model import RecsysConfig, fit_recsys
 from fedlrs.recsys.private import fit_private_lrs, private_settings
@@ -68,3 +70,15 @@ def test_private_settings_follow_from_public_facts_only():
     assert private_settings(num_users=20_000, rating_range=(1.0, 5.0), epsilon=1.0)["LRS (private)"]["bias_share"] == 1.0
     with pytest.raises(ValueError, match="rating_range"):
         private_settings(num_users=10, rating_range=(5.0, 1.0), epsilon=1.0)
+
+
+def test_the_bias_release_is_the_init_at_rho_times_the_rounds_z():
+    stats, _ = _crowd_ratings(n=300, seed=2)
+    share, rounds = 0.6, 2
+    result = fit_private_lrs(stats, _config(rank=3, rounds=rounds), rating_range=RANGE, bias_share=share, selection_sigmas=1e9)  # no frequent item
+    (init,) = result.ledger.events  # no factor round releases anything without a frequent item
+    assert (init.release_id, init.kind, init.sample_rate) == ("init", "init", 1.0) and result.history[0]["frequent_items"] == 0
+    assert init.noise_multiplier == pytest.approx(result.noise_multiplier * math.sqrt((1 - share) / (share * rounds)), rel=1e-12)
+    planned = compute_epsilon([init, DpEvent(release_id="planned", kind="round", noise_multiplier=result.noise_multiplier, sample_rate=1.0, count=rounds,
+                                                round=1, time=0.0)], delta=1e-5).epsilon
+    assert 8.0 * 0.99 <= planned <= 8.0  # the plan (init + T rounds) is calibrated to the target
