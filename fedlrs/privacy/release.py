@@ -4,8 +4,8 @@ One release sequence (DESIGN.md section 3): :meth:`GaussianSumRelease.release
 <fedlrs.privacy.mechanism.GaussianSumRelease.release>` checks the budget, records the event in
 the ledger (fsynced), and only then noises and normalises the sums. :class:`PrivateServer`
 names the events, calibrates z and hands its sums to that sequence; the engine, the network
-loop and both Flower billboards (also through SecAgg+) release through it, with the parts
-of the contribution spec (:mod:`fedlrs.protocol.parts`).
+loop, both Flower billboards (also through SecAgg+) and the recommender (in process and on
+Flower) release through it, with the parts of the contribution spec (:mod:`fedlrs.protocol.parts`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A reply is refused (and the round goes on without it) when it is not exactly a valid clipped
 contribution (:mod:`fedlrs.protocol.validation`, re-exported here), comes from a node that was
-not asked or repeats a node (:meth:`fedlrs.server.billboard.Billboard._collect`). Here: too few
+not asked or repeats a node (:meth:`fedlrs.server.grid_transport.GridBoard._collect`). Here: too few
 valid replies stop the run before the release (:func:`require_replies`), and the SuperLink's
 notice that a node is gone is told apart from a bad reply (:func:`unavailable_notice`).
 """

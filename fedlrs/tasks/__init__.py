@@ -5,5 +5,6 @@ initial shared state, client step, server step, release). :mod:`.loop`: the one 
 (:func:`~fedlrs.tasks.loop.run_task`: sample, budget, collect, release, server step, record) and the
 in-process batched transport. Tasks: :mod:`.linear` (AMHT-LRS: the engine, and the Flower billboard's
 releases and server step), :mod:`.network` (any network method), :mod:`.fedavg` (DP-FedAvg of one
-linear model). :mod:`.registry`: name -> task, read by entry points only.
+linear model); the recommender's tasks live beside their maths in :mod:`fedlrs.recsys` (which runs them
+on this loop). :mod:`.registry`: name -> task, read by entry points only.
 """

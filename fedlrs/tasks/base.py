@@ -10,7 +10,8 @@ A task is neither client nor server. It owns
   own Poisson sample (the phase ``"round"`` is the round's ``"round-t"`` event, the phase
   ``"clip"``, the norm histogram of adaptive clipping, the event ``"round-t-clip"``);
 * the **parts** each phase releases (``parts(phase, shared)``: :class:`fedlrs.protocol.parts.Part`,
-  name, shape, L2 bound, symmetric): the spec the devices clip to and the release noises for;
+  name, shape, L2 bound, symmetric; importable from here, for a task outside ``tasks/``): the spec the
+  devices clip to and the release noises for;
 * its **initial shared state** (``init_shared(generator)``: public, data-independent);
 * its **client step** ``client_step(shared, personal, data, phase) -> (sums, personal)``: the
   users of ``data`` (a batch with a leading user dimension; one user on a Flower node) compute
@@ -51,7 +52,8 @@ ROUND = "round"
 @runtime_checkable
 class Task(Protocol):
     """One federated task (module docstring); implementations: :class:`fedlrs.tasks.linear.LinearTask`,
-    :class:`fedlrs.tasks.fedavg.GlobalLinearTask`, :class:`fedlrs.tasks.network.NetworkTask`."""
+    :class:`fedlrs.tasks.fedavg.GlobalLinearTask`, :class:`fedlrs.tasks.network.NetworkTask`, and beside
+    their maths :class:`fedlrs.recsys.model.RecsysTask` and :class:`fedlrs.recsys.private.PrivateLrsTask`."""
 
     name: str
     settings: Any
