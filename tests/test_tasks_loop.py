@@ -18,7 +18,7 @@ from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.linear import LinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
 from fedlrs.tasks.network import NetworkTask
-from fedlrs.tasks.registry import task_class
+from fedlrs.task_registry import task_class
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +71,10 @@ def test_every_task_obeys_the_contract_and_the_registry_names_it():
     for task in (LinearTask(config, 5), fedavg, network, Mean(config)):
         assert isinstance(task, Task)
     assert task_class("linear") is LinearTask and task_class("nn-digits") is NetworkTask and task_class("fedavg-global") is GlobalLinearTask
+    from fedlrs.recsys.model import RecsysTask
+    from fedlrs.recsys.private import PrivateLrsTask
+
+    assert task_class("recsys") is RecsysTask and task_class("private-lrs") is PrivateLrsTask
     with pytest.raises(ValueError, match="task == 'kmeans', must be one of"):
         task_class("kmeans")
 

@@ -6,5 +6,5 @@ initial shared state, client step, server step, release). :mod:`.loop`: the one 
 in-process batched transport. Tasks: :mod:`.linear` (AMHT-LRS: the engine, and the Flower billboard's
 releases and server step), :mod:`.network` (any network method), :mod:`.fedavg` (DP-FedAvg of one
 linear model); the recommender's tasks live beside their maths in :mod:`fedlrs.recsys` (which runs them
-on this loop). :mod:`.registry`: name -> task, read by entry points only.
+on this loop). :mod:`fedlrs.task_registry`: name -> task, read by entry points only.
 """

@@ -3,17 +3,24 @@
 ``"linear"``: AMHT-LRS (:class:`~fedlrs.tasks.linear.LinearTask`); ``"nn-*"`` (``nn-digits``,
 ``nn-movielens``, ``nn-synthetic``, the Flower run config's network tasks) and ``"nn"``: a network
 method (:class:`~fedlrs.tasks.network.NetworkTask`); ``"fedavg-global"``: DP-FedAvg of one linear
-model (:class:`~fedlrs.tasks.fedavg.GlobalLinearTask`).
+model (:class:`~fedlrs.tasks.fedavg.GlobalLinearTask`); ``"recsys"``: matrix completion
+(:class:`~fedlrs.recsys.model.RecsysTask`) and ``"private-lrs"``, its private plan of a bias release
+then factor rounds (:class:`~fedlrs.recsys.private.PrivateLrsTask`).
+
+It sits with the entry points, above every task's package (``tasks/``, ``recsys/``), so that
+a task package never imports it.
 """
 
 from __future__ import annotations
 
+from fedlrs.recsys.model import RecsysTask
+from fedlrs.recsys.private import PrivateLrsTask
 from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.linear import LinearTask
 from fedlrs.tasks.network import NetworkTask
 
 #: task name -> class; a name starting with "nn-" is a network task
-TASKS: dict[str, type] = {"linear": LinearTask, "nn": NetworkTask, "fedavg-global": GlobalLinearTask}
+TASKS: dict[str, type] = {"linear": LinearTask, "nn": NetworkTask, "fedavg-global": GlobalLinearTask, "recsys": RecsysTask, "private-lrs": PrivateLrsTask}
 
 
 def task_class(name: str) -> type:
