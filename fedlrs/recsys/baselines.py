@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Ratings
+from fedlrs.data.ratings import Ratings
 
 
 def rmse(prediction: np.ndarray, ratings: Ratings) -> float:

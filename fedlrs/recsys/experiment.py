@@ -42,7 +42,7 @@ from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, con
                                             plot_privacy)
 
 from .baselines import global_item_model, library_mf, rmse
-from .data import ItemGenres, RatingSplit, load_ratings, movielens_genres, synthetic_ratings
+from fedlrs.data.ratings import ItemGenres, RatingSplit, load_ratings, movielens_genres, synthetic_ratings
 from .model import RecsysConfig, fit_recsys
 from .private import fit_private_lrs, private_settings
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedlrs.core.sparse import item_statistics
 
-from .data import load_ratings
+from fedlrs.data.ratings import load_ratings
 from .model import RecsysConfig, RecsysTask
 
 
@@ -46,7 +46,7 @@ class RecsysFlowerTask:
 
 @functools.lru_cache(maxsize=4)
 def ratings_split(data: str, protocol: str, seed: int, max_users: int | None):
-    """The task's ratings split (:func:`fedlrs.recsys.data.load_ratings`), loaded once per process."""
+    """The task's ratings split (:func:`fedlrs.data.ratings.load_ratings`), loaded once per process."""
     return load_ratings(data, protocol=protocol, seed=seed, max_users=max_users)
 
 

@@ -40,7 +40,7 @@ from fedlrs.core.sparse import (ItemFit, ItemStats, extended_coordinates, item_c
 from fedlrs.privacy import BudgetExceededError, Ledger, clip_scales, write_privacy_report
 from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_number
+from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_int, require_number
 from fedlrs.tasks.base import USERS, Part, State, Sums, TaskBase, count
 from fedlrs.tasks.loop import InProcessTransport, run_task
 
@@ -84,10 +84,8 @@ class RecsysConfig(PrivacySettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("rank", 0), ("sparsity", 0), ("rounds", 0), ("rating_cap", 0), ("starts", 1), ("refine_steps", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} == {value!r}, must be an integer >= {low}.")
+        for name, low in (("rank", 0), ("sparsity", 0), ("rounds", 0), ("rating_cap", 0), ("starts", 1), ("refine_steps", 0), ("seed", None)):
+            require_int(name, getattr(self, name), low)
         if self.mode not in ("ls", "gd"):
             raise ValueError(f"mode == {self.mode!r}, must be 'ls' or 'gd'.")
         require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
@@ -141,7 +139,7 @@ class RecsysResult(SpentEpsilon):
         return feature_predictions(self.P, fit, rows, offset=self.offset)[:, 0]
 
     def rmse(self, ratings) -> float:
-        """``sqrt(mean_l (y_l - p_l)^2)`` over the rows of a :class:`~fedlrs.recsys.data.Ratings`."""
+        """``sqrt(mean_l (y_l - p_l)^2)`` over the rows of a :class:`~fedlrs.data.ratings.Ratings`."""
         prediction = self.predict(ratings.users, ratings.items)
         return float((prediction - torch.as_tensor(ratings.ratings, dtype=prediction.dtype)).square().mean().sqrt())
 

@@ -66,7 +66,7 @@ def private_settings(*, num_users: int, rating_range: tuple[float, float], epsil
     - the biased model: one release (rank 0); LRS: the same release and ``U = [c, popularity]``
       (rank 2, no further budget) while ``N epsilon < 80,000``; from there on, half of the budget
       goes to 3 factor rounds of rank 6 (2 public + 4 learned columns) on the frequent items.
-      The threshold was set on the synthetic federations of :func:`fedlrs.recsys.data.synthetic_ratings`
+      The threshold was set on the synthetic federations of :func:`fedlrs.data.ratings.synthetic_ratings`
       (no user's data), where factor rounds start to pay between 1,000 and 4,000 users at epsilon 8.
     """
     low, high = rating_range

@@ -1,7 +1,7 @@
 """The matrix-completion task through Flower, the server side: a ServerApp whose devices each hold their own ratings
 (the device side: :mod:`fedlrs.client.recsys`).
 
-Device ``partition-id`` i is user i of :func:`fedlrs.recsys.data.load_ratings` (``data``,
+Device ``partition-id`` i is user i of :func:`fedlrs.data.ratings.load_ratings` (``data``,
 ``protocol``, ``seed``, ``max_users``; its train + validation rows). The server knows only the
 public item catalogue (d) and rating range. Messages:
 

@@ -13,7 +13,7 @@ from flwr.app import Context, Message, RecordDict
 
 from fedlrs.privacy import Ledger, compute_epsilon
 from fedlrs.protocol.messages import CONTRIBUTION
-from fedlrs.recsys.data import load_ratings
+from fedlrs.data.ratings import load_ratings
 from fedlrs.client.recsys import STATE, make_recsys_client_app
 from fedlrs.recsys.flower_task import RecsysFlowerTask, recsys_task
 from fedlrs.server.recsys import make_recsys_server_app, run_recsys

@@ -8,7 +8,7 @@ import torch
 
 from fedlrs.core.sparse import item_contribution_norms, item_statistics
 from fedlrs.privacy import audit_report, compute_epsilon
-from fedlrs.recsys.data import Ratings
+from fedlrs.data.ratings import Ratings
 from fedlrs.recsys.model import RecsysConfig, RecsysTask, contribution_weights, fit_recsys
 
 NOISE = 0.3

@@ -7,7 +7,7 @@ import pytest
 
 from fedlrs.core.sparse import item_statistics
 from fedlrs.privacy import DpEvent, audit_report, compute_epsilon
-from fedlrs.recsys.data import Ratings
+from fedlrs.data.ratings import Ratings
 from fedlrs.recsys.model import RecsysConfig, fit_recsys
 from fedlrs.recsys.private import fit_private_lrs, private_settings
 

@@ -1,9 +1,9 @@
-"""The rating data sets (fedlrs.recsys.data): sizes of the shipped files, the two protocols, validation."""
+"""The rating data sets (fedlrs.data.ratings): sizes of the shipped files, the two protocols, validation."""
 
 import numpy as np
 import pytest
 
-from fedlrs.recsys.data import build_split, load_ratings
+from fedlrs.data.ratings import build_split, load_ratings
 from fedlrs.data.realdata import DataError
 
 
@@ -43,7 +43,7 @@ def test_subsets_of_users_and_bad_names():
 
 
 def test_movielens_genres_follow_the_item_index_and_make_multi_hot_rows():
-    from fedlrs.recsys.data import movielens_genres
+    from fedlrs.data.ratings import movielens_genres
 
     genres = movielens_genres()
     split = load_ratings("movielens", max_users=20)
