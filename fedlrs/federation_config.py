@@ -33,7 +33,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any, Callable, Mapping, NamedTuple
 
 from fedlrs.nn.run_config import NETWORK_DEFAULTS, NETWORK_TASKS, check_network_knobs
-from fedlrs.privacy.settings import PrivacySettings
+from fedlrs.privacy.settings import RunSettings
 from fedlrs.recsys.flower_task import RECSYS, RECSYS_DEFAULTS, recsys_task
 from fedlrs.simulations.engine import EngineConfig
 from fedlrs.simulations.engine_config import DTYPES
@@ -53,15 +53,16 @@ def _defaults_of(cls, names) -> dict[str, Any]:
     return {_kebab(name): own[name] for name in names}
 
 
-#: what every task reads: the loop (rounds, sample rate, seeds, precision), privacy (the :class:`PrivacySettings`), the billboard and SecAgg+
+#: what every task reads: the loop's :class:`RunSettings` (rounds, sample rate, seed, privacy; the base of every loop's
+#: configuration, whose defaults these are), the data seed, precision, the billboard and SecAgg+
 COMMON_DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": EngineConfig.rounds,
-    "sample-rate": EngineConfig.sample_rate,
-    "seed": EngineConfig.seed,
+    "num-server-rounds": RunSettings.rounds,
+    "sample-rate": RunSettings.sample_rate,
+    "seed": RunSettings.seed,
     "dtype": EngineConfig.dtype,
     "data-seed": 0,
     "task": "linear",
-    **_defaults_of(PrivacySettings, ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")),
+    **_defaults_of(RunSettings, ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")),
     "clip-quantile": EngineConfig.clip_quantile,
     # the billboard: rounds, faults, checkpoints, report
     "round-timeout": 60.0,
@@ -159,13 +160,10 @@ class _RunConfigChecks:
 
     def _check_common(self) -> None:
         try:
-            PrivacySettings(**{name: getattr(self, name) for name in ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")})
+            RunSettings(rounds=self.num_server_rounds, sample_rate=self.sample_rate, seed=self.seed,
+                        **{name: getattr(self, name) for name in ("private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed")})
         except ValueError as error:
-            raise ConfigError(str(error).replace("_", "-")) from error
-        if self.num_server_rounds < 0:
-            raise ConfigError(f"num-server-rounds == {self.num_server_rounds}, must be >= 0.")
-        if not 0 < self.sample_rate <= 1:
-            raise ConfigError(f"sample-rate == {self.sample_rate}, must be in (0, 1].")
+            raise ConfigError(str(error).replace("rounds ==", "num-server-rounds ==").replace("_", "-")) from error
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype == {self.dtype!r}, must be one of {sorted(DTYPES)}.")
         if not self.round_timeout > 0:

@@ -97,3 +97,25 @@ def test_the_network_loop_shares_the_run_configs_defaults():
         assert network[knob] == run_config[knob] == _engine_defaults()[knob], knob
     if "clip_quantile" in network:
         assert network["clip_quantile"] == run_config["clip_quantile"]
+
+
+def test_every_loop_config_shares_the_common_run_settings():
+    """EngineConfig, NetworkConfig, RecsysConfig and FedAvgConfig are RunSettings: one definition and one rule of rounds, q, seed, privacy."""
+    import pytest
+
+    from fedlrs.nn.federated import NetworkConfig
+    from fedlrs.privacy.settings import RunSettings
+    from fedlrs.recsys.model import RecsysConfig
+    from fedlrs.simulations.private_baselines import FedAvgConfig
+
+    makers = {EngineConfig: lambda **kw: EngineConfig(rank=2, sparsity=0, **kw), NetworkConfig: NetworkConfig, RecsysConfig: RecsysConfig,
+              FedAvgConfig: FedAvgConfig}
+    for cls, make in makers.items():
+        assert issubclass(cls, RunSettings)
+        for name in ("sample_rate", "seed", "private", "target_epsilon", "delta", "accountant", "noise_multiplier", "noise_seed"):
+            assert getattr(make(), name) == getattr(RunSettings(), name), (cls.__name__, name)
+        with pytest.raises(ValueError, match=r"sample_rate == 1.5, must be in \(0, 1\]"):
+            make(sample_rate=1.5)
+        with pytest.raises(ValueError, match="seed == 0.5, must be an integer"):
+            make(seed=0.5)
+    assert DEFAULTS["num-server-rounds"] == RunSettings().rounds and DEFAULTS["sample-rate"] == RunSettings().sample_rate

@@ -44,7 +44,7 @@ from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network
 from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_int, require_number
+from fedlrs.privacy.settings import RunSettings, SpentEpsilon, require_int, require_number
 from fedlrs.simulations.engine_config import DTYPES, EngineConfig
 
 Tensor = torch.Tensor
@@ -54,16 +54,16 @@ PART, HISTOGRAM = "contribution", "H"
 
 
 @dataclass(frozen=True)
-class NetworkConfig(PrivacySettings):
+class NetworkConfig(RunSettings):
     """Every knob of the federated loop (not of the method), validated once.
 
     rounds: T. sample_rate: q, each user takes part in a round with probability q
     (Poisson sampling). clip: C, the user-level L2 bound of a user's whole flattened
     contribution (applied when ``private``); with adaptive clipping the bound of round 1.
     clip_quantile: gamma, the quantile of the contributions' norms that the bound follows
-    (adaptive clipping, private runs only; 0: the fixed ``clip``). The privacy knobs (private, target_epsilon,
-    delta, accountant, noise_multiplier, noise_seed; keyword-only) are those of
-    :class:`~fedlrs.privacy.settings.PrivacySettings`; noise_multiplier 0 calibrates z
+    (adaptive clipping, private runs only; 0: the fixed ``clip``). rounds, sample_rate, seed and the
+    privacy knobs (private, target_epsilon, delta, accountant, noise_multiplier, noise_seed; keyword-only)
+    are those of :class:`~fedlrs.privacy.settings.RunSettings`; noise_multiplier 0 calibrates z
     for ``rounds`` rounds before round 1. seed: the sampler's and the initialisation's generator (and,
     plus one, the local updates'). device, dtype: where and in what precision the loop
     runs. evaluate_every: ``evaluate`` runs at round 0, every this many rounds and after
@@ -77,22 +77,18 @@ class NetworkConfig(PrivacySettings):
     ValueError: rounds == 0, must be an integer >= 1.
     """
 
-    rounds: int = 10
-    sample_rate: float = 1.0
     clip: float = 1.0
     clip_quantile: float = EngineConfig.clip_quantile
-    seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     evaluate_every: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("rounds", 1), ("seed", None), ("evaluate_every", None)):
+        for name, low in (("rounds", 1), ("evaluate_every", None)):
             require_int(name, getattr(self, name), low)
         if self.evaluate_every < 0:
             raise ValueError(f"evaluate_every == {self.evaluate_every}, must be >= 0 (0: first and last round only).")
-        require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
         require_number("clip", self.clip, "must be a finite number > 0", lambda v: 0 < v < math.inf)
         require_quantile(self.clip_quantile)
         if self.dtype not in DTYPES:

@@ -23,7 +23,7 @@ from fedlrs.privacy.noise import GaussianNoise
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.report import build_privacy_report, write_privacy_report
 from fedlrs.privacy.sampling import poisson_sample
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon
+from fedlrs.privacy.settings import PrivacySettings, RunSettings, SpentEpsilon
 
 __all__ = [
     "ACCOUNTANTS",
@@ -42,6 +42,7 @@ __all__ = [
     "LedgerError",
     "PrivacyBudget",
     "PrivacySettings",
+    "RunSettings",
     "PrivateServer",
     "SpentEpsilon",
     "accounted_noise_multiplier",

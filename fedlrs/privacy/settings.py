@@ -70,6 +70,30 @@ class PrivacySettings:
         return PrivacyBudget(epsilon=self.target_epsilon, delta=self.delta, accountant=self.accountant)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(PrivacySettings):
+    """The settings every federated loop shares: the plan the accountant calibrates for, the seed, and the privacy knobs.
+
+    rounds: T, the planned rounds. sample_rate: q, each user takes part in a round with
+    probability q (Poisson sampling). seed: the run's generator (initial state, samples).
+    The base of every loop's configuration (:class:`~fedlrs.simulations.engine.EngineConfig`,
+    :class:`~fedlrs.nn.federated.NetworkConfig`, :class:`~fedlrs.recsys.model.RecsysConfig`,
+    :class:`~fedlrs.simulations.private_baselines.FedAvgConfig`) and the common section of a
+    Flower run's config (:mod:`fedlrs.federation_config`), so the defaults and rules are written once;
+    a loop may refuse more (e.g. ``rounds == 0``).
+    """
+
+    rounds: int = 10
+    sample_rate: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_int("rounds", self.rounds, 0)
+        require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
+        require_int("seed", self.seed)
+
+
 class SpentEpsilon:
     """``epsilon()`` of a run's result: recomputed from its ledger at the run's delta.
 

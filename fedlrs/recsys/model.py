@@ -40,7 +40,7 @@ from fedlrs.core.sparse import (ItemFit, ItemStats, extended_coordinates, item_c
 from fedlrs.privacy import BudgetExceededError, Ledger, clip_scales, write_privacy_report
 from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.release import PrivateServer
-from fedlrs.privacy.settings import PrivacySettings, SpentEpsilon, require_int, require_number
+from fedlrs.privacy.settings import RunSettings, SpentEpsilon, require_int, require_number
 from fedlrs.tasks.base import USERS, Part, State, Sums, TaskBase, count
 from fedlrs.tasks.loop import InProcessTransport, run_task
 
@@ -48,11 +48,12 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecsysConfig(PrivacySettings):
+class RecsysConfig(RunSettings):
     """Every knob of a matrix-completion run, validated once.
 
-    rank: r (0: biases only). sparsity: k of ``b_i``. rounds: T. mode: "ls" (alternating
-    least squares) or "gd". sample_rate: q. Ridges, all in rating units: ridge_w of ``w_i``,
+    rank: r (0: biases only). sparsity: k of ``b_i``. mode: "ls" (alternating
+    least squares) or "gd". rounds (T), sample_rate (q), seed and the privacy knobs: those of
+    :class:`~fedlrs.privacy.settings.RunSettings`. Ridges, all in rating units: ridge_w of ``w_i``,
     ridge_user_bias of ``a_i``, ridge_b of ``b_i``, ridge_u of every item's factors ``U_j``,
     ridge_item_bias of ``c_j``.
     gd_learning_rate: step of "gd". init_scale: std of the random initial factors (biases 0).
@@ -64,9 +65,7 @@ class RecsysConfig(PrivacySettings):
 
     rank: int = 8
     sparsity: int = 0
-    rounds: int = 10
     mode: str = "ls"
-    sample_rate: float = 1.0
     ridge_w: float = 5.0
     ridge_b: float = 1.0
     ridge_u: float = 5.0
@@ -80,15 +79,13 @@ class RecsysConfig(PrivacySettings):
     noise_ridge: float = 3.0
     starts: int = 4
     refine_steps: int = 1
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("rank", 0), ("sparsity", 0), ("rounds", 0), ("rating_cap", 0), ("starts", 1), ("refine_steps", 0), ("seed", None)):
+        for name, low in (("rank", 0), ("sparsity", 0), ("rating_cap", 0), ("starts", 1), ("refine_steps", 0)):
             require_int(name, getattr(self, name), low)
         if self.mode not in ("ls", "gd"):
             raise ValueError(f"mode == {self.mode!r}, must be 'ls' or 'gd'.")
-        require_number("sample_rate", self.sample_rate, "must be in (0, 1]", lambda v: 0 < v <= 1)
         for name in ("ridge_w", "ridge_u", "ridge_user_bias", "ridge_item_bias", "gd_learning_rate", "factor_bound"):
             require_number(name, getattr(self, name), "must be a finite number > 0", lambda v: 0 < v < math.inf)
         for name in ("ridge_b", "init_scale", "residual_bound", "noise_ridge"):

@@ -8,13 +8,13 @@ from typing import Literal
 import torch
 
 from fedlrs.privacy.adaptive import require_quantile
-from fedlrs.privacy.settings import PrivacySettings, require_int
+from fedlrs.privacy.settings import RunSettings, require_int
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
-class EngineConfig(PrivacySettings):
+class EngineConfig(RunSettings):
     """Every knob of an AMHT-LRS run, validated once.
 
     rank, sparsity: r and k of ``theta_i = U w_i + b_i``. rounds: T. mode: "ls" or "gd".
@@ -26,8 +26,8 @@ class EngineConfig(PrivacySettings):
 
     Privacy (DESIGN.md section 3), on with ``private``: every release is clipped per
     user, noised through :class:`fedlrs.privacy.GaussianSumRelease` and recorded in
-    the ledger first. The budget knobs are those of :class:`~fedlrs.privacy.settings.PrivacySettings`
-    (keyword-only); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
+    the ledger first. rounds, sample_rate, seed and the budget knobs are those of
+    :class:`~fedlrs.privacy.settings.RunSettings` (keyword-only, shared by every loop); noise_multiplier 0 calibrates z for ``rounds`` rounds after the init;
     init_noise_multiplier: z of the private moments init (all users, q = 1); 0 calibrates
     one z for the init and the rounds together;
     clip_quantile: gamma of adaptive clipping (mode "gd"; :mod:`fedlrs.privacy.adaptive`): each
@@ -44,11 +44,9 @@ class EngineConfig(PrivacySettings):
 
     rank: int
     sparsity: int
-    rounds: int = 10
     mode: Literal["ls", "gd"] = "ls"
     loss: Literal["squared", "logistic"] = "squared"
     init: Literal["moments", "random"] = "moments"
-    sample_rate: float = 1.0
     ridge_w: float = 1e-6
     ridge_b: float = 1e-6
     ridge_u: float = 1e-6
@@ -56,7 +54,6 @@ class EngineConfig(PrivacySettings):
     refine_steps: int = 2
     starts: int = 8
     logistic_iterations: int = 8
-    seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
     init_noise_multiplier: float = 0.0
@@ -68,7 +65,7 @@ class EngineConfig(PrivacySettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("rank", 1), ("sparsity", 0), ("rounds", 0), ("refine_steps", 0), ("starts", 1), ("logistic_iterations", 1), ("seed", None)):
+        for name, low in (("rank", 1), ("sparsity", 0), ("refine_steps", 0), ("starts", 1), ("logistic_iterations", 1)):
             require_int(name, getattr(self, name), low)
         if self.mode not in ("ls", "gd"):
             raise ValueError(f"mode == {self.mode!r}, must be 'ls' or 'gd'.")
@@ -78,8 +75,6 @@ class EngineConfig(PrivacySettings):
             raise ValueError("loss == 'logistic' needs mode == 'gd' (the exact 'ls' update is for the squared loss).")
         if self.init not in ("moments", "random"):
             raise ValueError(f"init == {self.init!r}, must be 'moments' or 'random'.")
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate == {self.sample_rate}, must be in (0, 1].")
         for name in ("ridge_w", "ridge_b", "ridge_u"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} == {getattr(self, name)}, must be >= 0.")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedlrs.core import UserData
-from fedlrs.privacy import Ledger, PrivacySettings, SpentEpsilon
+from fedlrs.privacy import Ledger, RunSettings, SpentEpsilon
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
@@ -35,30 +35,26 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class FedAvgConfig(PrivacySettings):
+class FedAvgConfig(RunSettings):
     """Knobs of :func:`dp_fedavg_global`.
 
-    rounds: T; sample_rate: q; prox: mu of the local proximal solve; server_lr: step on the
+    rounds: T (20 here); sample_rate: q; seed (those of :class:`~fedlrs.privacy.settings.RunSettings`); prox: mu of the local proximal solve; server_lr: step on the
     mean update; clip: L2 bound of ``delta_i``. The privacy knobs (keyword-only) are those of
-    :class:`~fedlrs.privacy.settings.PrivacySettings`: with ``private`` every round is
+    :class:`~fedlrs.privacy.settings.RunSettings`: with ``private`` every round is
     clipped, noised and accounted, z calibrated to (target_epsilon, delta) unless
     ``noise_multiplier > 0`` fixes it.
     """
 
     rounds: int = 20
-    sample_rate: float = 1.0
     prox: float = 1.0
     server_lr: float = 1.0
     ridge: float = 1e-6
     clip: float = 1.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rounds < 1:
             raise ValueError(f"rounds == {self.rounds}, must be >= 1.")
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate == {self.sample_rate}, must be in (0, 1].")
         for name in ("prox", "server_lr", "clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} == {getattr(self, name)}, must be > 0.")
