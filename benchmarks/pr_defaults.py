@@ -6,7 +6,7 @@
 Draw s trains on ``simulate(n, seed=SeedSequence([s, 0]))`` (Lengerich et al. 2019,
 section 3.1) and tests on 500 fresh samples ``simulate(500, seed=SeedSequence([s, 1]))``;
 R^2 is the squared Pearson correlation of test predictions and responses, as in the
-paper's Table 1 (:mod:`fedlrs.personalized.experiment`). The estimator's own seed is
+paper's Table 1 (:mod:`fedlrs.experiments.personalized`). The estimator's own seed is
 left at its default (None), as a user's would be. ``--previous`` adds the defaults
 before issue 14 (``rank=min(p, 10)``, ``n_neighbors=3``, a column of ones for the intercept).
 """

@@ -307,19 +307,14 @@ def compare(
 def _mount_subcommands() -> None:
     """Sub-commands owned by other rooms of the package: privacy tools and experiments."""
     from fedlrs.data_cli import data_app
-    from fedlrs.personalized.cli import pr_simulation
+    from fedlrs.experiments.cli import experiment_commands
+    from fedlrs.experiments.personalized_cli import pr_simulation
     from fedlrs.privacy.cli import privacy_app
 
     app.add_typer(privacy_app, name="privacy")
     app.add_typer(data_app, name="data")
     experiment_app.command("pr-simulation")(pr_simulation)
-    try:
-        from fedlrs.simulations.experiments_cli import experiment_commands
-    except ModuleNotFoundError as error:  # the real-data experiments are being written (issue 5)
-        if error.name != "fedlrs.simulations.experiments_cli":
-            raise
-    else:
-        experiment_commands(experiment_app)
+    experiment_commands(experiment_app)
 
 
 _mount_subcommands()

@@ -35,8 +35,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 from fedlrs.nn.run_config import NETWORK_DEFAULTS, NETWORK_TASKS, check_network_knobs
 from fedlrs.privacy.settings import RunSettings
 from fedlrs.recsys.flower_task import RECSYS, RECSYS_DEFAULTS, recsys_task
-from fedlrs.simulations.engine import EngineConfig
-from fedlrs.simulations.engine_config import DTYPES
+from fedlrs.tasks.linear_config import DTYPES, EngineConfig
 
 
 class ConfigError(ValueError):

@@ -121,18 +121,19 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 #: package -> the fedlrs packages it must never import (DESIGN.md section 4: lower never imports higher;
 #: client and server are two adapters that share the protocol, never each other)
 FORBIDDEN = {
-    "core": {"data", "privacy", "protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
-    "data": {"privacy", "protocol", "tasks", "nn", "simulations", "recsys", "personalized", "server", "client", "federation_config"},
-    "privacy": {"protocol", "tasks", "nn", "simulations", "server", "client", "federation_config"},
-    "protocol": {"server", "client", "simulations", "tasks"},
-    "tasks": {"server", "client"},
-    "nn": {"protocol", "server", "client"},
-    "simulations": {"server", "client"},
-    "recsys": {"protocol", "server", "client"},
-    "personalized": {"protocol", "server", "client"},
+    "core": {"data", "privacy", "protocol", "tasks", "nn", "simulations", "experiments", "server", "client", "federation_config"},
+    "data": {"privacy", "protocol", "tasks", "nn", "simulations", "recsys", "personalized", "experiments", "server", "client", "federation_config"},
+    "privacy": {"protocol", "tasks", "nn", "simulations", "experiments", "server", "client", "federation_config"},
+    "protocol": {"server", "client", "simulations", "tasks", "experiments"},
+    "tasks": {"server", "client", "simulations", "recsys", "experiments"},
+    "nn": {"protocol", "tasks", "simulations", "experiments", "server", "client"},
+    "simulations": {"experiments", "estimators", "server", "client"},
+    "recsys": {"protocol", "simulations", "experiments", "server", "client"},
+    "personalized": {"protocol", "simulations", "experiments", "server", "client"},
     "federation_config": {"protocol", "server", "client"},
-    "server": {"client"},
-    "client": {"server"},
+    "server": {"client", "experiments"},
+    "client": {"server", "experiments"},
+    "experiments": {"server", "client"},
 }
 
 
@@ -140,6 +141,22 @@ def test_packages_import_only_downwards():
     packages = package_graph(import_graph())
     broken = {name: sorted(packages.get(name, set()) & forbidden) for name, forbidden in FORBIDDEN.items()}
     assert {k: v for k, v in broken.items() if v} == {}
+
+
+def test_packages_form_no_cycle():
+    """Layers, not just modules: no package (one level below fedlrs) reaches itself through the others' imports."""
+    packages = package_graph(import_graph())
+
+    def reached(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in packages.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    assert sorted(name for name in packages if name in reached(name)) == []
 
 
 def test_package_graph_names_the_packages():

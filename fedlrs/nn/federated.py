@@ -40,12 +40,12 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flatten
 from fedlrs.privacy import DpEvent, Ledger, clip
-from fedlrs.privacy.adaptive import CLIP_WINDOW, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
+from fedlrs.privacy.adaptive import CLIP_WINDOW, DEFAULT_CLIP_QUANTILE, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
 from fedlrs.privacy.mechanism import part_noise_stds
 from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.settings import RunSettings, SpentEpsilon, require_int, require_number
-from fedlrs.simulations.engine_config import DTYPES, EngineConfig
+from fedlrs.core.dtypes import DTYPES
 
 Tensor = torch.Tensor
 
@@ -78,7 +78,7 @@ class NetworkConfig(RunSettings):
     """
 
     clip: float = 1.0
-    clip_quantile: float = EngineConfig.clip_quantile
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE
     device: str = "cpu"
     dtype: str = "float32"
     evaluate_every: int = 1

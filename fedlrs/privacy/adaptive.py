@@ -134,6 +134,10 @@ def calibrate_adaptive(*, target_epsilon: float, delta: float, rounds: int, samp
     )
 
 
+#: the default target quantile of adaptive clipping (the median of the contributions' norms), for every loop
+DEFAULT_CLIP_QUANTILE = 0.5
+
+
 def require_quantile(value: float) -> None:
     """``clip_quantile`` is 0 (fixed bounds) or in (0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or 0 < value < 1) or math.isnan(value):

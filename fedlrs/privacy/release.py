@@ -30,7 +30,7 @@ Tensor = torch.Tensor
 class PrivateServer:
     """The server's private side, shared by the engine, the network loop and the Flower billboards: events, calibration, release.
 
-    ``config``: an :class:`~fedlrs.simulations.engine_config.EngineConfig`, a
+    ``config``: an :class:`~fedlrs.tasks.linear_config.EngineConfig`, a
     :class:`~fedlrs.nn.federated.NetworkConfig` or a DP-FedAvg config (its privacy settings, rounds, sample rate,
     and ``clip_releases``: whether each round's clip histogram is a release of its own, planned in the calibration).
 

@@ -54,7 +54,7 @@ class Part:
 
 
 def _engine(config: Any) -> Any:
-    """The run's :class:`~fedlrs.simulations.engine_config.EngineConfig` (``config`` itself when it is one)."""
+    """The run's :class:`~fedlrs.tasks.linear_config.EngineConfig` (``config`` itself when it is one)."""
     return config.engine_config() if hasattr(config, "engine_config") else config
 
 
@@ -62,7 +62,7 @@ def linear_parts(config: Any, phase: Phase, dim: int, bound: float | None = None
     """The AMHT-LRS parts of ``phase`` for dimension ``dim`` (``config``: rank, mode and the ``clip_*`` bounds).
 
     ``config`` is a :class:`~fedlrs.federation_config.FederationConfig` or an
-    :class:`~fedlrs.simulations.engine_config.EngineConfig`; the bounds are finite. ``bound`` is the
+    :class:`~fedlrs.tasks.linear_config.EngineConfig`; the bounds are finite. ``bound`` is the
     round's clip bound of the unit-free step (required there, ignored elsewhere).
     """
     if phase not in PHASES:

@@ -25,7 +25,7 @@ from fedlrs.tasks.base import Sums
 from fedlrs.tasks.linear import LinearTask, local_fit
 
 if TYPE_CHECKING:
-    from .engine_config import EngineConfig
+    from fedlrs.tasks.linear_config import EngineConfig
 
 Tensor = torch.Tensor
 

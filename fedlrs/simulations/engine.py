@@ -27,7 +27,7 @@ from fedlrs.tasks.linear import LinearTask, clip_center
 from fedlrs.tasks.loop import run_task
 
 from .chunks import Federation, as_federation  # noqa: F401 - Federation: importable beside run_engine (the tests)
-from .engine_config import DTYPES, EngineConfig  # noqa: F401 - DTYPES: the engine's dtypes, also for the network loop
+from fedlrs.tasks.linear_config import DTYPES, EngineConfig  # noqa: F401 - DTYPES: the engine's dtypes, also for the network loop
 from fedlrs.data.synthetic import synthetic_evaluator  # noqa: F401 - run_engine's usual evaluate, importable beside it
 
 Tensor = torch.Tensor

@@ -29,7 +29,7 @@ from fedlrs.tasks.fedavg import GlobalLinearTask
 from fedlrs.tasks.loop import InProcessTransport, run_task
 
 if TYPE_CHECKING:
-    from fedlrs.simulations.engine_config import EngineConfig
+    from fedlrs.tasks.linear_config import EngineConfig
 
 Tensor = torch.Tensor
 

@@ -2,7 +2,7 @@
 
 A task is neither client nor server. It owns
 
-* its **settings** (``task.settings``: an :class:`~fedlrs.simulations.engine_config.EngineConfig`,
+* its **settings** (``task.settings``: an :class:`~fedlrs.tasks.linear_config.EngineConfig`,
   a :class:`~fedlrs.nn.federated.NetworkConfig`, ...: rounds, sample rate and the privacy settings
   that :class:`~fedlrs.privacy.release.PrivateServer` reads);
 * its **phases**: ``init_phases()`` run once before round 1 over every user (q = 1, released as

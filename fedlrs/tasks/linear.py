@@ -42,7 +42,7 @@ from fedlrs.privacy.adaptive import (CLIP_START, clip_histogram, clipped_round_p
                                      shrink_released_curvature, shrink_released_mean)
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.protocol.parts import Part, linear_parts
-from fedlrs.simulations.engine_config import EngineConfig
+from fedlrs.tasks.linear_config import EngineConfig
 from fedlrs.tasks.base import ROUND, USERS, State, Sums, TaskBase, count
 
 Tensor = torch.Tensor

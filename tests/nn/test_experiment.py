@@ -1,4 +1,4 @@
-"""fedlrs.nn.experiment: the quick nn-digits run through the CLI, its table and audits; metrics and config errors."""
+"""fedlrs.experiments.nn: the quick nn-digits run through the CLI, its table and audits; metrics and config errors."""
 
 import json
 import math
@@ -9,12 +9,12 @@ import typer
 from typer.testing import CliRunner
 
 from fedlrs.nn.baselines import FedAvg
-from fedlrs.nn.experiment import INF, _Runner, compare_lrs_fedrep
-from fedlrs.nn.experiment_setup import load_nn_experiment, make_method, user_metric
+from fedlrs.experiments.nn import INF, _Runner, compare_lrs_fedrep
+from fedlrs.experiments.nn_setup import load_nn_experiment, make_method, user_metric
 from fedlrs.nn.method import UserExamples
 from fedlrs.nn.tasks import load_task
 from fedlrs.privacy import audit_report
-from fedlrs.simulations.experiments_cli import experiment_commands
+from fedlrs.experiments.cli import experiment_commands
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/nn/conftest.py
 

@@ -1,7 +1,7 @@
 import typer
 from typer.testing import CliRunner
 
-from fedlrs.personalized.cli import pr_simulation
+from fedlrs.experiments.personalized_cli import pr_simulation
 
 
 def test_cli_quick(tmp_path):

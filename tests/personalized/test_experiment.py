@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from fedlrs.personalized.experiment import run_pr_simulation
+from fedlrs.experiments.personalized import run_pr_simulation
 
 
 def test_quick_experiment_writes_outputs(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedlrs.recsys.experiment import crossing_sentence, run_recsys_experiment
+from fedlrs.experiments.recsys import crossing_sentence, run_recsys_experiment
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedlrs.simulations.experiments import load_experiment
-from fedlrs.simulations.tables import aggregate, markdown_table
-from fedlrs.simulations.experiments_cli import experiment_commands
+from fedlrs.experiments.linear import load_experiment
+from fedlrs.experiments.tables import aggregate, markdown_table
+from fedlrs.experiments.cli import experiment_commands
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_the_runner_core_writes_every_output_and_restores_the_threads(tmp_path):
 
     import torch
 
-    from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
+    from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
 
     seen, printed, before = {}, [], torch.get_num_threads()
 

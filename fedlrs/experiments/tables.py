@@ -1,7 +1,7 @@
 """The experiments' outputs: rows aggregated over seeds, markdown tables, JSON-safe payloads and PNG plots.
 
-Shared by every experiment runner (:mod:`fedlrs.simulations.experiments`, :mod:`fedlrs.nn.experiment`,
-:mod:`fedlrs.recsys.experiment`); matplotlib is imported only when a plot is drawn.
+Shared by every experiment runner (:mod:`fedlrs.experiments.linear`, :mod:`fedlrs.experiments.nn`,
+:mod:`fedlrs.experiments.recsys`); matplotlib is imported only when a plot is drawn.
 """
 
 from __future__ import annotations

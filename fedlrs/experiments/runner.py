@@ -1,8 +1,8 @@
 """The one core of every experiment runner: threads, seeds, timing, and the outputs ``table.md``, plots and ``results.json``.
 
-Each experiment (``fedlrs experiment NAME``: the linear ones of :mod:`fedlrs.simulations.experiments`,
-the network ones of :mod:`fedlrs.nn.experiment`, the rating ones of :mod:`fedlrs.recsys.experiment`,
-Personalized Regression's of :mod:`fedlrs.personalized.experiment`) is a *body*: a function of
+Each experiment (``fedlrs experiment NAME``: the linear ones of :mod:`fedlrs.experiments.linear`,
+the network ones of :mod:`fedlrs.experiments.nn`, the rating ones of :mod:`fedlrs.experiments.recsys`,
+Personalized Regression's of :mod:`fedlrs.experiments.personalized`) is a *body*: a function of
 the seeds that runs the fits and returns an :class:`ExperimentOutput`. :func:`run_experiment_body`
 runs it under the config's thread count (restored afterwards), times it, and writes what every
 experiment writes, in one way:
@@ -10,7 +10,7 @@ experiment writes, in one way:
 * ``OUT/table.md``: the body's Markdown, given the seconds taken (the notes print them);
 * each plot of the body, ``OUT/<file>.png``;
 * ``OUT/results.json``: ``name``, ``config``, ``seeds``, ``seconds`` and the body's own entries
-  (rows, records, tuning, ...), through :func:`fedlrs.simulations.tables.json_safe`.
+  (rows, records, tuning, ...), through :func:`fedlrs.experiments.tables.json_safe`.
 
 It echoes the Markdown and returns ``table``, ``paths`` and ``seconds`` with the body's own
 return entries (rows, records, ...).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .tables import json_safe
+from fedlrs.experiments.tables import json_safe
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The network experiments' setup: their configs, methods and loop settings, and the per-user test metric.
 
-Used by :mod:`fedlrs.nn.experiment` (``fedlrs experiment nn-digits`` / ``nn-movielens``), which says
+Used by :mod:`fedlrs.experiments.nn` (``fedlrs experiment nn-digits`` / ``nn-movielens``), which says
 what the experiments run and report.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from fedlrs.privacy import calibrate_noise_multiplier
-from fedlrs.simulations.experiments import EXPERIMENTS_DIR, INF, merge_config
+from fedlrs.experiments.linear import EXPERIMENTS_DIR, INF, merge_config
 
-from .baselines import FedAvg, FedRep
-from .federated import NetworkConfig
-from .lrs import LRSNetwork
-from .method import FederatedMethod, State, UserExamples
-from .tasks import Task
+from fedlrs.nn.baselines import FedAvg, FedRep
+from fedlrs.nn.federated import NetworkConfig
+from fedlrs.nn.lrs import LRSNetwork
+from fedlrs.nn.method import FederatedMethod, State, UserExamples
+from fedlrs.nn.tasks import Task
 
 NAMES = ("nn-digits", "nn-movielens")
 #: methods trained by the federated loop, and their constructors

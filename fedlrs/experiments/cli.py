@@ -1,7 +1,7 @@
 """Typer commands of the named experiments and of a user's own table: ``experiment_commands(app)``.
 
 ``fedlrs experiment NAME [--quick] [--seeds N] [--out DIR]`` runs ``experiments/NAME.toml``
-(:func:`fedlrs.simulations.experiments.run_experiment`) and prints its table;
+(:func:`fedlrs.experiments.linear.run_experiment`) and prints its table;
 ``fedlrs experiment own-data --path FILE --user-column ... --target-column ... --feature-columns a,b``
 fits LRS (optionally private) and the baselines on a CSV/Parquet file and prints per-user test RMSE.
 """
@@ -14,10 +14,10 @@ from typing import Optional
 
 import typer
 
-from fedlrs.nn.experiment import NAMES as NN_NAMES  # the network experiments: same options, same outputs
-from fedlrs.recsys.experiment import NAMES as RECSYS_NAMES  # the rating experiments: same options, same outputs
+from fedlrs.experiments.nn import NAMES as NN_NAMES  # the network experiments: same options, same outputs
+from fedlrs.experiments.recsys import NAMES as RECSYS_NAMES  # the rating experiments: same options, same outputs
 
-from .experiments import NAMES
+from fedlrs.experiments.linear import NAMES
 
 
 def _experiment_command(name: str):
@@ -26,12 +26,12 @@ def _experiment_command(name: str):
         seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (default: the config's, at least 3 for full runs)."),
         out: Optional[Path] = typer.Option(None, "--out", help=f"Output folder (default results/{name})."),
     ) -> None:
-        from .experiments import run_experiment
+        from fedlrs.experiments.linear import run_experiment
 
         if name in NN_NAMES:
-            from fedlrs.nn.experiment import run_nn_experiment as run_experiment
+            from fedlrs.experiments.nn import run_nn_experiment as run_experiment
         if name in RECSYS_NAMES:
-            from fedlrs.recsys.experiment import run_recsys_experiment as run_experiment
+            from fedlrs.experiments.recsys import run_recsys_experiment as run_experiment
         try:
             run_experiment(name, quick=quick, seeds=seeds, out=out or Path("results") / name, echo=typer.echo)
         except ValueError as error:
@@ -55,10 +55,10 @@ def own_data(
     seed: int = typer.Option(0, "--seed", help="Seed of the per-user 80/20 split (and the noise)."),
 ) -> None:
     """Fit LRS on your own table and report per-user test RMSE next to the global and local models."""
-    from . import baselines
-    from .compare import storage_per_user
-    from .engine import EngineConfig, run_engine
-    from .experiments import markdown_table, user_rmse
+    from fedlrs.simulations import baselines
+    from fedlrs.simulations.compare import storage_per_user
+    from fedlrs.simulations.engine import EngineConfig, run_engine
+    from fedlrs.experiments.linear import markdown_table, user_rmse
     from fedlrs.data.realdata import DataError, load_table
 
     columns = [c.strip() for c in feature_columns.split(",") if c.strip()]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .experiment import DEFAULT_N, run_pr_simulation
+from fedlrs.experiments.personalized import DEFAULT_N, run_pr_simulation
 
 __all__ = ["pr_simulation"]
 

@@ -40,18 +40,18 @@ import torch
 
 from fedlrs.privacy import Ledger, PrivacyBudget, audit_report, compute_epsilon, move_aside, write_privacy_report
 from fedlrs.privacy.ledger import run_folder
-from fedlrs.simulations.experiment_config import seeds_and_folder
-from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
-from fedlrs.simulations.experiments import INF, config_delta, config_grid, epsilon_sweep
-from fedlrs.simulations.tables import aggregate, markdown_table, plot_privacy, plot_rounds
+from fedlrs.experiments.config import seeds_and_folder
+from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
+from fedlrs.experiments.linear import INF, config_delta, config_grid, epsilon_sweep
+from fedlrs.experiments.tables import aggregate, markdown_table, plot_privacy, plot_rounds
 from fedlrs.tasks.network import run_federated
 
-from .baselines import FedAvgFT, local_only
-from .federated import FederatedResult, NetworkConfig, contribution_shapes
-from .experiment_setup import NAMES  # noqa: F401 - the CLI lists the network experiments from here
-from .experiment_setup import LABELS, error, load_nn_experiment, loop_config, make_method, state_size, user_metric
-from .method import FederatedMethod, State, UserExamples
-from .tasks import Task, load_task
+from fedlrs.nn.baselines import FedAvgFT, local_only
+from fedlrs.nn.federated import FederatedResult, NetworkConfig, contribution_shapes
+from fedlrs.experiments.nn_setup import NAMES  # noqa: F401 - the CLI lists the network experiments from here
+from fedlrs.experiments.nn_setup import LABELS, error, load_nn_experiment, loop_config, make_method, state_size, user_metric
+from fedlrs.nn.method import FederatedMethod, State, UserExamples
+from fedlrs.nn.tasks import Task, load_task
 
 # ---------------------------------------------------------------- runs
 
@@ -240,7 +240,7 @@ def run_nn_experiment(name: str, *, quick: bool = False, seeds: int | None = Non
 
     Writes ``table.md``, ``results.json`` (config, rows, per-seed records, tuning, audits,
     CPU wall time) and ``privacy_utility.png`` / ``rounds.png`` through the one runner core
-    (:func:`fedlrs.simulations.experiment_runner.run_experiment_body`); returns the rows,
+    (:func:`fedlrs.experiments.runner.run_experiment_body`); returns the rows,
     records, the markdown, the written paths and the seconds taken.
     """
     config = load_nn_experiment(name, quick=quick, directory=directory)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .baselines import MixtureRegressor, PopulationRegressor, VaryingCoefficientRegressor
-from .estimator import PersonalizedRegressor
+from fedlrs.personalized.baselines import MixtureRegressor, PopulationRegressor, VaryingCoefficientRegressor
+from fedlrs.personalized.estimator import PersonalizedRegressor
 from fedlrs.data.personalized_simulation import simulate
-from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
+from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
 
 __all__ = ["run_pr_simulation", "PAPER_TABLE"]
 

@@ -36,15 +36,15 @@ import torch
 
 from fedlrs.privacy import audit_report, move_aside
 from fedlrs.privacy.ledger import run_folder
-from fedlrs.simulations.experiment_config import seeds_and_folder
-from fedlrs.simulations.experiment_runner import ExperimentOutput, run_experiment_body
-from fedlrs.simulations.experiments import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, markdown_table, merge_config, plot_lines,
+from fedlrs.experiments.config import seeds_and_folder
+from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
+from fedlrs.experiments.linear import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, markdown_table, merge_config, plot_lines,
                                             plot_privacy)
 
-from .baselines import global_item_model, library_mf, rmse
+from fedlrs.recsys.baselines import global_item_model, library_mf, rmse
 from fedlrs.data.ratings import ItemGenres, RatingSplit, load_ratings, movielens_genres, synthetic_ratings
-from .model import RecsysConfig, fit_recsys
-from .private import fit_private_lrs, private_settings
+from fedlrs.recsys.model import RecsysConfig, fit_recsys
+from fedlrs.recsys.private import fit_private_lrs, private_settings
 
 NAMES = ("recsys-movielens", "recsys-insteval")
 
@@ -213,7 +213,7 @@ def crossing_sentence(rows: list[dict], protocol: str) -> str:
 def run_recsys_experiment(name: str, *, quick: bool = False, seeds: int | None = None, out: str | Path | None = None, echo: Callable[[str], None] = print,
                           directory: Path | None = None) -> dict:
     """Run experiment ``name``; write ``table.md``, ``results.json``, ``privacy_utility.png``, ``users.png`` (``users_synthetic.png``) and ``privacy/`` to ``out``
-    (the outputs through the one runner core, :func:`fedlrs.simulations.experiment_runner.run_experiment_body`)."""
+    (the outputs through the one runner core, :func:`fedlrs.experiments.runner.run_experiment_body`)."""
     config = load_config(name, quick=quick, directory=directory)
     n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)
     return run_experiment_body(name, config, list(range(n_seeds)), out, lambda seed_list: _run_seeds(name, config, seed_list, out, echo, quick),

@@ -33,15 +33,15 @@ import torch
 from fedlrs.core import UserData, per_user_mse, user_parameters
 from fedlrs.privacy import compute_epsilon
 
-from . import baselines
-from .compare import compare_methods, storage_per_user
-from .engine import EngineConfig, run_engine, synthetic_evaluator
-from .private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
+from fedlrs.simulations import baselines
+from fedlrs.simulations.compare import compare_methods, storage_per_user
+from fedlrs.simulations.engine import EngineConfig, run_engine, synthetic_evaluator
+from fedlrs.simulations.private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
 from fedlrs.data.realdata import RealFederation, load_hsb, load_movielens
 from fedlrs.data.synthetic import make_lrs_data
-from .experiment_config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
-from .experiment_runner import ExperimentOutput, run_experiment_body
-from .tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
+from fedlrs.experiments.config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
+from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
+from fedlrs.experiments.tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 
 NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb", "fedrep-protocol", "fedrep-other")
 
@@ -278,7 +278,7 @@ def run_real(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dic
 
 def run_fedrep(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dict:
     """fedlrs defaults against Private FedRep (:mod:`.fedrep_protocol`)."""
-    from .fedrep_protocol import run_fedrep_protocol
+    from fedlrs.experiments.fedrep_protocol import run_fedrep_protocol
 
     return run_fedrep_protocol(config, seeds, echo)
 
@@ -290,7 +290,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None, 
     """Run experiment ``name`` over ``seeds`` seeds (0..seeds-1; default from the config), write its outputs to ``out``.
 
     Returns the results (rows, records, the markdown of ``table.md``, the paths written); the
-    outputs are written by the one runner core, :func:`fedlrs.simulations.experiment_runner.run_experiment_body`.
+    outputs are written by the one runner core, :func:`fedlrs.experiments.runner.run_experiment_body`.
     """
     config = load_experiment(name, quick=quick, directory=directory)
     n_seeds, out = seeds_and_folder(config, name=name, seeds=seeds, out=out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .tables import INF
+from fedlrs.experiments.tables import INF
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 

@@ -25,8 +25,8 @@ import torch
 
 from fedlrs.core import mean_user_mse, principal_angle_distance, solve_local, sufficient_statistics, user_parameters
 
-from .engine import run_engine
-from .private_baselines import private_fedrep_config
+from fedlrs.simulations.engine import run_engine
+from fedlrs.simulations.private_baselines import private_fedrep_config
 from fedlrs.data.synthetic import make_lrs_data
 
 
@@ -73,8 +73,8 @@ def _knob_label(knobs: dict) -> str:
 
 def run_fedrep_protocol(config: dict, seeds: list[int], echo: Callable[[str], None]) -> dict:
     """The rows of the FedRep-protocol table (see the module docstring)."""
-    from .experiment_config import epsilon_sweep
-    from .tables import aggregate, plot_privacy
+    from fedlrs.experiments.config import epsilon_sweep
+    from fedlrs.experiments.tables import aggregate, plot_privacy
 
     torch.set_num_threads(1)
     dc, fedrep = config["data"], config.get("fedrep", {})
