@@ -21,6 +21,7 @@ from fedlrs.nn.lrs import LRSNetwork
 from fedlrs.nn.method import FederatedMethod
 from fedlrs.nn.network import flat_size
 from fedlrs.nn.tasks import TASKS, Task, load_task
+from fedlrs.privacy.settings import renamed_error
 
 #: the network tasks a run config's ``task`` may name
 NETWORK_TASKS = TASKS
@@ -47,22 +48,13 @@ NETWORK_DEFAULTS: dict[str, Any] = {
 
 
 
-def _kebab_error(error: ValueError, keys: dict[str, str]) -> ValueError:
-    """``error`` with the first ``name ==`` of a known argument renamed to its run-config key."""
-    text = str(error)
-    for name, key in keys.items():
-        if text.startswith(f"{name} =="):
-            return ValueError(key + text[len(name):])
-    return ValueError(text)
-
-
 def network_config(config: Any) -> NetworkConfig:
     """The :class:`NetworkConfig` of a network run (errors name the run-config key)."""
     values = {name: getattr(config, key.replace("-", "_")) for name, key in _NETWORK_KEYS.items()}
     try:
         return NetworkConfig(**values)
     except ValueError as error:
-        raise _kebab_error(error, _NETWORK_KEYS) from error
+        raise renamed_error(error, _NETWORK_KEYS) from error
 
 
 def check_network_knobs(config: Any) -> NetworkConfig:
@@ -90,7 +82,7 @@ def network_method(config: Any, task: Task) -> FederatedMethod:
     try:
         return LRSNetwork(task.make_module, loss=task.loss, **knobs)
     except ValueError as error:
-        raise _kebab_error(error, _METHOD_KEYS) from error
+        raise renamed_error(error, _METHOD_KEYS) from error
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,6 +33,16 @@ def require_int(name: str, value, low: int | None = None) -> int:
     return value
 
 
+def renamed_error(error: ValueError, names: dict[str, str]) -> ValueError:
+    """``error`` (``"<field> == <value>, <rule>."``, as these settings word it) with its leading field renamed by ``names``
+    (e.g. to the run-config key the value came from); unchanged when it names no field of ``names``."""
+    text = str(error)
+    for name, key in names.items():
+        if text.startswith(f"{name} =="):
+            return ValueError(key + text[len(name):])
+    return ValueError(text)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrivacySettings:
     """User-level (epsilon, delta)-DP of a run (DESIGN.md section 3).

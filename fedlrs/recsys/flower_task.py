@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from fedlrs.core.sparse import item_statistics
-
 from fedlrs.data.ratings import load_ratings
+from fedlrs.privacy.settings import renamed_error
+
 from .model import RecsysConfig, RecsysTask
 
 
@@ -88,15 +89,6 @@ RECSYS_DEFAULTS = {
 }
 
 
-def _run_config_error(error: ValueError, keys: dict[str, str]) -> ValueError:
-    """``error`` with its leading ``name ==`` renamed to the run-config key the value came from."""
-    text = str(error)
-    for name, key in keys.items():
-        if text.startswith(f"{name} =="):
-            return ValueError(key + text[len(name):])
-    return ValueError(text)
-
-
 @functools.lru_cache(maxsize=8)
 def recsys_task(config) -> RecsysFlowerTask:
     """The :class:`RecsysFlowerTask` of a run config with ``task = "recsys"`` (``config``: a frozen
@@ -110,7 +102,7 @@ def recsys_task(config) -> RecsysFlowerTask:
     try:
         model = RecsysConfig(**{name: value(key) for name, key in CONFIG_KEYS.items()})
     except ValueError as error:
-        raise _run_config_error(error, CONFIG_KEYS) from error
+        raise renamed_error(error, CONFIG_KEYS) from error
     task = {name: value(key) for name, key in TASK_KEYS.items()}
     if task["max_users"] < 0:
         raise ValueError(f"recsys-max-users == {task['max_users']}, must be >= 0 (0: every user of the data set).")
@@ -118,4 +110,4 @@ def recsys_task(config) -> RecsysFlowerTask:
     try:
         return RecsysFlowerTask(**task, config=model)
     except ValueError as error:
-        raise _run_config_error(error, {**TASK_KEYS, "sample_rate": "sample-rate"}) from error
+        raise renamed_error(error, {**TASK_KEYS, "sample_rate": "sample-rate"}) from error
