@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tomllib
 from pathlib import Path
 
 from fedlrs.experiments.tables import INF
@@ -16,6 +17,24 @@ def merge_config(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def read_experiment(name: str, *, kinds: tuple[str, ...], quick: bool, directory: Path | None, unknown_hint: str = "") -> tuple[dict, Path]:
+    """``(config, path)`` of ``DIR/NAME.toml`` (``DIR``: ``directory``, else :data:`EXPERIMENTS_DIR`), with its ``[quick]``
+    table merged in when ``quick`` and ``config["quick"] = quick``; refused when the file is missing (the message ends
+    with ``unknown_hint``) or its ``kind`` is not one of ``kinds``."""
+    path = (directory or EXPERIMENTS_DIR) / f"{name}.toml"
+    if not path.exists():
+        raise ValueError(f"experiment {name!r} unknown: no {path}{unknown_hint}.")
+    config = tomllib.loads(path.read_text())
+    quick_part = config.pop("quick", {})
+    if quick:
+        config = merge_config(config, quick_part)
+    if config.get("kind") not in kinds:
+        rule = f"must be {kinds[0]!r}" if len(kinds) == 1 else f"must be one of {sorted(kinds)}"
+        raise ValueError(f"{path}: kind == {config.get('kind')!r}, {rule}.")
+    config["quick"] = quick
+    return config, path
 
 
 def epsilon_sweep(config: dict) -> list[float]:

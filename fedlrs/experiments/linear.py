@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import tomllib
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,7 @@ from fedlrs.simulations.engine import EngineConfig, run_engine, synthetic_evalua
 from fedlrs.simulations.private_baselines import FedAvgConfig, dp_fedavg_global, mixedlm_random_slopes
 from fedlrs.data.realdata import RealFederation, load_hsb, load_movielens
 from fedlrs.data.synthetic import make_lrs_data
-from fedlrs.experiments.config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, merge_config, seeds_and_folder
+from fedlrs.experiments.config import EXPERIMENTS_DIR, config_delta, epsilon_sweep, read_experiment, seeds_and_folder
 from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
 from fedlrs.experiments.tables import INF, aggregate, json_safe, markdown_table, plot_lines, plot_privacy, plot_rounds  # noqa: F401 - also for the other experiment runners
 
@@ -50,19 +49,10 @@ NAMES = ("synthetic-sample-complexity", "synthetic-privacy", "movielens", "hsb",
 
 
 def load_experiment(name: str, *, quick: bool = False, directory: Path | None = None) -> dict:
-    """The config of experiment ``name`` from ``experiments/NAME.toml``, with ``[quick]`` merged in when ``quick``."""
-    path = (directory or EXPERIMENTS_DIR) / f"{name}.toml"
-    if not path.exists():
-        known = sorted(p.stem for p in (directory or EXPERIMENTS_DIR).glob("*.toml"))
-        raise ValueError(f"experiment {name!r} unknown: no {path}; known experiments: {known}.")
-    config = tomllib.loads(path.read_text())
-    quick_part = config.pop("quick", {})
-    if quick:
-        config = merge_config(config, quick_part)
+    """The config of experiment ``name`` from ``experiments/NAME.toml``, with ``[quick]`` merged in when ``quick`` (:func:`read_experiment`)."""
+    known = sorted(p.stem for p in (directory or EXPERIMENTS_DIR).glob("*.toml"))
+    config, _ = read_experiment(name, kinds=tuple(RUNNERS), quick=quick, directory=directory, unknown_hint=f"; known experiments: {known}")
     config.setdefault("name", name)
-    if config.get("kind") not in RUNNERS:
-        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be one of {sorted(RUNNERS)}.")
-    config["quick"] = quick
     return config
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import tomllib
 from pathlib import Path
 
 import torch
 
 from fedlrs.privacy import calibrate_noise_multiplier
-from fedlrs.experiments.linear import EXPERIMENTS_DIR, INF, merge_config
+from fedlrs.experiments.config import read_experiment
+from fedlrs.experiments.linear import INF
 
 from fedlrs.nn.baselines import FedAvg, FedRep
 from fedlrs.nn.federated import NetworkConfig
@@ -35,15 +35,7 @@ SECTIONS = ("task", "loop", "methods", "finetune", "local", "private")
 
 def load_nn_experiment(name: str, *, quick: bool = False, directory: Path | None = None) -> dict:
     """The config ``experiments/NAME.toml`` (``kind = "nn"``) with ``[quick]`` merged in when ``quick``; checked once."""
-    path = (directory or EXPERIMENTS_DIR) / f"{name}.toml"
-    if not path.exists():
-        raise ValueError(f"experiment {name!r} unknown: no {path}; network experiments: {list(NAMES)}.")
-    config = tomllib.loads(path.read_text())
-    quick_part = config.pop("quick", {})
-    if quick:
-        config = merge_config(config, quick_part)
-    if config.get("kind") != "nn":
-        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'nn'.")
+    config, path = read_experiment(name, kinds=("nn",), quick=quick, directory=directory, unknown_hint=f"; network experiments: {list(NAMES)}")
     missing = [s for s in SECTIONS if not isinstance(config.get(s), dict)]
     if missing:
         raise ValueError(f"{path}: section(s) {missing} missing; a network experiment needs {list(SECTIONS)}.")
@@ -51,7 +43,6 @@ def load_nn_experiment(name: str, *, quick: bool = False, directory: Path | None
     if unknown:
         raise ValueError(f"{path}: [methods] has {unknown}, must be among {sorted(TRAINED)}.")
     config.setdefault("name", name)
-    config["quick"] = quick
     return config
 
 

@@ -28,7 +28,6 @@ them on synthetic MovieLens-like federations of up to tens of thousands of users
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Callable
 
@@ -36,10 +35,9 @@ import torch
 
 from fedlrs.privacy import audit_report, move_aside
 from fedlrs.privacy.ledger import run_folder
-from fedlrs.experiments.config import seeds_and_folder
+from fedlrs.experiments.config import read_experiment, seeds_and_folder
 from fedlrs.experiments.runner import ExperimentOutput, run_experiment_body
-from fedlrs.experiments.linear import (EXPERIMENTS_DIR, INF, aggregate, config_grid, epsilon_sweep, markdown_table, merge_config, plot_lines,
-                                            plot_privacy)
+from fedlrs.experiments.linear import INF, aggregate, config_grid, epsilon_sweep, markdown_table, plot_lines, plot_privacy
 
 from fedlrs.recsys.baselines import global_item_model, library_mf, rmse
 from fedlrs.data.ratings import ItemGenres, RatingSplit, load_ratings, movielens_genres, synthetic_ratings
@@ -50,17 +48,8 @@ NAMES = ("recsys-movielens", "recsys-insteval")
 
 
 def load_config(name: str, *, quick: bool = False, directory: Path | None = None) -> dict:
-    """``experiments/NAME.toml`` with ``[quick]`` merged in when ``quick``."""
-    path = (directory or EXPERIMENTS_DIR) / f"{name}.toml"
-    if not path.exists():
-        raise ValueError(f"experiment {name!r} unknown: no {path}.")
-    config = tomllib.loads(path.read_text())
-    quick_part = config.pop("quick", {})
-    config = merge_config(config, quick_part) if quick else config
-    if config.get("kind") != "recsys":
-        raise ValueError(f"{path}: kind == {config.get('kind')!r}, must be 'recsys'.")
-    config["quick"] = quick
-    return config
+    """``experiments/NAME.toml`` with ``[quick]`` merged in when ``quick`` (:func:`~fedlrs.experiments.config.read_experiment`)."""
+    return read_experiment(name, kinds=("recsys",), quick=quick, directory=directory)[0]
 
 
 def _fit(split: RatingSplit, part, params: dict, **extra):
