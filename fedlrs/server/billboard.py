@@ -15,8 +15,8 @@ Resumes from its checkpoint directory; writes the privacy report of
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
@@ -35,11 +35,10 @@ from fedlrs.protocol.parts import Phase, expected_parts
 from fedlrs.server.checkpoint import LEDGER_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedlrs.server.secure_aggregation import SecureAggregation
 from fedlrs.server.validation import require_replies
-from fedlrs.server.grid_transport import GridBoard, GridTransport, Refusal, connected_nodes
+from fedlrs.server.grid_transport import GridBoard, GridTransport, Refusal, connected_nodes, server_log
 from fedlrs.tasks.linear import LinearTask
 from fedlrs.tasks.loop import run_task
 
-_LOG = logging.getLogger("fedlrs.server")
 
 RUN_FILE = "run.json"
 #: keys that do not change what is computed, so a resumed run may change them
@@ -47,10 +46,7 @@ OPERATIONAL_KEYS = frozenset({"round-timeout", "max-in-flight", "wait-for-nodes"
                               "personalize-at-end", "noise-seed", "secagg-shares", "secagg-threshold"})
 
 
-def _log(level: int, message: str, *args) -> None:
-    from flwr.common.logger import log
-
-    log(level, "[fedlrs] " + message, *args)
+_log = functools.partial(server_log, "fedlrs")
 
 
 @dataclass

@@ -15,6 +15,7 @@ Under SecAgg+ the moments init and the rounds are released by the secure aggrega
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from logging import WARNING
@@ -32,10 +33,14 @@ from fedlrs.tasks.linear import clip_center
 ReplyParts = dict[str, tuple[tuple[int, ...], float]]
 
 
-def _log(level: int, message: str, *args) -> None:
+def server_log(source: str, level: int, message: str, *args) -> None:
+    """Flower's log, the line prefixed with its source (``[fedlrs]``, ``[fedlrs.nn]``, ``[fedlrs.recsys]``): the server sides' one logger."""
     from flwr.common.logger import log
 
-    log(level, "[fedlrs] " + message, *args)
+    log(level, f"[{source}] " + message, *args)
+
+
+_log = functools.partial(server_log, "fedlrs")
 
 
 def connected_nodes(grid: Grid, min_nodes: int, wait_for_nodes: float) -> list[int]:

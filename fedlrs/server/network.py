@@ -31,6 +31,7 @@ with ``clip-quantile > 0`` and secure aggregation is refused (:func:`fedlrs.nn.r
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -48,15 +49,12 @@ from fedlrs.privacy.release import PrivateServer
 from fedlrs.protocol.messages import CLIP_BOUND, PERSONALIZE_NN, ROUND_CONFIG, SHARED, TRAIN_NN, state_arrays
 from fedlrs.protocol.validation import require_one_hot
 from fedlrs.server.billboard import Billboard, BillboardResult
-from fedlrs.server.grid_transport import GridTransport
+from fedlrs.server.grid_transport import GridTransport, server_log
 from fedlrs.tasks.loop import run_task
 from fedlrs.tasks.network import NetworkTask
 
 
-def _log(level: int, message: str, *args) -> None:
-    from flwr.common.logger import log
-
-    log(level, "[fedlrs.nn] " + message, *args)
+_log = functools.partial(server_log, "fedlrs.nn")
 
 
 @dataclass

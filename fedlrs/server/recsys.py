@@ -29,6 +29,7 @@ in-process engine (one implementation).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -46,17 +47,14 @@ from fedlrs.protocol.messages import BILLBOARD, ROUND_CONFIG
 from fedlrs.recsys.flower_task import RecsysFlowerTask, ratings_split
 from fedlrs.recsys.model import RecsysTask
 from fedlrs.server.exchange import exchange
-from fedlrs.server.grid_transport import GridBoard, GridTransport, Refusal, ReplyParts, connected_nodes
+from fedlrs.server.grid_transport import GridBoard, GridTransport, Refusal, ReplyParts, connected_nodes, server_log
 from fedlrs.server.validation import TooFewRepliesError
 from fedlrs.tasks.loop import run_task
 
 TRAIN_RECSYS, MEAN_RECSYS, PERSONALIZE_RECSYS = "train.recsys", "query.recsys_mean", "query.recsys_personalize"
 
 
-def _log(level: int, message: str, *args) -> None:
-    from flwr.common.logger import log
-
-    log(level, "[fedlrs.recsys] " + message, *args)
+_log = functools.partial(server_log, "fedlrs.recsys")
 
 
 @dataclass
