@@ -100,10 +100,16 @@ class Section(NamedTuple):
     settings: Callable[[Any], Any]
 
 
+def _engine_config(config) -> EngineConfig:
+    """The linear section as an :class:`EngineConfig` of the in-process engine (squared loss): the same algorithm."""
+    shared = {f.name: getattr(config, f.name) for f in fields(EngineConfig) if _kebab(f.name) in DEFAULTS}
+    return EngineConfig(rounds=config.num_server_rounds, loss="squared", **shared)
+
+
 def _linear_settings(config) -> EngineConfig:
     """The AMHT-LRS section as the in-process engine's :class:`EngineConfig` (squared loss), checked against the demo data's ``dim``."""
     try:
-        engine = config.engine_config()
+        engine = _engine_config(config)
     except ValueError as error:  # EngineConfig names its fields: name the run-config keys
         raise ValueError(str(error).replace("rounds ==", "num-server-rounds ==").replace("_", "-")) from error
     if config.dim < 1:
@@ -194,9 +200,9 @@ class _RunConfigChecks:
                               f"must be 'off' and checkpoint-dir == {self.checkpoint_dir!r} empty.")
 
     def engine_config(self) -> EngineConfig:
-        """The linear section as an :class:`EngineConfig` of the in-process engine (squared loss): the same algorithm."""
-        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if _kebab(f.name) in DEFAULTS}
-        return EngineConfig(rounds=self.num_server_rounds, loss="squared", **shared)
+        """The linear section as an :class:`EngineConfig` of the in-process engine (squared loss): the same algorithm;
+        a linear run's is the one parsed with the config (``task_settings``), not built again on each call."""
+        return self.task_settings if self.task_section == "linear" else _engine_config(self)
 
     @property
     def torch_dtype(self):
