@@ -40,9 +40,8 @@ import torch
 from fedlrs.nn.method import FederatedMethod, State, UserExamples
 from fedlrs.nn.network import flatten
 from fedlrs.privacy import DpEvent, Ledger, clip
-from fedlrs.privacy.adaptive import CLIP_WINDOW, DEFAULT_CLIP_QUANTILE, HISTOGRAM_NOISE_WEIGHT, network_bound, norm_bins, part_noise_weights, relative_grid, require_quantile
+from fedlrs.privacy.adaptive import CLIP_WINDOW, DEFAULT_CLIP_QUANTILE, HISTOGRAM_NOISE_WEIGHT, clip_histogram, network_bound, part_noise_weights, relative_grid, require_quantile
 from fedlrs.privacy.mechanism import part_noise_stds
-from fedlrs.privacy.clipping import flat_norms
 from fedlrs.privacy.release import PrivateServer
 from fedlrs.privacy.settings import RunSettings, SpentEpsilon, require_int, require_number
 from fedlrs.core.dtypes import DTYPES
@@ -190,7 +189,7 @@ def clipped_parts(flat: Tensor, config: NetworkConfig, bound: float) -> dict[str
         return {PART: flat.sum(dim=0)}
     sums = {PART: clip(flat, bound=bound)[0].sum(dim=0)}
     if config.adaptive:
-        sums[HISTOGRAM] = norm_bins(flat_norms(flat), relative_grid(bound, dtype=flat.dtype, device=flat.device)).sum(dim=0)
+        sums[HISTOGRAM] = clip_histogram(flat, relative_grid(bound, dtype=flat.dtype, device=flat.device))["H"]
     return sums
 
 
